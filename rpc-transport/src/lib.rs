@@ -1,0 +1,21 @@
+//! `rpc-transport`: ZeroMQ's wire protocol (ZMTP 3.1) spoken natively on tokio.
+//!
+//! No libzmq: any libzmq program (C, C++, Python via pyzmq) is a peer of the sockets
+//! here, in both directions.
+//!
+//! # Layout
+//! - [`zmtp`]: the protocol without IO: greeting, frames, commands, handshake and
+//!   heartbeat state machines. Deterministic; time is passed in.
+//! - [`socket`]: `ReqSocket`, `RepSocket`, `DealerSocket`, `RouterSocket` over
+//!   `tcp://`, `ipc://` and `inproc://` endpoints; the one tokio task per connection
+//!   that drives a [`zmtp::Connection`] lives in `socket/engine.rs`.
+//! - [`message`]: [`Message`], a multipart message of shared `Bytes` frames.
+
+pub mod message;
+pub mod socket;
+pub mod zmtp;
+
+pub use message::Message;
+pub use socket::{
+    DealerSocket, Endpoint, RepSocket, ReqSocket, RouterSocket, SocketError, SocketOptions,
+};

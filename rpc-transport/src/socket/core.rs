@@ -1,0 +1,351 @@
+//! What every socket type shares: the peer table, the inbound queue, endpoints and the
+//! tasks behind them (listeners, connect loops, one engine per connection).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::AbortHandle;
+
+use super::backoff::{Backoff, SplitMix64};
+use super::endpoint::{self, Endpoint, Listener};
+use super::engine;
+use super::{SocketError, SocketOptions};
+use crate::message::Message;
+use crate::zmtp::{PeerInfo, SocketType};
+
+/// A connection's number within its socket; never reused.
+pub(crate) type PeerId = u64;
+
+/// A message received from a peer.
+pub(crate) struct Inbound {
+    pub peer: PeerId,
+    pub routing_id: Bytes,
+    pub msg: Message,
+}
+
+struct PeerEntry {
+    id: PeerId,
+    routing_id: Bytes,
+    tx: mpsc::Sender<Message>,
+}
+
+struct Peers {
+    list: Vec<PeerEntry>,
+    /// Round-robin cursor into `list`.
+    rr: usize,
+    /// Next generated ROUTER routing id (libzmq: 0x00 + u32 counter, random start).
+    next_routing: u32,
+}
+
+struct EndpointTask {
+    key: String,
+    bound: bool,
+    abort: AbortHandle,
+}
+
+pub(crate) struct Core {
+    pub kind: SocketType,
+    pub opts: SocketOptions,
+    peers: Mutex<Peers>,
+    peer_count: watch::Sender<usize>,
+    pub inbound_tx: mpsc::Sender<Inbound>,
+    shutdown: watch::Sender<bool>,
+    next_id: AtomicU64,
+    endpoints: Mutex<Vec<EndpointTask>>,
+    conn_limit: Arc<Semaphore>,
+    rng: Mutex<SplitMix64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (every update is
+    // a single push/remove), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes its peer from the table when the connection's engine ends, however it ends.
+pub(crate) struct PeerGuard {
+    core: Arc<Core>,
+    pub id: PeerId,
+    pub routing_id: Bytes,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        let mut peers = lock(&self.core.peers);
+        peers.list.retain(|p| p.id != self.id);
+        let n = peers.list.len();
+        drop(peers);
+        self.core.peer_count.send_replace(n);
+    }
+}
+
+impl Core {
+    pub fn new(kind: SocketType, opts: SocketOptions) -> (Arc<Core>, mpsc::Receiver<Inbound>) {
+        let (inbound_tx, inbound_rx) = mpsc::channel(opts.recv_hwm.max(1));
+        let mut rng = opts
+            .rng_seed
+            .map(SplitMix64::new)
+            .unwrap_or_else(SplitMix64::from_entropy);
+        let core = Core {
+            kind,
+            peers: Mutex::new(Peers {
+                list: Vec::new(),
+                rr: 0,
+                next_routing: rng.next_u64() as u32,
+            }),
+            peer_count: watch::channel(0).0,
+            inbound_tx,
+            shutdown: watch::channel(false).0,
+            next_id: AtomicU64::new(1),
+            endpoints: Mutex::new(Vec::new()),
+            conn_limit: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+            rng: Mutex::new(rng),
+            opts,
+        };
+        (Arc::new(core), inbound_rx)
+    }
+
+    pub fn next_peer_id(&self) -> PeerId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn peer_count(&self) -> watch::Receiver<usize> {
+        self.peer_count.subscribe()
+    }
+
+    /// Enters a handshaken connection in the peer table.
+    pub fn add_peer(
+        self: &Arc<Core>,
+        id: PeerId,
+        info: &PeerInfo,
+        tx: mpsc::Sender<Message>,
+    ) -> Result<PeerGuard, SocketError> {
+        let mut peers = lock(&self.peers);
+        let routing_id = if self.kind == SocketType::Router && !info.identity.is_empty() {
+            // libzmq without ROUTER_HANDOVER keeps the first connection and refuses the
+            // newcomer; doing the same keeps replies from going to the wrong peer.
+            if peers.list.iter().any(|p| p.routing_id == info.identity) {
+                return Err(SocketError::DuplicateIdentity);
+            }
+            info.identity.clone()
+        } else {
+            loop {
+                peers.next_routing = peers.next_routing.wrapping_add(1);
+                let mut id = [0u8; 5];
+                id[1..].copy_from_slice(&peers.next_routing.to_be_bytes());
+                let id = Bytes::copy_from_slice(&id);
+                if !peers.list.iter().any(|p| p.routing_id == id) {
+                    break id;
+                }
+            }
+        };
+        peers.list.push(PeerEntry {
+            id,
+            routing_id: routing_id.clone(),
+            tx,
+        });
+        let n = peers.list.len();
+        drop(peers);
+        self.peer_count.send_replace(n);
+        Ok(PeerGuard {
+            core: self.clone(),
+            id,
+            routing_id,
+        })
+    }
+
+    /// Sends to the next peer in round-robin order that has room, waiting for a peer
+    /// (or for room) when there is none. Returns the peer it went to.
+    pub async fn send_round_robin(&self, mut msg: Message) -> Result<PeerId, SocketError> {
+        let mut count = self.peer_count.subscribe();
+        loop {
+            let waiting_on = {
+                let mut peers = lock(&self.peers);
+                let n = peers.list.len();
+                for i in 0..n {
+                    let idx = (peers.rr + i) % n;
+                    match peers.list[idx].tx.try_send(msg) {
+                        Ok(()) => {
+                            peers.rr = idx + 1;
+                            return Ok(peers.list[idx].id);
+                        }
+                        Err(mpsc::error::TrySendError::Full(m))
+                        | Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
+                    }
+                }
+                (n > 0).then(|| {
+                    let p = &peers.list[peers.rr % n];
+                    (p.id, p.tx.clone())
+                })
+            };
+            count.borrow_and_update();
+            match waiting_on {
+                // Every peer is at its high-water mark: wait for room at the next one,
+                // or for the peer set to change.
+                Some((id, tx)) => tokio::select! {
+                    permit = tx.reserve() => {
+                        if let Ok(permit) = permit {
+                            permit.send(msg);
+                            lock(&self.peers).rr += 1;
+                            return Ok(id);
+                        }
+                    }
+                    _ = count.changed() => {}
+                },
+                None => {
+                    if *self.shutdown.borrow() {
+                        return Err(SocketError::Closed);
+                    }
+                    count.changed().await.map_err(|_| SocketError::Closed)?;
+                }
+            }
+        }
+    }
+
+    /// Sends to one peer by connection id; `Ok(false)` when that peer is gone.
+    pub async fn send_to_peer(&self, peer: PeerId, msg: Message) -> bool {
+        let tx = lock(&self.peers)
+            .list
+            .iter()
+            .find(|p| p.id == peer)
+            .map(|p| p.tx.clone());
+        match tx {
+            Some(tx) => tx.send(msg).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends to one peer by routing id; `Ok(false)` when there is no such peer.
+    pub async fn send_to_routing_id(&self, rid: &[u8], msg: Message) -> bool {
+        let tx = lock(&self.peers)
+            .list
+            .iter()
+            .find(|p| p.routing_id == rid)
+            .map(|p| p.tx.clone());
+        match tx {
+            Some(tx) => tx.send(msg).await.is_ok(),
+            None => false,
+        }
+    }
+
+    pub fn has_peer(&self, peer: PeerId) -> bool {
+        lock(&self.peers).list.iter().any(|p| p.id == peer)
+    }
+
+    /// Binds an endpoint and starts accepting on it.
+    pub async fn bind(self: &Arc<Core>, addr: &str) -> Result<Endpoint, SocketError> {
+        let ep: Endpoint = addr.parse()?;
+        let (mut listener, actual) = Listener::bind(&ep).await?;
+        let core = self.clone();
+        let mut stop = self.shutdown_signal();
+        let task = tokio::spawn(async move {
+            loop {
+                let io = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = stop.changed() => return,
+                };
+                match io {
+                    Ok(io) => {
+                        let Ok(permit) = core.conn_limit.clone().try_acquire_owned() else {
+                            tracing::warn!(peer = %io.peer, "connection limit reached; refusing");
+                            continue;
+                        };
+                        let core = core.clone();
+                        tokio::spawn(async move {
+                            engine::run(core, io).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        lock(&self.endpoints).push(EndpointTask {
+            key: actual.to_string(),
+            bound: true,
+            abort: task.abort_handle(),
+        });
+        Ok(actual)
+    }
+
+    /// Starts a connect loop: connect, run the connection, and reconnect with backoff
+    /// whenever it ends, until disconnected or closed.
+    pub fn connect(self: &Arc<Core>, addr: &str) -> Result<(), SocketError> {
+        let ep: Endpoint = addr.parse()?;
+        let core = self.clone();
+        let mut stop = self.shutdown_signal();
+        let rng = SplitMix64::new(lock(&self.rng).next_u64());
+        let mut backoff = Backoff::new(self.opts.reconnect_ivl, self.opts.reconnect_ivl_max, rng);
+        let key = ep.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                if *stop.borrow() {
+                    return;
+                }
+                match endpoint::connect(&ep).await {
+                    Ok(io) => {
+                        if engine::run(core.clone(), io).await {
+                            backoff.reset();
+                        }
+                    }
+                    Err(e) => tracing::debug!(endpoint = %ep, error = %e, "connect failed"),
+                }
+                let delay = backoff.next_delay();
+                tracing::debug!(endpoint = %ep, ?delay, "reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+        lock(&self.endpoints).push(EndpointTask {
+            key,
+            bound: false,
+            abort: task.abort_handle(),
+        });
+        Ok(())
+    }
+
+    /// Stops a bind (`bound`) or connect by its endpoint string.
+    pub fn remove_endpoint(&self, addr: &str, bound: bool) -> Result<(), SocketError> {
+        let key = addr
+            .parse::<Endpoint>()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|_| addr.to_string());
+        let mut eps = lock(&self.endpoints);
+        let before = eps.len();
+        eps.retain(|t| {
+            let hit = t.bound == bound && t.key == key;
+            if hit {
+                t.abort.abort();
+            }
+            !hit
+        });
+        if eps.len() == before {
+            return Err(SocketError::NotFound(addr.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Signals every task of the socket to stop (engines linger first).
+    pub fn close(&self) {
+        self.shutdown.send_replace(true);
+        for t in lock(&self.endpoints).drain(..) {
+            // Listeners and connect loops end now; a connect loop's own engine is
+            // inside it, so it gets the shutdown signal rather than an abort.
+            if t.bound {
+                t.abort.abort();
+            }
+        }
+    }
+}

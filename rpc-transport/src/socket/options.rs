@@ -1,0 +1,119 @@
+//! [`SocketOptions`]: limits, timers and identity of a socket.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::zmtp::HeartbeatConfig;
+
+/// Options shared by every socket type. Defaults follow libzmq where it is safe and
+/// bound everything libzmq leaves unbounded.
+#[derive(Debug, Clone)]
+pub struct SocketOptions {
+    /// Identity sent in READY (libzmq `ZMQ_ROUTING_ID`); empty for none.
+    pub identity: Bytes,
+    /// Largest incoming message, all frames together (libzmq: unlimited). Default 4 MiB.
+    pub max_message_size: usize,
+    /// Time allowed for the greeting and READY exchange. Default 30 s, as libzmq.
+    pub handshake_timeout: Duration,
+    /// PING/PONG heartbeats; off by default, as libzmq.
+    pub heartbeat: Option<HeartbeatConfig>,
+    /// Also PING peers that announced ZMTP 3.0 (libzmq 4.2 drops such connections).
+    pub heartbeat_zmtp30: bool,
+    /// Messages queued per peer for sending (libzmq `SNDHWM`). Default 1000.
+    pub send_hwm: usize,
+    /// Messages queued for the application to receive (`RCVHWM`). Default 1000.
+    pub recv_hwm: usize,
+    /// First reconnect delay. Default 100 ms, as libzmq.
+    pub reconnect_ivl: Duration,
+    /// Longest reconnect delay; delays double up to it, with jitter. Default 2 s.
+    pub reconnect_ivl_max: Duration,
+    /// How long a closing socket keeps trying to send what is queued. Default 1 s
+    /// (libzmq: for ever).
+    pub linger: Duration,
+    /// Most connections a bound socket accepts at once. Default 65536.
+    pub max_connections: usize,
+    /// ROUTER: a send to an unknown routing id is an error (libzmq
+    /// `ROUTER_MANDATORY`); when false it is dropped silently. Default true.
+    pub router_mandatory: bool,
+    /// Seed for reconnect jitter; `None` draws one. Set it for repeatable tests.
+    pub rng_seed: Option<u64>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> SocketOptions {
+        SocketOptions {
+            identity: Bytes::new(),
+            max_message_size: 4 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(30),
+            heartbeat: None,
+            heartbeat_zmtp30: false,
+            send_hwm: 1000,
+            recv_hwm: 1000,
+            reconnect_ivl: Duration::from_millis(100),
+            reconnect_ivl_max: Duration::from_secs(2),
+            linger: Duration::from_secs(1),
+            max_connections: 65536,
+            router_mandatory: true,
+            rng_seed: None,
+        }
+    }
+}
+
+impl SocketOptions {
+    /// Sets the identity.
+    pub fn identity(mut self, id: impl Into<Bytes>) -> Self {
+        self.identity = id.into();
+        self
+    }
+
+    /// Sets the maximum incoming message size.
+    pub fn max_message_size(mut self, n: usize) -> Self {
+        self.max_message_size = n;
+        self
+    }
+
+    /// Sets the handshake timeout.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// Turns heartbeats on.
+    pub fn heartbeat(mut self, hb: HeartbeatConfig) -> Self {
+        self.heartbeat = Some(hb);
+        self
+    }
+
+    /// Sets both high-water marks.
+    pub fn hwm(mut self, n: usize) -> Self {
+        self.send_hwm = n.max(1);
+        self.recv_hwm = n.max(1);
+        self
+    }
+
+    /// Sets the reconnect interval and its maximum.
+    pub fn reconnect(mut self, ivl: Duration, max: Duration) -> Self {
+        self.reconnect_ivl = ivl;
+        self.reconnect_ivl_max = max;
+        self
+    }
+
+    /// Sets the linger time.
+    pub fn linger(mut self, d: Duration) -> Self {
+        self.linger = d;
+        self
+    }
+
+    /// Sets the maximum number of accepted connections.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets the jitter seed.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+}

@@ -1,0 +1,584 @@
+//! One ZMTP connection as a state machine: greeting, READY handshake, then traffic.
+//!
+//! Inputs: [`Connection::handle_input`] (received bytes), [`Connection::send`] (a message
+//! to write), [`Connection::handle_timeout`] (the time has come). Outputs:
+//! [`Connection::poll_event`] (the peer is ready; a message arrived),
+//! [`Connection::transmit`] (bytes to write), [`Connection::poll_timeout`] (when to call
+//! back). Both greeting and READY are queued at construction, whatever our role: libzmq
+//! sends its greeting in stages and waits for ours, so waiting for the peer first would
+//! stall until its handshake timeout.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::command::{Command, Metadata};
+use super::frame::{Frame, FrameDecoder, TxQueue, FLAG_MORE};
+use super::greeting::{Greeting, GREETING_LEN};
+use super::heartbeat::{Heartbeat, HeartbeatConfig};
+use super::socket_type::SocketType;
+use super::ZmtpError;
+use crate::message::Message;
+
+/// Settings of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Our socket type, announced in READY and checked against the peer's.
+    pub socket_type: SocketType,
+    /// Our identity (sent in READY by REQ, DEALER and ROUTER; may be empty).
+    pub identity: Bytes,
+    /// Largest message (all frames together) we accept from the peer.
+    pub max_message_size: u64,
+    /// Time allowed from connection to the peer's READY.
+    pub handshake_timeout: Duration,
+    /// Heartbeats; `None` sends no PINGs (PINGs from the peer are still answered).
+    pub heartbeat: Option<HeartbeatConfig>,
+    /// Also PING peers that announced ZMTP 3.0 (libzmq 4.2 REQ/REP dropped the
+    /// connection on PING, so this is off unless asked for).
+    pub heartbeat_zmtp30: bool,
+    /// Extra READY properties.
+    pub properties: Vec<(String, Bytes)>,
+}
+
+impl ConnectionConfig {
+    /// Defaults for a socket type: 4 MiB messages, 30 s handshake, no heartbeat.
+    pub fn new(socket_type: SocketType) -> ConnectionConfig {
+        ConnectionConfig {
+            socket_type,
+            identity: Bytes::new(),
+            max_message_size: 4 * 1024 * 1024,
+            handshake_timeout: Duration::from_secs(30),
+            heartbeat: None,
+            heartbeat_zmtp30: false,
+            properties: Vec::new(),
+        }
+    }
+}
+
+/// What the peer told us in its greeting and READY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's socket type.
+    pub socket_type: SocketType,
+    /// The peer's `Identity` property (empty when none).
+    pub identity: Bytes,
+    /// ZMTP minor version of the peer (0 or 1).
+    pub minor: u8,
+    /// Every READY property, including the two above.
+    pub metadata: Metadata,
+}
+
+/// Something that happened on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake is complete; messages may flow.
+    Ready(PeerInfo),
+    /// A whole message arrived.
+    Message(Message),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Greeting,
+    Handshake,
+    Active,
+    Closed,
+}
+
+/// The sans-IO state of one ZMTP connection.
+#[derive(Debug)]
+pub struct Connection {
+    config: ConnectionConfig,
+    phase: Phase,
+    greeting: [u8; GREETING_LEN],
+    greeting_len: usize,
+    peer_minor: u8,
+    decoder: FrameDecoder,
+    partial: Vec<Bytes>,
+    partial_size: u64,
+    events: VecDeque<Event>,
+    tx: TxQueue,
+    handshake_deadline: Instant,
+    heartbeat: Heartbeat,
+}
+
+impl Connection {
+    /// A new connection at `now`; our greeting and READY are queued for transmission.
+    pub fn new(config: ConnectionConfig, now: Instant) -> Connection {
+        let mut tx = TxQueue::new();
+        tx.push_raw(&Greeting::null().encode());
+        let mut md = Metadata::new();
+        md.insert(
+            "Socket-Type",
+            Bytes::from_static(config.socket_type.as_str().as_bytes()),
+        );
+        if matches!(
+            config.socket_type,
+            SocketType::Req | SocketType::Dealer | SocketType::Router
+        ) {
+            md.insert("Identity", config.identity.clone());
+        }
+        for (n, v) in &config.properties {
+            md.insert(n, v.clone());
+        }
+        Command::Ready(md).encode(&mut tx);
+        Connection {
+            decoder: FrameDecoder::new(config.max_message_size),
+            handshake_deadline: now + config.handshake_timeout,
+            config,
+            phase: Phase::Greeting,
+            greeting: [0; GREETING_LEN],
+            greeting_len: 0,
+            peer_minor: 0,
+            partial: Vec::new(),
+            partial_size: 0,
+            events: VecDeque::new(),
+            tx,
+            heartbeat: Heartbeat::default(),
+        }
+    }
+
+    /// True once the handshake is done and until the connection fails.
+    pub fn is_active(&self) -> bool {
+        self.phase == Phase::Active
+    }
+
+    /// True after a failure; only the queued ERROR (if any) remains to be written.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// How many more bytes the connection needs before it can make progress; a hint for
+    /// the reader's buffer size, bounded by the maximum message size.
+    pub fn read_hint(&self, src: &BytesMut) -> usize {
+        match self.phase {
+            Phase::Greeting => GREETING_LEN - self.greeting_len,
+            _ => self.decoder.needed(src),
+        }
+    }
+
+    /// Consumes received bytes from `src` (what is left is an incomplete frame).
+    pub fn handle_input(&mut self, src: &mut BytesMut, now: Instant) -> Result<(), ZmtpError> {
+        let r = self.input(src, now);
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
+    fn input(&mut self, src: &mut BytesMut, now: Instant) -> Result<(), ZmtpError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.heartbeat.on_traffic();
+        loop {
+            match self.phase {
+                Phase::Greeting => {
+                    let take = (GREETING_LEN - self.greeting_len).min(src.len());
+                    let chunk = src.split_to(take);
+                    self.greeting[self.greeting_len..self.greeting_len + take]
+                        .copy_from_slice(&chunk);
+                    self.greeting_len += take;
+                    Greeting::check_prefix(&self.greeting[..self.greeting_len])?;
+                    if self.greeting_len < GREETING_LEN {
+                        return Ok(());
+                    }
+                    let g = Greeting::decode(&self.greeting)?;
+                    if g.mechanism_name() != b"NULL" {
+                        return Err(ZmtpError::MechanismMismatch(
+                            String::from_utf8_lossy(g.mechanism_name()).into_owned(),
+                        ));
+                    }
+                    self.peer_minor = g.minor;
+                    self.phase = Phase::Handshake;
+                }
+                Phase::Handshake => match self.decoder.decode(src, 0)? {
+                    None => return Ok(()),
+                    Some(Frame::Data { .. }) => {
+                        return Err(ZmtpError::Malformed("message before READY"))
+                    }
+                    Some(Frame::Command(body)) => match Command::decode(body)? {
+                        Command::Ready(md) => self.on_ready(md, now)?,
+                        Command::Error(reason) => return Err(ZmtpError::PeerError(reason)),
+                        _ => return Err(ZmtpError::Malformed("expected READY")),
+                    },
+                },
+                Phase::Active => match self.decoder.decode(src, self.partial_size)? {
+                    None => return Ok(()),
+                    Some(Frame::Data { more, body }) => {
+                        self.partial_size += body.len() as u64;
+                        self.partial.push(body);
+                        if !more {
+                            let frames = std::mem::take(&mut self.partial);
+                            self.partial_size = 0;
+                            self.events.push_back(Event::Message(Message::from(frames)));
+                        }
+                    }
+                    Some(Frame::Command(body)) => self.on_command(Command::decode(body)?, now)?,
+                },
+                Phase::Closed => return Err(ZmtpError::NotActive),
+            }
+        }
+    }
+
+    fn on_ready(&mut self, md: Metadata, now: Instant) -> Result<(), ZmtpError> {
+        let ours = self.config.socket_type;
+        let Some(ty) = md.get("Socket-Type") else {
+            return Err(ZmtpError::Malformed("READY without Socket-Type"));
+        };
+        let peer_type = SocketType::from_wire(ty)
+            .filter(|t| ours.is_compatible(*t))
+            .ok_or_else(|| ZmtpError::IncompatibleSocketType {
+                ours,
+                peer: String::from_utf8_lossy(ty).into_owned(),
+            })?;
+        let identity = md.get("Identity").cloned().unwrap_or_default();
+        if identity.len() > 255 {
+            return Err(ZmtpError::Malformed("Identity longer than 255 bytes"));
+        }
+        let ping = self.peer_minor >= 1 || self.config.heartbeat_zmtp30;
+        self.heartbeat = Heartbeat::start(self.config.heartbeat.filter(|_| ping), now);
+        self.phase = Phase::Active;
+        self.events.push_back(Event::Ready(PeerInfo {
+            socket_type: peer_type,
+            identity,
+            minor: self.peer_minor,
+            metadata: md,
+        }));
+        Ok(())
+    }
+
+    fn on_command(&mut self, cmd: Command, now: Instant) -> Result<(), ZmtpError> {
+        match cmd {
+            Command::Ping { ttl_ds, context } => {
+                self.heartbeat.on_ping(ttl_ds, now);
+                Command::Pong { context }.encode(&mut self.tx);
+                Ok(())
+            }
+            Command::Pong { .. } => Ok(()),
+            Command::Error(reason) => Err(ZmtpError::PeerError(reason)),
+            Command::Ready(_) => Err(ZmtpError::Malformed("second READY")),
+            // RFC 37: commands a socket type does not use are ignored.
+            Command::Other { name, .. } => {
+                tracing::debug!(command = ?name, "ignoring unknown ZMTP command");
+                Ok(())
+            }
+        }
+    }
+
+    fn fail(&mut self, e: &ZmtpError) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        // ERROR is only meaningful once the peer has our greeting and we have its.
+        if self.phase != Phase::Greeting {
+            if let Some(reason) = e.error_reason() {
+                Command::Error(reason.to_string()).encode(&mut self.tx);
+            }
+        }
+        self.phase = Phase::Closed;
+    }
+
+    /// Queues a message. Frames are shared, not copied, when larger than
+    /// [`super::frame::COPY_THRESHOLD`].
+    pub fn send(&mut self, msg: &Message) -> Result<(), ZmtpError> {
+        if self.phase != Phase::Active {
+            return Err(ZmtpError::NotActive);
+        }
+        let n = msg.len();
+        for (i, f) in msg.frames().iter().enumerate() {
+            self.tx.push_frame(if i + 1 < n { FLAG_MORE } else { 0 }, f);
+        }
+        Ok(())
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn transmit(&mut self) -> &mut TxQueue {
+        &mut self.tx
+    }
+
+    /// When [`Connection::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Greeting | Phase::Handshake => Some(self.handshake_deadline),
+            Phase::Active => self.heartbeat.poll_timeout(),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Advances timers to `now`: handshake deadline, PINGs, heartbeat timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ZmtpError> {
+        let r = match self.phase {
+            Phase::Greeting | Phase::Handshake if now >= self.handshake_deadline => {
+                Err(ZmtpError::HandshakeTimeout)
+            }
+            Phase::Active => self.heartbeat.handle_timeout(now).map(|ping| {
+                if let Some(ttl_ds) = ping {
+                    Command::Ping {
+                        ttl_ds,
+                        context: Bytes::new(),
+                    }
+                    .encode(&mut self.tx);
+                }
+            }),
+            _ => Ok(()),
+        };
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zmtp::frame::FLAG_COMMAND;
+
+    /// Two connections wired back to back in memory.
+    struct Pair {
+        a: Connection,
+        b: Connection,
+        now: Instant,
+    }
+
+    impl Pair {
+        fn new(a: ConnectionConfig, b: ConnectionConfig) -> Pair {
+            let now = Instant::now();
+            Pair {
+                a: Connection::new(a, now),
+                b: Connection::new(b, now),
+                now,
+            }
+        }
+
+        /// Moves bytes both ways until neither side has anything to send.
+        fn drive(&mut self) -> (Result<(), ZmtpError>, Result<(), ZmtpError>) {
+            let (mut ra, mut rb) = (Ok(()), Ok(()));
+            loop {
+                let mut to_b = self.a.transmit().take_all();
+                let mut to_a = self.b.transmit().take_all();
+                if to_a.is_empty() && to_b.is_empty() {
+                    return (ra, rb);
+                }
+                if rb.is_ok() {
+                    rb = self.b.handle_input(&mut to_b, self.now);
+                }
+                if ra.is_ok() {
+                    ra = self.a.handle_input(&mut to_a, self.now);
+                }
+            }
+        }
+    }
+
+    fn events(c: &mut Connection) -> Vec<Event> {
+        std::iter::from_fn(|| c.poll_event()).collect()
+    }
+
+    #[test]
+    fn req_and_rep_handshake_and_exchange() {
+        let mut p = Pair::new(
+            ConnectionConfig::new(SocketType::Req),
+            ConnectionConfig::new(SocketType::Rep),
+        );
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        assert!(p.a.is_active() && p.b.is_active());
+        let ev = events(&mut p.b);
+        let [Event::Ready(info)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(info.socket_type, SocketType::Req);
+        assert_eq!(info.minor, 1);
+        events(&mut p.a);
+
+        let msg: Message = vec![Bytes::new(), Bytes::from_static(b"hello")].into();
+        p.a.send(&msg).unwrap();
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        assert_eq!(events(&mut p.b), vec![Event::Message(msg)]);
+    }
+
+    #[test]
+    fn wrong_pair_fails_with_error_command() {
+        let mut p = Pair::new(
+            ConnectionConfig::new(SocketType::Req),
+            ConnectionConfig::new(SocketType::Req),
+        );
+        let (ra, rb) = p.drive();
+        assert!(
+            matches!(ra, Err(ZmtpError::IncompatibleSocketType { .. })),
+            "{ra:?}"
+        );
+        assert!(
+            matches!(rb, Err(ZmtpError::IncompatibleSocketType { .. })),
+            "{rb:?}"
+        );
+        assert!(p.a.is_closed());
+    }
+
+    #[test]
+    fn libzmq_rep_peer_bytes() {
+        // What a libzmq 4.3.5 REP writes: greeting, then READY with Socket-Type only.
+        let mut wire = BytesMut::new();
+        wire.extend_from_slice(&Greeting::null().encode());
+        wire.extend_from_slice(b"\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x03REP");
+        // Then a reply: delimiter + "World".
+        wire.extend_from_slice(b"\x01\x00\x00\x05World");
+        let mut c = Connection::new(ConnectionConfig::new(SocketType::Req), Instant::now());
+        // Our first bytes are the greeting followed by READY with an empty Identity.
+        let out = c.transmit().take_all();
+        assert_eq!(&out[..64], &Greeting::null().encode()[..]);
+        assert_eq!(
+            &out[64..],
+            b"\x04\x26\x05READY\x0bSocket-Type\x00\x00\x00\x03REQ\x08Identity\x00\x00\x00\x00"
+        );
+        // Fed one byte at a time.
+        let mut src = BytesMut::new();
+        for b in wire.iter() {
+            src.extend_from_slice(&[*b]);
+            c.handle_input(&mut src, Instant::now()).unwrap();
+        }
+        assert!(src.is_empty());
+        let ev = events(&mut c);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(
+            ev[1],
+            Event::Message(vec![Bytes::new(), Bytes::from_static(b"World")].into())
+        );
+    }
+
+    #[test]
+    fn pings_are_answered_with_pong_echoing_context() {
+        let mut p = Pair::new(
+            ConnectionConfig::new(SocketType::Dealer),
+            ConnectionConfig::new(SocketType::Router),
+        );
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        let mut ping = BytesMut::from(&b"\x04\x09\x04PING\x00\x0a\xab\xcd"[..]);
+        p.b.handle_input(&mut ping, p.now).unwrap();
+        assert_eq!(&p.b.transmit().take_all()[..], b"\x04\x07\x04PONG\xab\xcd");
+        // The peer's TTL (1 s) now applies to us.
+        assert_eq!(p.b.poll_timeout(), Some(p.now + Duration::from_secs(1)));
+        assert_eq!(
+            p.b.handle_timeout(p.now + Duration::from_secs(1)),
+            Err(ZmtpError::HeartbeatTimeout)
+        );
+    }
+
+    #[test]
+    fn silent_peer_is_detected_by_heartbeat() {
+        let mut cfg = ConnectionConfig::new(SocketType::Dealer);
+        cfg.heartbeat = Some(HeartbeatConfig {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            ttl: Duration::ZERO,
+        });
+        let mut p = Pair::new(cfg, ConnectionConfig::new(SocketType::Router));
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        let t = p.now + Duration::from_millis(100);
+        assert_eq!(p.a.poll_timeout(), Some(t));
+        p.a.handle_timeout(t).unwrap();
+        let ping = p.a.transmit().take_all();
+        assert_eq!(&ping[..], b"\x04\x07\x04PING\x00\x00");
+        assert_eq!(ping[0] & FLAG_COMMAND, FLAG_COMMAND);
+        // The peer answers: alive.
+        p.now = t;
+        let mut ping = ping;
+        p.b.handle_input(&mut ping, t).unwrap();
+        let mut pong = p.b.transmit().take_all();
+        p.a.handle_input(&mut pong, t).unwrap();
+        // From now on the peer is silent: dead 300 ms after the next PING.
+        let t2 = t + Duration::from_millis(100);
+        p.a.handle_timeout(t2).unwrap();
+        p.a.handle_timeout(t2 + Duration::from_millis(100)).unwrap();
+        assert_eq!(
+            p.a.handle_timeout(t2 + Duration::from_millis(300)),
+            Err(ZmtpError::HeartbeatTimeout)
+        );
+    }
+
+    #[test]
+    fn zmtp30_peer_is_not_pinged_by_default() {
+        let mut cfg = ConnectionConfig::new(SocketType::Req);
+        cfg.heartbeat = Some(HeartbeatConfig::every(Duration::from_millis(100)));
+        let now = Instant::now();
+        let mut c = Connection::new(cfg, now);
+        let mut g = Greeting::null().encode();
+        g[11] = 0;
+        let mut wire = BytesMut::from(&g[..]);
+        wire.extend_from_slice(b"\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x03REP");
+        c.handle_input(&mut wire, now).unwrap();
+        assert!(c.is_active());
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn handshake_times_out() {
+        let now = Instant::now();
+        let mut c = Connection::new(ConnectionConfig::new(SocketType::Rep), now);
+        assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(30)));
+        assert_eq!(c.handle_timeout(now + Duration::from_secs(29)), Ok(()));
+        assert_eq!(
+            c.handle_timeout(now + Duration::from_secs(30)),
+            Err(ZmtpError::HandshakeTimeout)
+        );
+    }
+
+    #[test]
+    fn wrong_mechanism_and_garbage_are_refused() {
+        let now = Instant::now();
+        let mut c = Connection::new(ConnectionConfig::new(SocketType::Rep), now);
+        let mut g = Greeting::null().encode();
+        g[12..17].copy_from_slice(b"CURVE");
+        let mut wire = BytesMut::from(&g[..]);
+        assert!(matches!(
+            c.handle_input(&mut wire, now),
+            Err(ZmtpError::MechanismMismatch(_))
+        ));
+        let mut c = Connection::new(ConnectionConfig::new(SocketType::Rep), now);
+        let mut wire = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        assert_eq!(c.handle_input(&mut wire, now), Err(ZmtpError::BadSignature));
+    }
+
+    #[test]
+    fn oversized_message_fails_the_connection() {
+        let mut small = ConnectionConfig::new(SocketType::Rep);
+        small.max_message_size = 10;
+        let mut p = Pair::new(ConnectionConfig::new(SocketType::Req), small);
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        p.a.send(&vec![Bytes::new(), Bytes::from(vec![0u8; 11])].into())
+            .unwrap();
+        let (_, rb) = p.drive();
+        assert!(matches!(rb, Err(ZmtpError::TooLarge { .. })));
+        p.a.send(&Message::from("x")).unwrap_err();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_input_split_anywhere_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            valid_prefix in proptest::prelude::any::<bool>(),
+            cut in 1usize..100,
+        ) {
+            let now = Instant::now();
+            let mut c = Connection::new(ConnectionConfig::new(SocketType::Router), now);
+            let mut wire = Vec::new();
+            if valid_prefix {
+                wire.extend_from_slice(&Greeting::null().encode());
+                wire.extend_from_slice(b"\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER");
+            }
+            wire.extend_from_slice(&bytes);
+            let mut src = BytesMut::new();
+            for piece in wire.chunks(cut) {
+                src.extend_from_slice(piece);
+                if c.handle_input(&mut src, now).is_err() { break; }
+            }
+            while c.poll_event().is_some() {}
+        }
+    }
+}

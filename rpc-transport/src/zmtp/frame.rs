@@ -1,0 +1,427 @@
+//! Frames: `flags`, a 1- or 8-byte size, then the body.
+//!
+//! Decoder contract (as tokio-util's `Decoder`): [`FrameDecoder::decode`] returns
+//! `Ok(Some(frame))` for a whole frame, `Ok(None)` when it needs more bytes (see
+//! [`FrameDecoder::needed`]), and `Err` when the stream is corrupt or over a limit, after
+//! which the connection must be closed. A declared size is checked against the limit
+//! before a single byte is reserved for it.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::ZmtpError;
+
+/// Flag: more frames of this message follow.
+pub const FLAG_MORE: u8 = 0x01;
+/// Flag: the size field is 8 bytes.
+pub const FLAG_LONG: u8 = 0x02;
+/// Flag: this frame is a command.
+pub const FLAG_COMMAND: u8 = 0x04;
+
+/// Largest command body we accept. READY carries a few short properties; 64 KiB leaves
+/// room for generous application metadata while bounding what a peer can make us hold.
+pub const MAX_COMMAND_SIZE: u64 = 64 * 1024;
+
+/// Bodies up to this size are copied into the transmit buffer; larger ones are queued as
+/// shared [`Bytes`] and written with a vectored write, never copied.
+pub const COPY_THRESHOLD: usize = 2048;
+
+/// A decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A message frame.
+    Data {
+        /// Whether more frames of the same message follow.
+        more: bool,
+        /// The frame body.
+        body: Bytes,
+    },
+    /// A command frame (body = name length, name, data).
+    Command(Bytes),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DecodeState {
+    /// Waiting for a flags byte and a size field.
+    Head,
+    /// Header read; waiting for `len` body bytes.
+    Body { flags: u8, len: usize },
+}
+
+/// Incremental frame decoder with a size limit.
+#[derive(Debug, Clone)]
+pub struct FrameDecoder {
+    state: DecodeState,
+    max_data: u64,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses data frames whose size, added to `already` bytes of the
+    /// message being assembled, passes `max_message_size`.
+    pub fn new(max_message_size: u64) -> FrameDecoder {
+        FrameDecoder {
+            state: DecodeState::Head,
+            max_data: max_message_size,
+        }
+    }
+
+    /// How many more bytes `src` must hold before the next call can make progress.
+    pub fn needed(&self, src: &BytesMut) -> usize {
+        let want = match self.state {
+            DecodeState::Head => match src.first() {
+                None => 2,
+                Some(f) if f & FLAG_LONG != 0 => 9,
+                Some(_) => 2,
+            },
+            DecodeState::Body { len, .. } => len,
+        };
+        want.saturating_sub(src.len()).max(1)
+    }
+
+    /// Decodes one frame from the front of `src`. `message_so_far` is the size of the
+    /// frames already received for the message in progress, so that the limit applies
+    /// to the whole message.
+    pub fn decode(
+        &mut self,
+        src: &mut BytesMut,
+        message_so_far: u64,
+    ) -> Result<Option<Frame>, ZmtpError> {
+        loop {
+            match self.state {
+                DecodeState::Head => {
+                    let Some(&flags) = src.first() else {
+                        return Ok(None);
+                    };
+                    let command = flags & FLAG_COMMAND != 0;
+                    if command && flags & FLAG_MORE != 0 {
+                        return Err(ZmtpError::Malformed("command frame with MORE"));
+                    }
+                    let (hdr, len) = if flags & FLAG_LONG != 0 {
+                        if src.len() < 9 {
+                            return Ok(None);
+                        }
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&src[1..9]);
+                        (9, u64::from_be_bytes(b))
+                    } else {
+                        if src.len() < 2 {
+                            return Ok(None);
+                        }
+                        (2, u64::from(src[1]))
+                    };
+                    // The limit is checked before anything is reserved for the body.
+                    let (size, max) = if command {
+                        (len, MAX_COMMAND_SIZE)
+                    } else {
+                        (message_so_far.saturating_add(len), self.max_data)
+                    };
+                    if size > max {
+                        return Err(ZmtpError::TooLarge { size, max });
+                    }
+                    // `len <= max`, and max fits in memory by construction.
+                    let len =
+                        usize::try_from(len).map_err(|_| ZmtpError::TooLarge { size: len, max })?;
+                    src.advance(hdr);
+                    self.state = DecodeState::Body { flags, len };
+                }
+                DecodeState::Body { flags, len } => {
+                    if src.len() < len {
+                        return Ok(None);
+                    }
+                    let body = src.split_to(len).freeze();
+                    self.state = DecodeState::Head;
+                    return Ok(Some(if flags & FLAG_COMMAND != 0 {
+                        Frame::Command(body)
+                    } else {
+                        Frame::Data {
+                            more: flags & FLAG_MORE != 0,
+                            body,
+                        }
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a frame header: flags, then a 1-byte size (up to 255, as libzmq) or 8 bytes.
+pub fn put_header(dst: &mut BytesMut, mut flags: u8, len: usize) {
+    if len > 255 {
+        flags |= FLAG_LONG;
+        dst.put_u8(flags);
+        dst.put_u64(len as u64);
+    } else {
+        dst.put_u8(flags);
+        dst.put_u8(len as u8);
+    }
+}
+
+/// Outgoing bytes of one connection, batched so that a whole burst of frames goes out
+/// in one vectored write. Small frames are copied into one buffer; large bodies stay
+/// shared [`Bytes`] and are written straight from the caller's buffer.
+#[derive(Debug, Default)]
+pub struct TxQueue {
+    chunks: VecDeque<Bytes>,
+    buf: BytesMut,
+    len: usize,
+}
+
+impl TxQueue {
+    /// An empty queue.
+    pub fn new() -> TxQueue {
+        TxQueue {
+            chunks: VecDeque::new(),
+            buf: BytesMut::with_capacity(8 * 1024),
+            len: 0,
+        }
+    }
+
+    /// Queues one frame.
+    pub fn push_frame(&mut self, flags: u8, body: &Bytes) {
+        put_header(&mut self.buf, flags, body.len());
+        if body.len() <= COPY_THRESHOLD {
+            self.buf.extend_from_slice(body);
+        } else {
+            self.seal();
+            self.chunks.push_back(body.clone());
+        }
+        self.len += body.len() + if body.len() > 255 { 9 } else { 2 };
+    }
+
+    /// Queues raw bytes (the greeting).
+    pub fn push_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Queues a command frame whose body is built by `body`.
+    pub fn push_command(&mut self, name: &[u8], data: impl FnOnce(&mut BytesMut)) {
+        let mut tmp = BytesMut::with_capacity(64);
+        tmp.put_u8(name.len() as u8);
+        tmp.extend_from_slice(name);
+        data(&mut tmp);
+        put_header(&mut self.buf, FLAG_COMMAND, tmp.len());
+        self.len += tmp.len() + if tmp.len() > 255 { 9 } else { 2 };
+        self.buf.extend_from_slice(&tmp);
+    }
+
+    fn seal(&mut self) {
+        if !self.buf.is_empty() {
+            self.chunks.push_back(self.buf.split().freeze());
+        }
+    }
+
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fills `dst` with slices of what waits to be written, in order; returns how many.
+    pub fn io_slices<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
+        self.seal();
+        let mut n = 0;
+        for (slot, chunk) in dst.iter_mut().zip(self.chunks.iter()) {
+            *slot = IoSlice::new(chunk);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops `n` written bytes from the front.
+    pub fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Everything queued, as one contiguous buffer (for tests and in-memory pairs).
+    pub fn take_all(&mut self) -> BytesMut {
+        self.seal();
+        let mut out = BytesMut::with_capacity(self.len);
+        for c in self.chunks.drain(..) {
+            out.extend_from_slice(&c);
+        }
+        self.len = 0;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(bytes: &[u8], max: u64) -> Result<Vec<Frame>, ZmtpError> {
+        let mut d = FrameDecoder::new(max);
+        let mut src = BytesMut::from(bytes);
+        let mut out = vec![];
+        while let Some(f) = d.decode(&mut src, 0)? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn libzmq_req_hello_bytes() {
+        // A libzmq REQ sending "hello": empty delimiter with MORE, then the body.
+        let wire = [0x01, 0x00, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o'];
+        let frames = decode_all(&wire, 1024).unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                Frame::Data {
+                    more: true,
+                    body: Bytes::new()
+                },
+                Frame::Data {
+                    more: false,
+                    body: Bytes::from_static(b"hello")
+                },
+            ]
+        );
+        let mut tx = TxQueue::new();
+        tx.push_frame(FLAG_MORE, &Bytes::new());
+        tx.push_frame(0, &Bytes::from_static(b"hello"));
+        assert_eq!(&tx.take_all()[..], &wire[..]);
+    }
+
+    #[test]
+    fn long_frames_only_above_255() {
+        let mut tx = TxQueue::new();
+        tx.push_frame(0, &Bytes::from(vec![7u8; 255]));
+        let out = tx.take_all();
+        assert_eq!(&out[..2], &[0x00, 0xFF]);
+        tx.push_frame(0, &Bytes::from(vec![7u8; 256]));
+        let out = tx.take_all();
+        assert_eq!(&out[..9], &[0x02, 0, 0, 0, 0, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn non_minimal_long_size_is_accepted() {
+        let wire = [0x02, 0, 0, 0, 0, 0, 0, 0, 3, b'a', b'b', b'c'];
+        let frames = decode_all(&wire, 1024).unwrap();
+        assert_eq!(
+            frames,
+            vec![Frame::Data {
+                more: false,
+                body: Bytes::from_static(b"abc")
+            }]
+        );
+    }
+
+    #[test]
+    fn huge_declared_size_is_refused_before_allocation() {
+        let mut wire = vec![0x02];
+        wire.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        let mut d = FrameDecoder::new(4 << 20);
+        let mut src = BytesMut::from(&wire[..]);
+        let cap_before = src.capacity();
+        assert!(matches!(
+            d.decode(&mut src, 0),
+            Err(ZmtpError::TooLarge { .. })
+        ));
+        assert_eq!(src.capacity(), cap_before);
+    }
+
+    #[test]
+    fn limit_counts_the_whole_message() {
+        let mut d = FrameDecoder::new(10);
+        let mut src = BytesMut::from(&[0x00u8, 4, 1, 2, 3, 4][..]);
+        assert!(d.decode(&mut src, 6).unwrap().is_some());
+        let mut src = BytesMut::from(&[0x00u8, 5, 1, 2, 3, 4, 5][..]);
+        assert!(matches!(
+            d.decode(&mut src, 6),
+            Err(ZmtpError::TooLarge { size: 11, max: 10 })
+        ));
+    }
+
+    #[test]
+    fn command_with_more_is_malformed() {
+        assert!(matches!(
+            decode_all(&[0x05, 0], 10),
+            Err(ZmtpError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn large_bodies_are_not_copied() {
+        let big = Bytes::from(vec![1u8; 100_000]);
+        let mut tx = TxQueue::new();
+        tx.push_frame(FLAG_MORE, &Bytes::from_static(b"x"));
+        tx.push_frame(0, &big);
+        tx.push_frame(0, &Bytes::from_static(b"y"));
+        let mut slices = [IoSlice::new(&[]); 8];
+        let n = tx.io_slices(&mut slices);
+        assert_eq!(n, 3);
+        assert_eq!(slices[1].as_ptr(), big.as_ptr());
+        let total = tx.len();
+        tx.advance(5);
+        assert_eq!(tx.len(), total - 5);
+        let rest = tx.take_all();
+        assert_eq!(rest.len(), total - 5);
+    }
+
+    fn arb_frames() -> impl Strategy<Value = Vec<(bool, Vec<u8>)>> {
+        prop::collection::vec(
+            (any::<bool>(), prop::collection::vec(any::<u8>(), 0..600)),
+            0..8,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_gives_the_input(frames in arb_frames(), split in 0usize..5000) {
+            let mut tx = TxQueue::new();
+            for (more, body) in &frames {
+                tx.push_frame(if *more { FLAG_MORE } else { 0 }, &Bytes::from(body.clone()));
+            }
+            let wire = tx.take_all();
+            // Feed in two pieces, split anywhere.
+            let split = split.min(wire.len());
+            let mut d = FrameDecoder::new(1 << 20);
+            let mut src = BytesMut::from(&wire[..split]);
+            let mut out = vec![];
+            while let Some(f) = d.decode(&mut src, 0).unwrap() { out.push(f); }
+            src.extend_from_slice(&wire[split..]);
+            while let Some(f) = d.decode(&mut src, 0).unwrap() { out.push(f); }
+            prop_assert!(src.is_empty());
+            let want: Vec<Frame> = frames.into_iter()
+                .map(|(more, body)| Frame::Data { more, body: Bytes::from(body) })
+                .collect();
+            prop_assert_eq!(out, want);
+        }
+
+        #[test]
+        fn any_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2048), chunk in 1usize..64) {
+            let mut d = FrameDecoder::new(4096);
+            let mut src = BytesMut::new();
+            'outer: for piece in bytes.chunks(chunk) {
+                src.extend_from_slice(piece);
+                loop {
+                    match d.decode(&mut src, 0) {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => { prop_assert!(d.needed(&src) >= 1); break }
+                        Err(_) => break 'outer,
+                    }
+                }
+            }
+        }
+    }
+}

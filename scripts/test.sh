@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone. Installs what the tests need (pyzmq and
+# msgpack in .venv, for the libzmq interop peers) and fails, never skips, when it cannot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
+.venv/bin/python -c 'import zmq, msgpack; print("pyzmq", zmq.__version__, "libzmq", zmq.zmq_version())'
+export ZMTP_RPC_PYTHON="$PWD/.venv/bin/python"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+cargo test --workspace
+# Fuzz targets are compiled (not run) so they cannot rot.
+cargo check --quiet --manifest-path fuzz/Cargo.toml
+echo "all tests passed"

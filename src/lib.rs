@@ -1,0 +1,2 @@
+//! zmtp-rpc facade.
+pub use rpc_transport as transport;

@@ -1,0 +1,147 @@
+//! Shared helpers of the integration tests: a pyzmq peer driven over pipes, hex.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+/// The Python interpreter with pyzmq: `ZMTP_RPC_PYTHON`, else the project's `.venv`.
+/// Tests fail (never skip) when it is missing: `scripts/test.sh` creates it.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("ZMTP_RPC_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with pyzmq at {}: run scripts/test.sh (it creates the venv)",
+        venv.display()
+    );
+    venv
+}
+
+/// Path of a file in `tests/peers/`.
+pub fn peer_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
+}
+
+/// Lower-case hex of bytes; `-` for empty (the peer protocol's empty frame).
+pub fn hex(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "-".into();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Bytes from hex; `-` is empty.
+pub fn unhex(s: &str) -> Bytes {
+    if s == "-" {
+        return Bytes::new();
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// A pyzmq socket in a child process (tests/peers/zmq_peer.py). Killed on drop.
+pub struct PyPeer {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl PyPeer {
+    /// Starts a peer with a socket of `kind` and options like `identity=6869`.
+    pub async fn new(kind: &str, opts: &[&str]) -> PyPeer {
+        let mut child = Command::new(python())
+            .arg(peer_script("zmq_peer.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start python");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut p = PyPeer {
+            child,
+            stdin,
+            lines,
+        };
+        let cmd = format!("socket {kind} {}", opts.join(" "));
+        p.ok(&cmd).await;
+        p
+    }
+
+    /// Sends a command line and returns the answer line.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("peer stdin");
+        self.stdin.flush().await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+            .await
+            .expect("peer answers within 30 s")
+            .expect("peer stdout")
+            .expect("peer alive");
+        answer
+    }
+
+    /// Runs a command that must answer `ok [...]`; returns what follows `ok`.
+    pub async fn ok(&mut self, line: &str) -> String {
+        let a = self.cmd(line).await;
+        assert!(a == "ok" || a.starts_with("ok "), "{line:.80} -> {a}");
+        a.get(3..).unwrap_or("").to_string()
+    }
+
+    /// Binds and returns the endpoint pyzmq reports.
+    pub async fn bind(&mut self, ep: &str) -> String {
+        self.ok(&format!("bind {ep}")).await
+    }
+
+    /// Connects.
+    pub async fn connect(&mut self, ep: &str) {
+        self.ok(&format!("connect {ep}")).await;
+    }
+
+    /// Sends a multipart message.
+    pub async fn send(&mut self, frames: &[&[u8]]) {
+        let parts: Vec<String> = frames.iter().map(|f| hex(f)).collect();
+        self.ok(&format!("send {}", parts.join(" "))).await;
+    }
+
+    /// Receives a message, or `None` after `timeout_ms`.
+    pub async fn recv(&mut self, timeout_ms: u64) -> Option<Vec<Bytes>> {
+        let a = self.cmd(&format!("recv {timeout_ms}")).await;
+        if a == "timeout" {
+            return None;
+        }
+        let rest = a
+            .strip_prefix("msg ")
+            .unwrap_or_else(|| panic!("recv -> {a}"));
+        Some(rest.split(' ').map(unhex).collect())
+    }
+
+    /// Sends SIGSTOP or SIGCONT to the peer process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+}
+
+/// Frames as a Vec of Bytes, for comparisons.
+pub fn frames(parts: &[&[u8]]) -> Vec<Bytes> {
+    parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
+}
