@@ -192,7 +192,11 @@ async fn exchange(ck: &str, sk: &str, py_client: bool, py_binds: bool) {
         "ROUTER" | "DEALER" => {
             // Everything up to the delimiter is envelope; the body follows it.
             let pos = got.iter().position(|f| f.is_empty()).expect("delimiter");
-            assert_eq!(&got[pos + 1..], std::slice::from_ref(&body), "{ck}->{sk}: {got:?}");
+            assert_eq!(
+                &got[pos + 1..],
+                std::slice::from_ref(&body),
+                "{ck}->{sk}: {got:?}"
+            );
             let mut r = got[..=pos].to_vec();
             r.push(Bytes::from_static(b"World"));
             r

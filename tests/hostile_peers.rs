@@ -1,0 +1,218 @@
+//! Hostile peers written as raw TCP clients: each gets its connection closed (or, for
+//! the slow one, is served), nothing panics, memory stays bounded, and the same socket
+//! keeps serving a well-behaved peer connected beside it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use zmtp_rpc::transport::zmtp::{Connection, ConnectionConfig, Event, Greeting, SocketType};
+use zmtp_rpc::transport::{RepSocket, ReqSocket, SocketOptions};
+
+const MAX: usize = 64 * 1024;
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_panics() {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        prev(info)
+    }));
+}
+
+/// Greeting + READY of a well-formed REQ.
+fn req_handshake() -> Vec<u8> {
+    let mut v = Greeting::null().encode().to_vec();
+    v.extend_from_slice(
+        b"\x04\x26\x05READY\x0bSocket-Type\x00\x00\x00\x03REQ\x08Identity\x00\x00\x00\x00",
+    );
+    v
+}
+
+/// Reads until the server closes; returns what it sent. Fails after 10 s.
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("server closes the connection");
+    all
+}
+
+/// A server (REP echo task) and a well-behaved client beside the hostile ones.
+struct Fixture {
+    addr: String,
+    client: ReqSocket,
+    served: u32,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let opts = SocketOptions::default()
+            .max_message_size(MAX)
+            .handshake_timeout(Duration::from_millis(300));
+        let mut rep = RepSocket::with_options(opts);
+        let ep = rep.bind("tcp://127.0.0.1:0").await.unwrap();
+        tokio::spawn(async move {
+            while let Ok(m) = rep.recv().await {
+                if rep.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let client = ReqSocket::new();
+        client.connect(&ep.to_string()).await.unwrap();
+        Fixture {
+            addr: format!("127.0.0.1:{}", ep.port().unwrap()),
+            client,
+            served: 0,
+        }
+    }
+
+    async fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(&self.addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// The well-behaved neighbour still gets answers.
+    async fn still_serves(&mut self) {
+        self.served += 1;
+        let body = format!("ping {}", self.served);
+        self.client.send(body.as_str()).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), self.client.recv())
+            .await
+            .expect("neighbour served")
+            .unwrap();
+        assert_eq!(&r.frames()[0][..], body.as_bytes());
+    }
+}
+
+fn rss_kib() -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn hostile_peers_are_cut_off_and_neighbours_keep_being_served() {
+    count_panics();
+    let mut f = Fixture::new().await;
+    f.still_serves().await;
+    let rss_before = rss_kib();
+
+    // Garbage instead of a greeting: closed after the first byte is judged.
+    let mut s = f.raw().await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut s).await;
+    f.still_serves().await;
+
+    // A wrong mechanism.
+    let mut s = f.raw().await;
+    let mut g = Greeting::null().encode();
+    g[12..17].copy_from_slice(b"CURVE");
+    s.write_all(&g).await.unwrap();
+    read_until_closed(&mut s).await;
+    f.still_serves().await;
+
+    // A wrong socket-type pair (REP to REP): ERROR "invalid socket type", then close.
+    let mut s = f.raw().await;
+    let mut hs = Greeting::null().encode().to_vec();
+    hs.extend_from_slice(b"\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x03REP");
+    s.write_all(&hs).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    let needle = b"\x05ERROR\x13invalid socket type";
+    assert!(
+        got.windows(needle.len()).any(|w| w == needle),
+        "no ERROR command in {got:?}"
+    );
+    f.still_serves().await;
+
+    // A frame declaring 2^63 bytes, many times over: refused before any allocation.
+    for _ in 0..50 {
+        let mut s = f.raw().await;
+        let mut v = req_handshake();
+        v.push(0x02);
+        v.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        s.write_all(&v).await.unwrap();
+        read_until_closed(&mut s).await;
+    }
+    f.still_serves().await;
+
+    // Exactly the maximum is served; one byte over closes the connection.
+    for (len, served) in [(MAX, true), (MAX + 1, false)] {
+        let mut s = f.raw().await;
+        let mut v = req_handshake();
+        v.extend_from_slice(&[0x01, 0x00, 0x02]);
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+        v.extend(std::iter::repeat_n(7u8, len));
+        s.write_all(&v).await.unwrap_or(()); // the server may close mid-write
+        let got = read_message(&mut s)
+            .await
+            .is_some_and(|m| m.last().map(Vec::len) == Some(len));
+        assert_eq!(got, served, "message of {len} bytes (max {MAX})");
+    }
+    f.still_serves().await;
+
+    // A connection that opens and sends nothing: freed by the handshake timeout.
+    let mut s = f.raw().await;
+    let t0 = Instant::now();
+    read_until_closed(&mut s).await;
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout"
+    );
+    f.still_serves().await;
+
+    // A valid peer sending its bytes one at a time is served.
+    let mut s = f.raw().await;
+    let mut v = req_handshake();
+    v.extend_from_slice(b"\x01\x00\x00\x05hello");
+    for b in v {
+        s.write_all(&[b]).await.unwrap();
+    }
+    let reply = read_message(&mut s).await.expect("served");
+    assert_eq!(reply, vec![&b""[..], b"hello"]);
+    f.still_serves().await;
+
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a task panicked");
+}
+
+/// Reads with a sans-IO REQ connection until one message arrives (`None` when the
+/// server closes first).
+async fn read_message(s: &mut TcpStream) -> Option<Vec<Vec<u8>>> {
+    let now = std::time::Instant::now;
+    let mut c = Connection::new(ConnectionConfig::new(SocketType::Req), now());
+    let mut buf = BytesMut::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            c.handle_input(&mut buf, now()).ok()?;
+            while let Some(ev) = c.poll_event() {
+                if let Event::Message(m) = ev {
+                    return Some(m.frames().iter().map(|f| f.to_vec()).collect());
+                }
+            }
+        }
+    })
+    .await
+    .expect("reply or close in time")
+}

@@ -1,0 +1,206 @@
+//! Our sockets against each other: transports, endpoints, reconnects, lock-step rules,
+//! cancel safety.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use zmtp_rpc::transport::{
+    DealerSocket, Message, RepSocket, ReqSocket, RouterSocket, SocketError, SocketOptions,
+};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn echo_rep(mut rep: RepSocket) {
+    while let Ok(m) = rep.recv().await {
+        if rep.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn round_trip(req: &mut ReqSocket, body: &str) -> String {
+    req.send(body).await.unwrap();
+    let r = tokio::time::timeout(T, req.recv())
+        .await
+        .expect("reply")
+        .unwrap();
+    String::from_utf8(r.frames()[0].to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn req_rep_over_inproc_ipc_and_tcp() {
+    let dir = std::env::temp_dir().join(format!("zmtp-rpc-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ipc = format!("ipc://{}/rep.sock", dir.display());
+    let rep = RepSocket::new();
+    rep.bind("inproc://sockets-test").await.unwrap();
+    rep.bind(&ipc).await.unwrap();
+    let tcp = rep.bind("tcp://127.0.0.1:0").await.unwrap();
+    assert_ne!(tcp.port(), Some(0));
+    tokio::spawn(echo_rep(rep));
+    for ep in [
+        "inproc://sockets-test".to_string(),
+        ipc.clone(),
+        tcp.to_string(),
+    ] {
+        let mut req = ReqSocket::new();
+        req.connect(&ep).await.unwrap();
+        assert_eq!(round_trip(&mut req, &ep).await, ep);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn connect_before_bind_keeps_trying() {
+    let mut req = ReqSocket::with_options(
+        SocketOptions::default().reconnect(Duration::from_millis(10), Duration::from_millis(50)),
+    );
+    req.connect("inproc://late-binder").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rep = RepSocket::new();
+    rep.bind("inproc://late-binder").await.unwrap();
+    tokio::spawn(echo_rep(rep));
+    assert_eq!(round_trip(&mut req, "late").await, "late");
+}
+
+#[tokio::test]
+async fn reconnects_after_the_server_restarts_on_the_same_port() {
+    let rep = RepSocket::new();
+    let ep = rep.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let task = tokio::spawn(echo_rep(rep));
+    let mut req = ReqSocket::with_options(
+        SocketOptions::default().reconnect(Duration::from_millis(10), Duration::from_millis(100)),
+    );
+    req.connect(&ep).await.unwrap();
+    assert_eq!(round_trip(&mut req, "one").await, "one");
+    let mut peers = req.watch_peers();
+    task.abort();
+    let _ = task.await;
+    tokio::time::timeout(T, peers.wait_for(|n| *n == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    let rep = RepSocket::new();
+    rep.bind(&ep).await.unwrap();
+    tokio::spawn(echo_rep(rep));
+    assert_eq!(round_trip(&mut req, "two").await, "two");
+}
+
+#[tokio::test]
+async fn req_lock_step_and_cancel_safe_recv() {
+    let mut rep = RepSocket::new();
+    let ep = rep.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut req = ReqSocket::new();
+    req.connect(&ep).await.unwrap();
+    assert!(matches!(req.recv().await, Err(SocketError::State(_))));
+    req.send("q").await.unwrap();
+    assert!(matches!(
+        req.send("again").await,
+        Err(SocketError::State(_))
+    ));
+    // The recv times out (no reply yet): nothing is lost, state is kept.
+    assert!(tokio::time::timeout(Duration::from_millis(50), req.recv())
+        .await
+        .is_err());
+    let got = rep.recv().await.unwrap();
+    assert!(matches!(rep.recv().await, Err(SocketError::State(_))));
+    rep.send(got).await.unwrap();
+    let r = tokio::time::timeout(T, req.recv()).await.unwrap().unwrap();
+    assert_eq!(&r.frames()[0][..], b"q");
+}
+
+#[tokio::test]
+async fn req_recv_fails_when_its_peer_dies_instead_of_hanging() {
+    let mut rep = RepSocket::new();
+    let ep = rep.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut req = ReqSocket::new();
+    req.connect(&ep).await.unwrap();
+    req.send("q").await.unwrap();
+    let _ = rep.recv().await.unwrap();
+    drop(rep);
+    let r = tokio::time::timeout(T, req.recv())
+        .await
+        .expect("recv returns");
+    assert!(matches!(r, Err(SocketError::PeerDisconnected)), "{r:?}");
+    // Ready to send again.
+    let rep = RepSocket::new();
+    rep.bind(&ep).await.unwrap();
+    tokio::spawn(echo_rep(rep));
+    assert_eq!(round_trip(&mut req, "again").await, "again");
+}
+
+#[tokio::test]
+async fn router_reports_unroutable_and_routes_by_generated_id() {
+    let mut router = RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let err = router
+        .send(Message::from(vec![
+            Bytes::from_static(b"nobody"),
+            Bytes::from_static(b"x"),
+        ]))
+        .await;
+    assert!(matches!(err, Err(SocketError::Unroutable(_))), "{err:?}");
+    let mut dealers = Vec::new();
+    for i in 0..3u8 {
+        let mut d = DealerSocket::new();
+        d.connect(&ep).await.unwrap();
+        d.send(vec![i]).await.unwrap();
+        dealers.push(d);
+    }
+    for _ in 0..3 {
+        let m = tokio::time::timeout(T, router.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let rid = m.frames()[0].clone();
+        assert_eq!(rid.len(), 5);
+        assert_eq!(rid[0], 0, "libzmq-style generated id");
+        router
+            .send(Message::from(vec![rid, m.frames()[1].clone()]))
+            .await
+            .unwrap();
+    }
+    for (i, d) in dealers.iter_mut().enumerate() {
+        let m = tokio::time::timeout(T, d.recv()).await.unwrap().unwrap();
+        assert_eq!(&m.frames()[0][..], &[i as u8]);
+    }
+}
+
+#[tokio::test]
+async fn dealer_waits_for_a_peer_then_sends() {
+    let mut d = DealerSocket::new();
+    d.connect("inproc://dealer-waits").await.unwrap();
+    let sender = tokio::spawn(async move {
+        d.send("queued").await.unwrap();
+        d
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !sender.is_finished(),
+        "send must wait while no peer is connected"
+    );
+    let mut r = RouterSocket::new();
+    r.bind("inproc://dealer-waits").await.unwrap();
+    let _d = tokio::time::timeout(T, sender).await.unwrap().unwrap();
+    let m = tokio::time::timeout(T, r.recv()).await.unwrap().unwrap();
+    assert_eq!(&m.frames()[1][..], b"queued");
+}
+
+#[tokio::test]
+async fn unbind_stops_listening_and_disconnect_stops_reconnecting() {
+    let rep = RepSocket::new();
+    let ep = rep.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    rep.unbind(&ep).unwrap();
+    assert!(matches!(rep.unbind(&ep), Err(SocketError::NotFound(_))));
+    let port = ep.rsplit(':').next().unwrap();
+    let refused = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await;
+    assert!(refused.is_err(), "listener still accepting after unbind");
+
+    let d = DealerSocket::new();
+    d.connect("tcp://127.0.0.1:1").await.unwrap();
+    d.disconnect("tcp://127.0.0.1:1").unwrap();
+    assert!(matches!(
+        d.disconnect("tcp://127.0.0.1:1"),
+        Err(SocketError::NotFound(_))
+    ));
+}
