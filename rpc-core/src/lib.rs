@@ -1,1 +1,28 @@
-//! placeholder
+//! `rpc-core`: the zmtp-rpc model, without sockets.
+//!
+//! What a call is on the wire and to the program, independent of how bytes travel.
+//!
+//! # Layout
+//! - [`envelope`]: [`RequestHeader`] and [`ReplyHeader`], the MessagePack frames after
+//!   the ZeroMQ envelope; [`RequestId`]; [`PROTOCOL_VERSION`]. The full wire format is
+//!   in `docs/PROTOCOL.md`.
+//! - [`status`]: [`Status`], the small stable integers of a reply.
+//! - [`error`]: [`RpcError`], what a call can fail with.
+//! - [`codec`]: MessagePack encoding of arguments and results, with limits.
+//! - [`method`]: [`MethodInfo`] and [`RetryPolicy`], the metadata generated code
+//!   hands the transport.
+//! - [`service`]: [`Dispatch`], [`Reply`] and [`ServiceRequest`], the server-side
+//!   interface that `#[rpc_service]` implements.
+
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod method;
+pub mod service;
+pub mod status;
+
+pub use envelope::{ReplyHeader, RequestHeader, RequestId, PROTOCOL_VERSION};
+pub use error::RpcError;
+pub use method::{MethodInfo, RetryPolicy};
+pub use service::{Dispatch, Reply, ServiceRequest};
+pub use status::Status;

@@ -1,0 +1,99 @@
+//! MessagePack encoding (rmp-serde), with structs as maps of named fields.
+//!
+//! Decoding reads from a frame that the transport has already bounded by its maximum
+//! message size; rmp-serde never allocates more than the input can hold (lengths are
+//! checked against the remaining bytes), and nesting is limited to [`MAX_DEPTH`].
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::RpcError;
+
+/// Encodes a value, structs as maps (field names on the wire).
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, RpcError> {
+    rmp_serde::to_vec_named(value).map_err(RpcError::Encode)
+}
+
+/// Deepest nesting of arrays and maps accepted in a decoded value. rmp-serde's own
+/// default (1024) overflows a 2 MiB thread stack in debug builds.
+pub const MAX_DEPTH: usize = 64;
+
+/// Decodes a value, refusing nesting deeper than [`MAX_DEPTH`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RpcError> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de).map_err(RpcError::Decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Serialize)]
+    struct OldArgs {
+        a: i64,
+        b: i64,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct NewArgs {
+        a: i64,
+        b: i64,
+        #[serde(default)]
+        scale: Option<i64>,
+    }
+
+    #[test]
+    fn a_server_may_add_a_defaulted_argument() {
+        let bytes = encode(&OldArgs { a: 2, b: 3 }).unwrap();
+        let args: NewArgs = decode(&bytes).unwrap();
+        assert_eq!(
+            args,
+            NewArgs {
+                a: 2,
+                b: 3,
+                scale: None
+            }
+        );
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_allocate_or_panic() {
+        // array32 claiming 4 billion elements, with nothing after it.
+        let r: Result<Vec<u64>, _> = decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        assert!(r.is_err());
+        // str32 claiming 4 GiB.
+        let r: Result<String, _> = decode(&[0xdb, 0xff, 0xff, 0xff, 0xff, b'a']);
+        assert!(r.is_err());
+        // Deep nesting.
+        let deep = vec![0x91u8; 100_000];
+        let r: Result<rmpv_like::Any, _> = decode(&deep);
+        assert!(r.is_err());
+    }
+
+    mod rmpv_like {
+        /// Accepts any MessagePack value, recursively.
+        #[derive(Debug)]
+        pub struct Any;
+        impl<'de> serde::Deserialize<'de> for Any {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Any, D::Error> {
+                d.deserialize_any(V)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Any;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("anything")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Any, A::Error> {
+                while a.next_element::<Any>()?.is_some() {}
+                Ok(Any)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Any, E> {
+                Ok(Any)
+            }
+        }
+    }
+}

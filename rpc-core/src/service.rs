@@ -1,0 +1,87 @@
+//! The server-side interface that `#[rpc_service]` implements.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::method::MethodInfo;
+use crate::status::Status;
+
+/// A decoded request, as the dispatcher sees it.
+#[derive(Debug, Clone)]
+pub struct ServiceRequest {
+    /// The method part of the wire name (after the service name and dot).
+    pub method: String,
+    /// The MessagePack arguments frame.
+    pub args: Bytes,
+}
+
+/// What a dispatcher answers: a status, a message for non-OK statuses, and a body
+/// (the MessagePack result for OK, the MessagePack error for APP_ERROR, else empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Outcome.
+    pub status: Status,
+    /// Detail for non-OK statuses.
+    pub message: String,
+    /// MessagePack body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A reply without body.
+    pub fn status(status: Status, message: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            message: message.into(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// OK with an encoded value (INTERNAL when the value cannot be encoded).
+    pub fn ok<T: Serialize>(value: &T) -> Reply {
+        Reply::encoded(Status::Ok, value)
+    }
+
+    /// APP_ERROR with an encoded error value.
+    pub fn app_error<E: Serialize>(error: &E) -> Reply {
+        Reply::encoded(Status::AppError, error)
+    }
+
+    fn encoded<T: Serialize>(status: Status, value: &T) -> Reply {
+        match codec::encode(value) {
+            Ok(b) => Reply {
+                status,
+                message: String::new(),
+                body: Bytes::from(b),
+            },
+            Err(e) => Reply::status(Status::Internal, format!("cannot encode result: {e}")),
+        }
+    }
+
+    /// Decodes the arguments of a request, or answers BAD_REQUEST.
+    pub fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, Reply> {
+        codec::decode(args)
+            .map_err(|e| Reply::status(Status::BadRequest, format!("cannot decode arguments: {e}")))
+    }
+}
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A service the server can dispatch to: generated as `{Trait}Server<S>`.
+pub trait Dispatch: Send + Sync + 'static {
+    /// The service's wire name (the part before the dot).
+    fn service_name(&self) -> &'static str;
+
+    /// The service's methods.
+    fn methods(&self) -> &'static [MethodInfo];
+
+    /// Runs one request. Unknown methods answer UNKNOWN_METHOD and undecodable
+    /// arguments BAD_REQUEST, without running anything.
+    fn dispatch(&self, request: ServiceRequest) -> BoxFuture<Reply>;
+}
