@@ -1,2 +1,63 @@
-//! zmtp-rpc facade.
+//! # zmtp-rpc
+//!
+//! A reliable RPC framework that speaks ZeroMQ's wire protocol (ZMTP 3.1) natively on
+//! tokio. Put [`rpc_service`] on a trait and get a typed async client and a server
+//! dispatcher; calls travel as MessagePack; any libzmq program is a peer.
+//!
+//! ```no_run
+//! use zmtp_rpc::{rpc_service, RpcError, Server};
+//!
+//! #[rpc_service]
+//! pub trait Calc {
+//!     async fn add(&self, a: i64, b: i64) -> i64;
+//! }
+//!
+//! struct MyCalc;
+//! impl Calc for MyCalc {
+//!     async fn add(&self, a: i64, b: i64) -> i64 {
+//!         a + b
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder()
+//!     .bind("tcp://127.0.0.1:5555")
+//!     .add_service(CalcServer::new(MyCalc))
+//!     .start()
+//!     .await?;
+//! let calc = CalcClient::connect(["tcp://127.0.0.1:5555"]).await?;
+//! assert_eq!(calc.add(2, 3).await?, 5);
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! This crate only re-exports; the code lives in three crates:
+//! - [`rpc_core`]: the envelope, status codes, [`RpcError`], the MessagePack codec.
+//! - `rpc_macros`: the [`rpc_service`] attribute.
+//! - [`transport`] (`rpc-transport`): ZMTP, the sockets, the reliable [`Client`] and
+//!   the [`Server`].
+
+#![warn(missing_docs)]
+
+pub use rpc_core::{MethodInfo, Reply, RequestId, RetryPolicy, RpcError, Status};
+pub use rpc_macros::rpc_service;
 pub use rpc_transport as transport;
+pub use rpc_transport::client::{
+    Balance, Call, CallOptions, Client, ClientBuilder, ClientStats, EndpointStats, HealthState,
+};
+pub use rpc_transport::server::{Server, ServerBuilder, ServerHandle, ServerStats};
+pub use rpc_transport::Message;
+
+/// Items generated code refers to. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use rpc_core::service::BoxFuture;
+    pub use rpc_core::{
+        codec, Dispatch, MethodInfo, Reply, RetryPolicy, RpcError, ServiceRequest, Status,
+    };
+    pub use rpc_transport::client::{decode_result, decode_value, Call, Client};
+    pub use serde;
+    pub use std::sync::Arc;
+    pub use tower;
+}

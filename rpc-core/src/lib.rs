@@ -14,6 +14,8 @@
 //! - [`service`]: [`Dispatch`], [`Reply`] and [`ServiceRequest`], the server-side
 //!   interface that `#[rpc_service]` implements.
 
+#![warn(missing_docs)]
+
 pub mod codec;
 pub mod envelope;
 pub mod error;

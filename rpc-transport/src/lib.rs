@@ -11,7 +11,11 @@
 //!   that drives a [`zmtp::Connection`] lives in `socket/engine.rs`.
 //! - [`message`]: [`Message`], a multipart message of shared `Bytes` frames.
 
+#![warn(missing_docs)]
+
+pub mod client;
 pub mod message;
+pub mod server;
 pub mod socket;
 pub mod zmtp;
 

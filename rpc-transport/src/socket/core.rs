@@ -165,26 +165,20 @@ impl Core {
     pub async fn send_round_robin(&self, mut msg: Message) -> Result<PeerId, SocketError> {
         let mut count = self.peer_count.subscribe();
         loop {
+            // Marked seen before looking, so that a peer arriving after the look wakes us.
+            count.borrow_and_update();
+            msg = match self.try_send(msg) {
+                Ok(id) => return Ok(id),
+                Err(m) => m,
+            };
             let waiting_on = {
-                let mut peers = lock(&self.peers);
+                let peers = lock(&self.peers);
                 let n = peers.list.len();
-                for i in 0..n {
-                    let idx = (peers.rr + i) % n;
-                    match peers.list[idx].tx.try_send(msg) {
-                        Ok(()) => {
-                            peers.rr = idx + 1;
-                            return Ok(peers.list[idx].id);
-                        }
-                        Err(mpsc::error::TrySendError::Full(m))
-                        | Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
-                    }
-                }
                 (n > 0).then(|| {
                     let p = &peers.list[peers.rr % n];
                     (p.id, p.tx.clone())
                 })
             };
-            count.borrow_and_update();
             match waiting_on {
                 // Every peer is at its high-water mark: wait for room at the next one,
                 // or for the peer set to change.
@@ -206,6 +200,25 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Sends to the next peer in round-robin order that has room, without waiting;
+    /// gives the message back when no peer can take it now.
+    pub fn try_send(&self, mut msg: Message) -> Result<PeerId, Message> {
+        let mut peers = lock(&self.peers);
+        let n = peers.list.len();
+        for i in 0..n {
+            let idx = (peers.rr + i) % n;
+            match peers.list[idx].tx.try_send(msg) {
+                Ok(()) => {
+                    peers.rr = idx + 1;
+                    return Ok(peers.list[idx].id);
+                }
+                Err(mpsc::error::TrySendError::Full(m))
+                | Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
+            }
+        }
+        Err(msg)
     }
 
     /// Sends to one peer by connection id; `Ok(false)` when that peer is gone.

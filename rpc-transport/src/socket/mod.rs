@@ -19,7 +19,7 @@
 //! - `req.rs`, `rep.rs`, `dealer.rs`, `router.rs`: the semantics of 28/REQREP.
 
 mod backoff;
-mod core;
+pub(crate) mod core;
 mod dealer;
 mod endpoint;
 mod engine;
@@ -34,7 +34,7 @@ pub use endpoint::Endpoint;
 pub use options::SocketOptions;
 pub use rep::RepSocket;
 pub use req::ReqSocket;
-pub use router::RouterSocket;
+pub use router::{RouterSender, RouterSocket};
 
 use std::sync::Arc;
 
@@ -157,6 +157,13 @@ macro_rules! socket_common {
             /// A watch on the number of handshaken peers.
             pub fn watch_peers(&self) -> tokio::sync::watch::Receiver<usize> {
                 self.base.core.peer_count()
+            }
+
+            /// The socket's shared core (crate-internal: the reliable client and server
+            /// send through it from many tasks).
+            #[allow(dead_code)]
+            pub(crate) fn core(&self) -> &std::sync::Arc<$crate::socket::core::Core> {
+                &self.base.core
             }
 
             /// The socket's options.

@@ -43,3 +43,27 @@ impl RouterSocket {
         }
     }
 }
+
+/// A cloneable handle that sends through a [`RouterSocket`] from other tasks. Sends
+/// fail with [`SocketError::Closed`]-like `Unroutable` once the socket is gone.
+#[derive(Clone)]
+pub struct RouterSender {
+    core: std::sync::Arc<super::core::Core>,
+}
+
+impl RouterSocket {
+    /// A sender usable from other tasks while this socket receives.
+    pub fn sender(&self) -> RouterSender {
+        RouterSender {
+            core: self.base.core.clone(),
+        }
+    }
+}
+
+impl RouterSender {
+    /// Sends `frames` to the peer with routing id `rid`; `false` when there is no
+    /// such peer (it disconnected), in which case the message is dropped.
+    pub async fn send_to(&self, rid: &[u8], msg: Message) -> bool {
+        self.core.send_to_routing_id(rid, msg).await
+    }
+}

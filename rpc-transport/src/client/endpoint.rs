@@ -1,0 +1,116 @@
+//! One server endpoint of the reliable client: its DEALER connection, the task that
+//! reads replies from it, its health, and Lazy Pirate recreation.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::task::AbortHandle;
+
+use super::health::Health;
+use super::stats::EndpointCounters;
+use super::Inner;
+use crate::socket::core::Core;
+use crate::socket::{DealerSocket, SocketOptions};
+
+/// The live connection of an endpoint.
+struct Conn {
+    core: Arc<Core>,
+    reader: AbortHandle,
+}
+
+pub(crate) struct State {
+    pub health: Health,
+    /// Bumped at every recreation; events of older connections are ignored.
+    pub generation: u64,
+    conn: Option<Conn>,
+}
+
+pub(crate) struct Endpoint {
+    pub addr: String,
+    pub state: Mutex<State>,
+    /// Attempts in flight here (for least-outstanding balancing).
+    pub outstanding: AtomicUsize,
+    pub counters: EndpointCounters,
+}
+
+impl Endpoint {
+    pub fn new(addr: String) -> Endpoint {
+        Endpoint {
+            addr,
+            state: Mutex::new(State {
+                health: Health::new(),
+                generation: 0,
+                conn: None,
+            }),
+            outstanding: AtomicUsize::new(0),
+            counters: EndpointCounters::default(),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends without waiting on the current connection; gives the message back when
+    /// there is none or it is full (the request provably never left).
+    pub fn try_send(&self, msg: crate::Message) -> Result<u64, crate::Message> {
+        let st = self.lock();
+        match &st.conn {
+            Some(c) => c.core.try_send(msg).map(|_| st.generation),
+            None => Err(msg),
+        }
+    }
+
+    /// Opens a fresh connection (closing the old one, if any): Lazy Pirate's "close the
+    /// socket, open a new one". Returns the new generation.
+    pub fn recreate(inner: &Arc<Inner>, idx: usize, opts: &SocketOptions) -> u64 {
+        let ep = &inner.endpoints[idx];
+        let sock = DealerSocket::with_options(opts.clone());
+        let core = sock.core().clone();
+        let mut st = ep.lock();
+        st.generation += 1;
+        let generation = st.generation;
+        if let Some(old) = st.conn.take() {
+            old.reader.abort();
+        }
+        st.health.on_disconnected();
+        if let Err(e) = core.connect(&ep.addr) {
+            tracing::error!(endpoint = %ep.addr, error = %e, "cannot connect");
+        }
+        let reader = tokio::spawn(read_loop(inner.clone(), idx, generation, sock));
+        st.conn = Some(Conn {
+            core,
+            reader: reader.abort_handle(),
+        });
+        generation
+    }
+
+    /// Stops the connection for good.
+    pub fn close(&self) {
+        if let Some(c) = self.lock().conn.take() {
+            c.reader.abort();
+        }
+    }
+}
+
+/// Reads replies of one connection generation and reports link changes.
+async fn read_loop(inner: Arc<Inner>, idx: usize, generation: u64, mut sock: DealerSocket) {
+    let mut peers = sock.watch_peers();
+    loop {
+        tokio::select! {
+            // Replies first: those queued before a disconnect still count.
+            biased;
+            m = sock.recv() => match m {
+                Ok(m) => inner.on_reply(idx, m),
+                Err(_) => return,
+            },
+            r = peers.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let up = *peers.borrow_and_update() > 0;
+                inner.on_link(idx, generation, up);
+            }
+        }
+    }
+}

@@ -1,0 +1,674 @@
+//! The reliable client: deadlines, Lazy Pirate retries, failover over a pool.
+//!
+//! The client speaks DEALER to each server endpoint and sends
+//! `[request id (16 bytes)][empty][frames...]`. REP and ROUTER servers (libzmq's
+//! included) echo the envelope, so replies are matched by id and many calls share one
+//! connection.
+//!
+//! For each call: pick a connected, healthy endpoint (round-robin or
+//! least-outstanding), waiting for one within the deadline; send; wait up to the
+//! attempt timeout. On timeout, close and recreate that endpoint's connection, mark it
+//! suspect, and resend the same request id to the next healthy endpoint; a lost
+//! connection ends the attempt at once; OVERLOADED and SHUTTING_DOWN fail over at once.
+//! `at_most_once` calls are resent only when the request never left or the server
+//! said it did not run it.
+//!
+//! # Layout
+//! - `mod.rs`: [`Client`], [`ClientBuilder`], the attempt loop.
+//! - `endpoint.rs`: one endpoint's connection, reader task and recreation.
+//! - `health.rs`: [`Health`], the per-endpoint policy as a plain value.
+//! - `call.rs`: typed calls ([`Call`]) and the RPC envelope on top of the loop.
+//! - `stats.rs`: [`ClientStats`].
+
+mod call;
+mod endpoint;
+mod health;
+mod stats;
+
+pub use call::{decode_result, decode_value, Call, CallOptions};
+pub use health::{Health, HealthState};
+pub use stats::{ClientStats, EndpointStats};
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rpc_core::{RequestId, RetryPolicy, RpcError};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use self::endpoint::Endpoint;
+use self::stats::{bump, read, Counters};
+use crate::message::Message;
+use crate::socket::SocketOptions;
+use crate::zmtp::HeartbeatConfig;
+
+/// How a call picks among healthy endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Each call goes to the next endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// Each call goes to the endpoint with the fewest attempts in flight.
+    LeastOutstanding,
+}
+
+/// Settings of a [`Client`]; see [`ClientBuilder`] for the defaults.
+#[derive(Debug, Clone)]
+struct Config {
+    call_timeout: Duration,
+    attempt_timeout: Duration,
+    max_attempts: u32,
+    balance: Balance,
+    socket: SocketOptions,
+}
+
+/// Builds a [`Client`].
+///
+/// Defaults: call deadline 5 s; attempt timeout 1 s; 3 retries (4 attempts);
+/// round-robin; heartbeat every 500 ms with a 1.5 s timeout; 4 MiB messages;
+/// reconnect after 100 ms doubling to 1 s, with jitter.
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    config: Config,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder::new()
+    }
+}
+
+impl ClientBuilder {
+    /// A builder with the defaults and no endpoints.
+    pub fn new() -> ClientBuilder {
+        ClientBuilder {
+            endpoints: Vec::new(),
+            config: Config {
+                call_timeout: Duration::from_secs(5),
+                attempt_timeout: Duration::from_secs(1),
+                max_attempts: 4,
+                balance: Balance::RoundRobin,
+                socket: SocketOptions::default()
+                    .heartbeat(HeartbeatConfig {
+                        interval: Duration::from_millis(500),
+                        timeout: Duration::from_millis(1500),
+                        ttl: Duration::from_millis(3000),
+                    })
+                    .reconnect(Duration::from_millis(100), Duration::from_secs(1))
+                    .linger(Duration::ZERO),
+            },
+        }
+    }
+
+    /// Adds a server endpoint (`tcp://host:port`, `ipc://...`, `inproc://...`).
+    pub fn endpoint(mut self, ep: impl Into<String>) -> Self {
+        self.endpoints.push(ep.into());
+        self
+    }
+
+    /// Adds several endpoints.
+    pub fn endpoints<I, S>(mut self, eps: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints.extend(eps.into_iter().map(Into::into));
+        self
+    }
+
+    /// The default deadline of a call (overridable per call).
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.config.call_timeout = d;
+        self
+    }
+
+    /// How long one attempt waits for its reply before the connection is recreated
+    /// and the call resent elsewhere.
+    pub fn attempt_timeout(mut self, d: Duration) -> Self {
+        self.config.attempt_timeout = d;
+        self
+    }
+
+    /// Resends after the first attempt (so `retries(0)` sends once).
+    pub fn retries(mut self, n: u32) -> Self {
+        self.config.max_attempts = n.saturating_add(1);
+        self
+    }
+
+    /// Balancing among healthy endpoints.
+    pub fn balance(mut self, b: Balance) -> Self {
+        self.config.balance = b;
+        self
+    }
+
+    /// Heartbeats on every connection (`None` turns them off).
+    pub fn heartbeat(mut self, hb: Option<HeartbeatConfig>) -> Self {
+        self.config.socket.heartbeat = hb;
+        self
+    }
+
+    /// Largest reply accepted.
+    pub fn max_message_size(mut self, n: usize) -> Self {
+        self.config.socket.max_message_size = n;
+        self
+    }
+
+    /// Reconnect backoff: first delay and maximum.
+    pub fn reconnect(mut self, first: Duration, max: Duration) -> Self {
+        self.config.socket.reconnect_ivl = first;
+        self.config.socket.reconnect_ivl_max = max;
+        self
+    }
+
+    /// Seed for reconnect jitter (repeatable tests).
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.config.socket.rng_seed = Some(seed);
+        self
+    }
+
+    /// Starts connecting to every endpoint and returns the client at once; calls wait
+    /// (within their deadline) for a connection.
+    pub async fn connect(self) -> Result<Client, RpcError> {
+        if self.endpoints.is_empty() {
+            return Err(RpcError::Config("no endpoints".into()));
+        }
+        for ep in &self.endpoints {
+            ep.parse::<crate::socket::Endpoint>()
+                .map_err(|e| RpcError::Config(e.to_string()))?;
+        }
+        let inner = Arc::new(Inner {
+            endpoints: self.endpoints.into_iter().map(Endpoint::new).collect(),
+            pending: Mutex::new(HashMap::new()),
+            rr: AtomicUsize::new(0),
+            changed: watch::channel(()).0,
+            counters: Counters::default(),
+            config: self.config,
+        });
+        for idx in 0..inner.endpoints.len() {
+            Endpoint::recreate(&inner, idx, &inner.config.socket);
+        }
+        Ok(Client {
+            _close: Arc::new(CloseOnDrop(inner.clone())),
+            inner,
+        })
+    }
+}
+
+/// What ends an attempt, as seen by the waiting call.
+enum Event {
+    Reply { from: usize, msg: Message },
+    Lost,
+}
+
+/// The attempt in flight for a request id.
+struct Pending {
+    tx: oneshot::Sender<Event>,
+    endpoint: usize,
+    generation: u64,
+}
+
+/// How the caller's classifier judges a reply.
+pub(crate) enum Verdict<T> {
+    /// The call is over with this result.
+    Done(T),
+    /// The call failed for good.
+    Fail(RpcError),
+    /// The server did not run the request; resend elsewhere (even `at_most_once`).
+    NotRun(RpcError),
+}
+
+pub(crate) struct Inner {
+    endpoints: Vec<Endpoint>,
+    pending: Mutex<HashMap<RequestId, Pending>>,
+    rr: AtomicUsize,
+    /// Bumped whenever an endpoint's eligibility may have changed.
+    changed: watch::Sender<()>,
+    counters: Counters,
+    config: Config,
+}
+
+fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+impl Inner {
+    fn pending(&self) -> MutexGuard<'_, HashMap<RequestId, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reply arrived on endpoint `idx`: `[id][empty][frames...]`.
+    fn on_reply(&self, idx: usize, mut msg: Message) {
+        let ep = &self.endpoints[idx];
+        bump(&ep.counters.replies);
+        let id = match (msg.pop_front(), msg.pop_front()) {
+            (Some(id), Some(delim)) if delim.is_empty() => RequestId::from_slice(&id),
+            _ => None,
+        };
+        let Some(id) = id else {
+            tracing::debug!(endpoint = %ep.addr, "dropping a reply without request id");
+            return;
+        };
+        ep.lock().health.on_reply();
+        match self.pending().remove(&id) {
+            Some(p) => {
+                let _ = p.tx.send(Event::Reply { from: idx, msg });
+            }
+            None => {
+                bump(&self.counters.late_replies);
+                tracing::debug!(endpoint = %ep.addr, request_id = %id, "late reply dropped");
+            }
+        }
+    }
+
+    /// The connection of `idx` (generation `generation`) went up or down.
+    fn on_link(&self, idx: usize, generation: u64, up: bool) {
+        let ep = &self.endpoints[idx];
+        {
+            let mut st = ep.lock();
+            if st.generation != generation {
+                return;
+            }
+            if up {
+                st.health.on_connected();
+                tracing::debug!(endpoint = %ep.addr, "connected");
+            } else {
+                st.health.on_disconnected();
+                tracing::info!(endpoint = %ep.addr, "connection lost");
+            }
+        }
+        if !up {
+            self.fail_in_flight(idx, generation);
+        }
+        self.changed.send_replace(());
+    }
+
+    /// Ends at once every attempt in flight on one connection.
+    fn fail_in_flight(&self, idx: usize, generation: u64) {
+        let lost: Vec<Pending> = {
+            let mut pending = self.pending();
+            let ids: Vec<RequestId> = pending
+                .iter()
+                .filter(|(_, p)| p.endpoint == idx && p.generation == generation)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        for p in lost {
+            bump(&self.endpoints[idx].counters.disconnects);
+            let _ = p.tx.send(Event::Lost);
+        }
+    }
+
+    /// Lazy Pirate: an attempt on `idx` (generation `generation`) timed out.
+    fn pirate(self: &Arc<Inner>, idx: usize, generation: u64) {
+        let ep = &self.endpoints[idx];
+        {
+            let mut st = ep.lock();
+            st.health.on_timeout(now_std(), self.config.attempt_timeout);
+            if st.generation != generation {
+                // Another call already recreated this connection.
+                return;
+            }
+        }
+        bump(&self.counters.reconnects);
+        tracing::info!(endpoint = %ep.addr, "attempt timed out: recreating the connection");
+        Endpoint::recreate(self, idx, &self.config.socket);
+        self.fail_in_flight(idx, generation);
+        self.changed.send_replace(());
+    }
+
+    /// A healthy endpoint, preferring one other than `avoid`.
+    fn pick(&self, avoid: Option<usize>) -> Option<usize> {
+        let now = now_std();
+        let n = self.endpoints.len();
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let mut best: Option<(usize, usize)> = None;
+        let mut fallback = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let ep = &self.endpoints[i];
+            if !ep.lock().health.eligible(now) {
+                continue;
+            }
+            if Some(i) == avoid {
+                fallback = Some(i);
+                continue;
+            }
+            match self.config.balance {
+                Balance::RoundRobin => return Some(i),
+                Balance::LeastOutstanding => {
+                    let load = ep.outstanding.load(Ordering::Relaxed);
+                    if best.is_none_or(|(_, l)| load < l) {
+                        best = Some((i, load));
+                    }
+                }
+            }
+        }
+        best.map(|(i, _)| i).or(fallback)
+    }
+
+    /// Waits for a healthy endpoint until `deadline`.
+    async fn wait_for_endpoint(&self, deadline: Instant, avoid: Option<usize>) -> Option<usize> {
+        let mut changed = self.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if let Some(i) = self.pick(avoid) {
+                return Some(i);
+            }
+            // A suspect endpoint's penalty may end before anything else happens.
+            let wake = self
+                .endpoints
+                .iter()
+                .filter_map(|e| e.lock().health.eligible_at())
+                .min()
+                .map(Instant::from_std)
+                .map_or(deadline, |t| t.min(deadline));
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return None },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+/// Closes every connection when the last [`Client`] clone is dropped.
+struct CloseOnDrop(Arc<Inner>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        for ep in &self.0.endpoints {
+            ep.close();
+        }
+    }
+}
+
+/// A reliable client over a pool of server endpoints. Cheap to clone; clones share
+/// connections. See the module docs for what it guarantees.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    _close: Arc<CloseOnDrop>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let eps: Vec<&str> = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|e| e.addr.as_str())
+            .collect();
+        f.debug_struct("Client").field("endpoints", &eps).finish()
+    }
+}
+
+/// Removes the call's pending entry however the call ends (including cancellation).
+struct CallGuard<'a> {
+    inner: &'a Inner,
+    id: RequestId,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.pending().remove(&self.id);
+    }
+}
+
+/// Counts an attempt in flight on an endpoint.
+struct Outstanding<'a>(&'a AtomicUsize);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Client {
+    /// A client for `endpoints` with the default settings.
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client, RpcError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder::new().endpoints(endpoints).connect().await
+    }
+
+    /// A builder.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::new()
+    }
+
+    /// The default call deadline.
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.config.call_timeout
+    }
+
+    /// Sends a raw request to any REP or ROUTER server and returns the reply frames:
+    /// the ZeroMQ Guide's Lazy Pirate client (timeout, close, reconnect, resend) with
+    /// failover over every endpoint. Uses the default deadline; requests are resent.
+    pub async fn request(&self, msg: impl Into<Message>) -> Result<Message, RpcError> {
+        self.request_with(msg, self.inner.config.call_timeout, RetryPolicy::Retry)
+            .await
+    }
+
+    /// [`Client::request`] with an explicit deadline and retry policy.
+    pub async fn request_with(
+        &self,
+        msg: impl Into<Message>,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Result<Message, RpcError> {
+        let msg = msg.into();
+        if msg.is_empty() {
+            return Err(RpcError::Config("empty message".into()));
+        }
+        let id = RequestId::new();
+        let span = tracing::debug_span!("zmtp.request", request_id = %id);
+        tracing::Instrument::instrument(
+            self.execute(id, retry, timeout, |_, _| msg.clone(), Verdict::Done),
+            span,
+        )
+        .await
+    }
+
+    /// The attempt loop shared by raw requests and typed calls. `build` makes the
+    /// frames of attempt `n` given the time remaining; `classify` judges a reply.
+    pub(crate) async fn execute<T>(
+        &self,
+        id: RequestId,
+        retry: RetryPolicy,
+        timeout: Duration,
+        mut build: impl FnMut(u32, Duration) -> Message,
+        mut classify: impl FnMut(Message) -> Verdict<T>,
+    ) -> Result<T, RpcError> {
+        let inner = &*self.inner;
+        let c = &inner.counters;
+        bump(&c.calls);
+        let r = self
+            .attempts(id, retry, timeout, &mut build, &mut classify)
+            .await;
+        bump(if r.is_ok() { &c.succeeded } else { &c.failed });
+        r
+    }
+
+    async fn attempts<T>(
+        &self,
+        id: RequestId,
+        retry: RetryPolicy,
+        timeout: Duration,
+        build: &mut impl FnMut(u32, Duration) -> Message,
+        classify: &mut impl FnMut(Message) -> Verdict<T>,
+    ) -> Result<T, RpcError> {
+        let inner = &self.inner;
+        let c = &inner.counters;
+        let deadline = Instant::now() + timeout;
+        let _guard = CallGuard { inner, id };
+        let mut attempts = 0u32;
+        let mut last: Option<RpcError> = None;
+        let mut last_ep: Option<usize> = None;
+        let unavailable = |attempts, last: Option<RpcError>| RpcError::Unavailable {
+            attempts,
+            last: last.map(Box::new),
+        };
+        loop {
+            if attempts >= inner.config.max_attempts {
+                return Err(unavailable(attempts, last));
+            }
+            let Some(idx) = inner.wait_for_endpoint(deadline, last_ep).await else {
+                return Err(unavailable(attempts, last));
+            };
+            let ep = &inner.endpoints[idx];
+            let now = Instant::now();
+            let remaining = deadline.saturating_duration_since(now);
+            let mut msg = build(attempts + 1, remaining);
+            msg.push_front(Bytes::new());
+            msg.push_front(Bytes::copy_from_slice(id.as_bytes()));
+            let (tx, rx) = oneshot::channel();
+            // Registered before sending, so that even an instant reply finds it.
+            let generation = ep.lock().generation;
+            inner.pending().insert(
+                id,
+                Pending {
+                    tx,
+                    endpoint: idx,
+                    generation,
+                },
+            );
+            if ep.try_send(msg).is_err() {
+                // Never left: not an attempt. Let the health state catch up.
+                inner.pending().remove(&id);
+                last_ep = Some(idx);
+                tokio::time::sleep_until((now + Duration::from_millis(1)).min(deadline)).await;
+                continue;
+            }
+            attempts += 1;
+            bump(&c.attempts);
+            bump(&ep.counters.sent);
+            if attempts > 1 {
+                bump(&c.retries);
+                if last_ep.is_some_and(|l| l != idx) {
+                    bump(&c.failovers);
+                }
+            }
+            tracing::debug!(attempt = attempts, endpoint = %ep.addr, "attempt sent");
+            ep.outstanding.fetch_add(1, Ordering::Relaxed);
+            let _out = Outstanding(&ep.outstanding);
+            let attempt_deadline = (now + inner.config.attempt_timeout).min(deadline);
+            match tokio::time::timeout_at(attempt_deadline, rx).await {
+                Ok(Ok(Event::Reply { from, msg })) => match classify(msg) {
+                    Verdict::Done(t) => return Ok(t),
+                    Verdict::Fail(e) => return Err(e),
+                    Verdict::NotRun(e) => {
+                        tracing::debug!(endpoint = %inner.endpoints[from].addr, error = %e, "not run; failing over");
+                        last = Some(e);
+                        last_ep = Some(from);
+                    }
+                },
+                Ok(Ok(Event::Lost)) | Ok(Err(_)) => {
+                    tracing::debug!(endpoint = %ep.addr, "connection lost during attempt");
+                    if retry == RetryPolicy::AtMostOnce {
+                        return Err(RpcError::Indeterminate(Box::new(RpcError::Disconnected)));
+                    }
+                    last = Some(RpcError::Disconnected);
+                    last_ep = Some(idx);
+                }
+                Err(_) => {
+                    inner.pending().remove(&id);
+                    bump(&c.timeouts);
+                    bump(&ep.counters.timeouts);
+                    if Instant::now() >= deadline {
+                        return Err(RpcError::DeadlineExceeded);
+                    }
+                    tracing::info!(endpoint = %ep.addr, attempt = attempts, "attempt timed out");
+                    inner.pirate(idx, generation);
+                    if retry == RetryPolicy::AtMostOnce {
+                        return Err(RpcError::Indeterminate(Box::new(RpcError::AttemptTimeout)));
+                    }
+                    last = Some(RpcError::AttemptTimeout);
+                    last_ep = Some(idx);
+                }
+            }
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.counters;
+        let now = now_std();
+        ClientStats {
+            calls: read(&c.calls),
+            succeeded: read(&c.succeeded),
+            failed: read(&c.failed),
+            attempts: read(&c.attempts),
+            retries: read(&c.retries),
+            timeouts: read(&c.timeouts),
+            failovers: read(&c.failovers),
+            reconnects: read(&c.reconnects),
+            late_replies: read(&c.late_replies),
+            endpoints: self
+                .inner
+                .endpoints
+                .iter()
+                .map(|e| EndpointStats {
+                    endpoint: e.addr.clone(),
+                    health: e.lock().health.state(now),
+                    sent: read(&e.counters.sent),
+                    replies: read(&e.counters.replies),
+                    timeouts: read(&e.counters.timeouts),
+                    disconnects: read(&e.counters.disconnects),
+                })
+                .collect(),
+        }
+    }
+
+    /// Waits until at least `n` endpoints are healthy, or `timeout` passes; returns
+    /// whether they are.
+    pub async fn wait_healthy(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut changed = self.inner.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            let now = now_std();
+            let healthy = self
+                .inner
+                .endpoints
+                .iter()
+                .filter(|e| e.lock().health.eligible(now))
+                .count();
+            if healthy >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+}
+
+impl tower::Service<Message> for Client {
+    type Response = Message;
+    type Error = RpcError;
+    type Future = rpc_core::service::BoxFuture<Result<Message, RpcError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), RpcError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Message) -> Self::Future {
+        let client = self.clone();
+        Box::pin(async move { client.request(req).await })
+    }
+}

@@ -1,0 +1,78 @@
+//! Counters a user can read: [`ClientStats`] and [`EndpointStats`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::health::HealthState;
+
+/// Client-wide counters, read with [`crate::client::Client::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Calls started.
+    pub calls: u64,
+    /// Calls that returned a reply (OK or an application error).
+    pub succeeded: u64,
+    /// Calls that ended in an [`rpc_core::RpcError`].
+    pub failed: u64,
+    /// Attempts sent (first sends and resends).
+    pub attempts: u64,
+    /// Resends of a call after a failed attempt.
+    pub retries: u64,
+    /// Attempts that timed out.
+    pub timeouts: u64,
+    /// Resends that went to a different endpoint than the failed attempt.
+    pub failovers: u64,
+    /// Connections closed and recreated after a timeout (Lazy Pirate).
+    pub reconnects: u64,
+    /// Replies dropped because no call was waiting for them any more.
+    pub late_replies: u64,
+    /// Per endpoint, in the order given to the builder.
+    pub endpoints: Vec<EndpointStats>,
+}
+
+/// Counters of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// The endpoint address.
+    pub endpoint: String,
+    /// Health at the time of reading.
+    pub health: HealthState,
+    /// Attempts sent here.
+    pub sent: u64,
+    /// Replies received from here.
+    pub replies: u64,
+    /// Attempts here that timed out.
+    pub timeouts: u64,
+    /// Attempts here lost to a disconnect.
+    pub disconnects: u64,
+}
+
+/// Live atomic counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub calls: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub failovers: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub late_replies: AtomicU64,
+}
+
+/// Live counters of one endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointCounters {
+    pub sent: AtomicU64,
+    pub replies: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub disconnects: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn read(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}

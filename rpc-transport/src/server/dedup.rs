@@ -1,0 +1,163 @@
+//! The reply cache: a retried request id gets the first execution's reply, and an id
+//! still running is not started again. Bounded in entries and in age.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rpc_core::RequestId;
+
+/// What to do with an incoming request id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// First time seen: run it (the envelope is recorded as a waiter).
+    Run,
+    /// Running now: the envelope was added to its waiters; do not run it again.
+    Joined,
+    /// Finished: answer with these reply frames.
+    Cached(Vec<Bytes>),
+}
+
+enum Entry {
+    Running { waiters: Vec<Vec<Bytes>> },
+    Done { reply: Vec<Bytes>, at: Instant },
+}
+
+/// Bounded reply cache keyed by request id.
+pub struct ReplyCache {
+    map: HashMap<RequestId, Entry>,
+    /// Finished ids, oldest first, for eviction.
+    order: VecDeque<(RequestId, Instant)>,
+    max_entries: usize,
+    max_age: Duration,
+}
+
+impl ReplyCache {
+    /// A cache of at most `max_entries` finished replies, each kept at most `max_age`.
+    pub fn new(max_entries: usize, max_age: Duration) -> ReplyCache {
+        ReplyCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            max_entries,
+            max_age,
+        }
+    }
+
+    /// Looks `id` up for a request arriving with `envelope` at `now`.
+    pub fn begin(&mut self, id: RequestId, envelope: Vec<Bytes>, now: Instant) -> Lookup {
+        self.evict(now);
+        match self.map.get_mut(&id) {
+            Some(Entry::Running { waiters }) => {
+                waiters.push(envelope);
+                Lookup::Joined
+            }
+            Some(Entry::Done { reply, .. }) => Lookup::Cached(reply.clone()),
+            None => {
+                self.map.insert(
+                    id,
+                    Entry::Running {
+                        waiters: vec![envelope],
+                    },
+                );
+                Lookup::Run
+            }
+        }
+    }
+
+    /// Records the reply of `id`; returns the envelopes waiting for it.
+    pub fn finish(&mut self, id: RequestId, reply: Vec<Bytes>, now: Instant) -> Vec<Vec<Bytes>> {
+        let waiters = match self.map.remove(&id) {
+            Some(Entry::Running { waiters }) => waiters,
+            _ => Vec::new(),
+        };
+        if self.max_entries > 0 {
+            self.map.insert(id, Entry::Done { reply, at: now });
+            self.order.push_back((id, now));
+        }
+        self.evict(now);
+        waiters
+    }
+
+    /// Forgets a running id that will not run after all (refused for overload);
+    /// returns its waiters.
+    pub fn abandon(&mut self, id: RequestId) -> Vec<Vec<Bytes>> {
+        match self.map.remove(&id) {
+            Some(Entry::Running { waiters }) => waiters,
+            Some(done) => {
+                self.map.insert(id, done);
+                Vec::new()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn evict(&mut self, now: Instant) {
+        while let Some(&(id, at)) = self.order.front() {
+            let over = self.order.len() > self.max_entries;
+            if !over && now.duration_since(at) < self.max_age {
+                break;
+            }
+            self.order.pop_front();
+            if matches!(self.map.get(&id), Some(Entry::Done { at: a, .. }) if *a == at) {
+                self.map.remove(&id);
+            }
+        }
+    }
+
+    /// Finished replies held.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True when no finished reply is held.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(n: u8) -> Vec<Bytes> {
+        vec![Bytes::from(vec![n]), Bytes::new()]
+    }
+
+    #[test]
+    fn runs_once_and_answers_repeats_from_cache() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(10, Duration::from_secs(60));
+        let id = RequestId::new();
+        assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
+        assert_eq!(c.begin(id, env(2), t0), Lookup::Joined);
+        let reply = vec![Bytes::from_static(b"h"), Bytes::from_static(b"b")];
+        assert_eq!(c.finish(id, reply.clone(), t0), vec![env(1), env(2)]);
+        assert_eq!(c.begin(id, env(3), t0), Lookup::Cached(reply));
+    }
+
+    #[test]
+    fn bounded_in_entries_and_age() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(3, Duration::from_secs(10));
+        let ids: Vec<RequestId> = (0..5).map(|_| RequestId::new()).collect();
+        for id in &ids {
+            assert_eq!(c.begin(*id, env(0), t0), Lookup::Run);
+            c.finish(*id, vec![], t0);
+        }
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.begin(ids[0], env(0), t0), Lookup::Run, "oldest evicted");
+        assert!(matches!(c.begin(ids[4], env(0), t0), Lookup::Cached(_)));
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(c.begin(ids[4], env(0), later), Lookup::Run, "expired");
+    }
+
+    #[test]
+    fn abandoned_ids_can_run_later() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(3, Duration::from_secs(10));
+        let id = RequestId::new();
+        assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
+        assert_eq!(c.abandon(id), vec![env(1)]);
+        assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
+    }
+}

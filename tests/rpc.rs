@@ -1,0 +1,317 @@
+//! `#[rpc_service]` end to end: generated client and server over our sockets.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use zmtp_rpc::{rpc_service, Client, Message, RpcError, Server, ServerHandle, Status};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub account: String,
+    pub cents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CalcError {
+    DivideByZero,
+    Declined { reason: String },
+}
+
+#[rpc_service]
+pub trait Calc {
+    /// Adds two numbers.
+    async fn add(&self, a: i64, b: i64) -> i64;
+    async fn div(&self, a: i64, b: i64) -> Result<i64, CalcError>;
+    #[rpc(at_most_once)]
+    async fn charge(&self, account: String, cents: u64) -> Result<Receipt, CalcError>;
+    async fn sleep_ms(&self, ms: u64) -> u64;
+    async fn boom(&self);
+    #[rpc(name = "count")]
+    async fn executions(&self) -> u32;
+}
+
+#[derive(Default)]
+struct MyCalc {
+    runs: AtomicU32,
+}
+
+impl Calc for MyCalc {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        a + b
+    }
+    async fn div(&self, a: i64, b: i64) -> Result<i64, CalcError> {
+        if b == 0 {
+            Err(CalcError::DivideByZero)
+        } else {
+            Ok(a / b)
+        }
+    }
+    async fn charge(&self, account: String, cents: u64) -> Result<Receipt, CalcError> {
+        if cents > 1000 {
+            return Err(CalcError::Declined {
+                reason: "too much".into(),
+            });
+        }
+        Ok(Receipt { account, cents })
+    }
+    async fn sleep_ms(&self, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        ms
+    }
+    async fn boom(&self) {
+        panic!("boom on purpose");
+    }
+    async fn executions(&self) -> u32 {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
+
+/// A second service on the same server.
+#[rpc_service(name = "echo")]
+pub trait Echo {
+    async fn echo(&self, text: String) -> String;
+}
+
+struct MyEcho;
+impl Echo for MyEcho {
+    async fn echo(&self, text: String) -> String {
+        text
+    }
+}
+
+async fn start() -> (ServerHandle, String) {
+    let server = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(CalcServer::new(MyCalc::default()))
+        .add_service(EchoServer::new(MyEcho))
+        .start()
+        .await
+        .unwrap();
+    let ep = server.endpoints()[0].to_string();
+    (server, ep)
+}
+
+#[tokio::test]
+async fn typed_calls_results_and_app_errors() {
+    let (server, ep) = start().await;
+    let calc = CalcClient::connect([ep.clone()]).await.unwrap();
+    assert_eq!(calc.add(2, 3).await.unwrap(), 5);
+    assert_eq!(calc.div(7, 2).await.unwrap(), Ok(3));
+    assert_eq!(calc.div(1, 0).await.unwrap(), Err(CalcError::DivideByZero));
+    let r = calc
+        .charge("acct".into(), 500)
+        .timeout(Duration::from_millis(2000))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Ok(Receipt {
+            account: "acct".into(),
+            cents: 500
+        })
+    );
+    assert!(matches!(
+        calc.charge("acct".into(), 5000).await.unwrap(),
+        Err(CalcError::Declined { .. })
+    ));
+    assert_eq!(calc.executions().await.unwrap(), 1);
+    assert_eq!(CalcClient::METHODS[5].name, "calc.count");
+    let echo = EchoClient::new(calc.client().clone());
+    assert_eq!(echo.echo("hi".into()).await.unwrap(), "hi");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_internal_and_the_server_goes_on() {
+    let (server, ep) = start().await;
+    let calc = CalcClient::connect([ep]).await.unwrap();
+    let e = calc.boom().await.unwrap_err();
+    assert!(
+        matches!(&e, RpcError::Internal(m) if m.contains("boom on purpose")),
+        "{e:?}"
+    );
+    assert_eq!(calc.add(1, 1).await.unwrap(), 2);
+    assert_eq!(server.stats().panics, 1);
+}
+
+#[tokio::test]
+async fn per_call_deadline_is_enforced() {
+    let (_server, ep) = start().await;
+    let calc = CalcClient::connect([ep]).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let e = calc
+        .sleep_ms(2000)
+        .timeout(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert!(matches!(e, RpcError::DeadlineExceeded), "{e:?}");
+    assert!(took < Duration::from_millis(400), "{took:?}");
+}
+
+#[tokio::test]
+async fn unknown_service_and_method() {
+    #[rpc_service(name = "calc")]
+    #[allow(dead_code)] // client side only
+    pub trait CalcFromTheFuture {
+        async fn multiply(&self, a: i64, b: i64) -> i64;
+    }
+    #[rpc_service(name = "nosuch")]
+    #[allow(dead_code)] // client side only
+    pub trait Missing {
+        async fn anything(&self) -> u8;
+    }
+    let (_server, ep) = start().await;
+    let client = Client::connect([ep]).await.unwrap();
+    let e = CalcFromTheFutureClient::new(client.clone())
+        .multiply(2, 3)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RpcError::UnknownMethod(_)), "{e:?}");
+    let e = MissingClient::new(client).anything().await.unwrap_err();
+    assert!(matches!(e, RpcError::UnknownMethod(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_server_can_add_a_defaulted_argument_for_old_clients() {
+    #[rpc_service(name = "scale")]
+    #[allow(dead_code)] // client side only
+    pub trait ScaleV1 {
+        async fn apply(&self, x: i64) -> i64;
+    }
+    #[rpc_service(name = "scale")]
+    pub trait ScaleV2 {
+        async fn apply(&self, x: i64, #[serde(default)] factor: Option<i64>) -> i64;
+    }
+    struct S;
+    impl ScaleV2 for S {
+        async fn apply(&self, x: i64, factor: Option<i64>) -> i64 {
+            x * factor.unwrap_or(1)
+        }
+    }
+    let server = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(ScaleV2Server::new(S))
+        .start()
+        .await
+        .unwrap();
+    let ep = server.endpoints()[0].to_string();
+    let client = Client::connect([ep]).await.unwrap();
+    assert_eq!(
+        ScaleV1Client::new(client.clone()).apply(7).await.unwrap(),
+        7
+    );
+    assert_eq!(
+        ScaleV2Client::new(client).apply(7, Some(3)).await.unwrap(),
+        21
+    );
+}
+
+/// Raw frames: what a non-Rust client might send.
+async fn raw(
+    client: &Client,
+    header: &impl Serialize,
+    args: &[u8],
+) -> (zmtp_rpc::transport::Message, zmtp_rpc::__private::Reply) {
+    let h = rmp_serde::to_vec_named(header).unwrap();
+    let reply = client
+        .request(Message::from(vec![
+            Bytes::from(h),
+            Bytes::copy_from_slice(args),
+        ]))
+        .await
+        .unwrap();
+    let hdr: zmtp_rpc::__private::Reply = {
+        #[derive(Deserialize)]
+        struct H {
+            status: u8,
+            #[serde(default)]
+            message: String,
+        }
+        let h: H = rmp_serde::from_slice(&reply.frames()[0]).unwrap();
+        zmtp_rpc::__private::Reply {
+            status: Status::from_code(h.status).unwrap(),
+            message: h.message,
+            body: reply.frames()[1].clone(),
+        }
+    };
+    (reply, hdr)
+}
+
+#[derive(Serialize)]
+struct Hdr<'a> {
+    v: u8,
+    #[serde(with = "serde_bytes16")]
+    id: [u8; 16],
+    method: &'a str,
+    timeout_ms: u64,
+    attempt: u32,
+}
+
+mod serde_bytes16 {
+    pub fn serialize<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_and_spent_deadlines_do_not_run_the_handler() {
+    let (server, ep) = start().await;
+    let client = Client::connect([ep]).await.unwrap();
+    let hdr = |method, timeout_ms| Hdr {
+        v: 1,
+        id: *uuid::Uuid::new_v4().as_bytes(),
+        method,
+        timeout_ms,
+        attempt: 1,
+    };
+    // Arguments of the wrong type.
+    let args = rmp_serde::to_vec_named(&serde_json_like_map("a", "not a number")).unwrap();
+    let (_, r) = raw(&client, &hdr("calc.add", 1000), &args).await;
+    assert_eq!(r.status, Status::BadRequest, "{}", r.message);
+    // Not MessagePack at all.
+    let (_, r) = raw(&client, &hdr("calc.add", 1000), b"\xc1\xc1").await;
+    assert_eq!(r.status, Status::BadRequest);
+    // A header that is not a header.
+    let (_, r) = raw(&client, &"hello", b"").await;
+    assert_eq!(r.status, Status::BadRequest);
+    // No time left.
+    let args = rmp_serde::to_vec_named(&AddArgs { a: 1, b: 2 }).unwrap();
+    let (_, r) = raw(&client, &hdr("calc.add", 0), &args).await;
+    assert_eq!(r.status, Status::DeadlineExceeded);
+    let calc = CalcClient::new(client);
+    assert_eq!(calc.executions().await.unwrap(), 0, "add never ran");
+    // The header-level refusals (bad header, no time left) never reached a dispatcher.
+    assert_eq!(server.stats().rejected, 2);
+}
+
+#[derive(Serialize)]
+struct AddArgs {
+    a: i64,
+    b: i64,
+}
+
+fn serde_json_like_map(k: &str, v: &str) -> std::collections::BTreeMap<String, String> {
+    [(k.to_string(), v.to_string())].into_iter().collect()
+}
+
+#[tokio::test]
+async fn the_server_dispatcher_is_a_tower_service() {
+    use tower::ServiceExt;
+    let svc = CalcServer::new(MyCalc::default());
+    let args = rmp_serde::to_vec_named(&AddArgs { a: 20, b: 22 }).unwrap();
+    let reply = svc
+        .oneshot(zmtp_rpc::__private::ServiceRequest {
+            method: "add".into(),
+            args: Bytes::from(args),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.status, Status::Ok);
+    assert_eq!(rmp_serde::from_slice::<i64>(&reply.body).unwrap(), 42);
+    let _ = Arc::new(());
+}
