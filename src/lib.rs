@@ -46,7 +46,7 @@ pub use rpc_transport as transport;
 pub use rpc_transport::client::{
     Balance, Call, CallOptions, Client, ClientBuilder, ClientStats, EndpointStats, HealthState,
 };
-pub use rpc_transport::server::{Server, ServerBuilder, ServerHandle, ServerStats};
+pub use rpc_transport::server::{RequestContext, Server, ServerBuilder, ServerHandle, ServerStats};
 pub use rpc_transport::Message;
 
 /// Items generated code refers to. Not a public API.

@@ -9,11 +9,14 @@
 //! # Layout
 //! - `mod.rs`: [`Server`], [`ServerBuilder`], [`ServerHandle`], the receive loop.
 //! - `dedup.rs`: [`ReplyCache`].
+//! - `context.rs`: [`RequestContext`], what a handler can learn about its request.
 //! - `unwind.rs`: catching handler panics.
 
+mod context;
 mod dedup;
 mod unwind;
 
+pub use context::RequestContext;
 pub use dedup::{Lookup, ReplyCache};
 
 use std::collections::HashMap;
@@ -429,11 +432,18 @@ impl Shared {
             args: body[1].clone(),
         };
         let span = tracing::debug_span!("rpc.request", method = %header.method, request_id = %id, attempt = header.attempt);
+        let ctx = RequestContext {
+            request_id: id,
+            method: header.method.clone(),
+            attempt: header.attempt,
+            deadline: now + remaining,
+            metadata: header.meta,
+        };
         let shared = self.clone();
         tokio::spawn(
             async move {
-                let outcome =
-                    tokio::time::timeout(remaining, CatchUnwind::new(svc.dispatch(request))).await;
+                let run = context::scope(ctx, CatchUnwind::new(svc.dispatch(request)));
+                let outcome = tokio::time::timeout(remaining, run).await;
                 let reply = match outcome {
                     Ok(Ok(reply)) => reply,
                     Ok(Err(panic)) => {
