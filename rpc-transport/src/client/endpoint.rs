@@ -96,6 +96,9 @@ impl Endpoint {
 /// Reads replies of one connection generation and reports link changes.
 async fn read_loop(inner: Arc<Inner>, idx: usize, generation: u64, mut sock: DealerSocket) {
     let mut peers = sock.watch_peers();
+    // The handshake may have completed before this task subscribed: look at the
+    // current value first rather than wait for the next change.
+    peers.mark_changed();
     loop {
         tokio::select! {
             // Replies first: those queued before a disconnect still count.

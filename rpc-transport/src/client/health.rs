@@ -84,9 +84,10 @@ impl Health {
         self.connected && self.suspect_until.is_none_or(|t| t <= now)
     }
 
-    /// When a suspect endpoint becomes eligible again (if it is connected).
-    pub fn eligible_at(&self) -> Option<Instant> {
-        self.suspect_until.filter(|_| self.connected)
+    /// When a connected but suspect endpoint becomes eligible again, if that is
+    /// after `now`.
+    pub fn eligible_at(&self, now: Instant) -> Option<Instant> {
+        self.suspect_until.filter(|t| self.connected && *t > now)
     }
 
     /// The state, for display and counters.

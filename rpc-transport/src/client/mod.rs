@@ -351,6 +351,26 @@ impl Inner {
         best.map(|(i, _)| i).or(fallback)
     }
 
+    /// Waits until endpoints may have changed: a link event, the end of a suspect
+    /// penalty, or `deadline`. Returns false once the deadline has passed.
+    async fn wait_change(&self, changed: &mut watch::Receiver<()>, deadline: Instant) -> bool {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        let now = now_std();
+        let wake = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.lock().health.eligible_at(now))
+            .min()
+            .map(Instant::from_std)
+            .map_or(deadline, |t| t.min(deadline));
+        tokio::select! {
+            r = changed.changed() => r.is_ok(),
+            _ = tokio::time::sleep_until(wake) => true,
+        }
+    }
+
     /// Waits for a healthy endpoint until `deadline`.
     async fn wait_for_endpoint(&self, deadline: Instant, avoid: Option<usize>) -> Option<usize> {
         let mut changed = self.changed.subscribe();
@@ -359,20 +379,8 @@ impl Inner {
             if let Some(i) = self.pick(avoid) {
                 return Some(i);
             }
-            // A suspect endpoint's penalty may end before anything else happens.
-            let wake = self
-                .endpoints
-                .iter()
-                .filter_map(|e| e.lock().health.eligible_at())
-                .min()
-                .map(Instant::from_std)
-                .map_or(deadline, |t| t.min(deadline));
-            if Instant::now() >= deadline {
+            if !self.wait_change(&mut changed, deadline).await {
                 return None;
-            }
-            tokio::select! {
-                r = changed.changed() => if r.is_err() { return None },
-                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }
@@ -645,10 +653,7 @@ impl Client {
             if healthy >= n {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, changed.changed())
-                .await
-                .is_err()
-            {
+            if !self.inner.wait_change(&mut changed, deadline).await {
                 return false;
             }
         }

@@ -1,0 +1,476 @@
+//! The reliable client against real worker processes that are killed, frozen,
+//! restarted and slowed down. Workers are `examples/worker_pool worker`, which
+//! `cargo test` builds beside this test.
+
+#[allow(dead_code)]
+#[path = "../examples/common/work.rs"]
+mod work;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use work::WorkClient;
+use zmtp_rpc::transport::socket::SplitMix64;
+use zmtp_rpc::transport::zmtp::HeartbeatConfig;
+use zmtp_rpc::{Client, HealthState, RpcError};
+
+/// Tests here run one at a time: a port freed by one test's killed worker must not be
+/// taken by another test's new worker while the first test still expects it dead.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const ATTEMPT: Duration = Duration::from_millis(200);
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const HB_TIMEOUT: Duration = Duration::from_millis(300);
+const RECONNECT_MAX: Duration = Duration::from_millis(200);
+
+fn worker_exe() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples/worker_pool");
+    assert!(
+        p.exists(),
+        "{} missing: `cargo test` (without --test) builds it, or `cargo build --example worker_pool`",
+        p.display()
+    );
+    p
+}
+
+/// One worker process; its stdout lines go to `lines` tagged with its index.
+struct Worker {
+    child: Child,
+    port: u16,
+}
+
+struct Pool {
+    workers: Vec<Worker>,
+    lines: mpsc::UnboundedSender<(usize, String)>,
+    log_dir: Option<PathBuf>,
+}
+
+impl Pool {
+    async fn new(n: usize, delays: &[u64]) -> (Pool, mpsc::UnboundedReceiver<(usize, String)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut pool = Pool {
+            workers: Vec::new(),
+            lines: tx,
+            log_dir: None,
+        };
+        for i in 0..n {
+            let w = pool.spawn(i, 0, delays.get(i).copied().unwrap_or(0)).await;
+            pool.workers.push(w);
+        }
+        (pool, rx)
+    }
+
+    async fn spawn(&self, idx: usize, port: u16, delay_ms: u64) -> Worker {
+        let mut cmd = Command::new(worker_exe());
+        cmd.args([
+            "worker",
+            "--port",
+            &port.to_string(),
+            "--delay-ms",
+            &delay_ms.to_string(),
+        ]);
+        if let Some(d) = &self.log_dir {
+            cmd.arg("--log").arg(d);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn worker");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("worker ready in time")
+            .unwrap()
+            .expect("worker printed READY");
+        let port = first.strip_prefix("READY ").unwrap().parse().unwrap();
+        let tx = self.lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                let _ = tx.send((idx, l));
+            }
+        });
+        Worker { child, port }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.workers
+            .iter()
+            .map(|w| format!("tcp://127.0.0.1:{}", w.port))
+            .collect()
+    }
+
+    async fn kill(&mut self, i: usize) {
+        self.workers[i].child.start_kill().unwrap();
+        let _ = self.workers[i].child.wait().await;
+    }
+
+    async fn restart(&mut self, i: usize, delay_ms: u64) {
+        let port = self.workers[i].port;
+        self.workers[i] = self.spawn(i, port, delay_ms).await;
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.workers[i].child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+async fn client(endpoints: Vec<String>) -> Client {
+    Client::builder()
+        .endpoints(endpoints)
+        .attempt_timeout(ATTEMPT)
+        .call_timeout(Duration::from_secs(3))
+        .retries(5)
+        .heartbeat(Some(HeartbeatConfig {
+            interval: HEARTBEAT,
+            timeout: HB_TIMEOUT,
+            ttl: Duration::ZERO,
+        }))
+        .reconnect(Duration::from_millis(50), RECONNECT_MAX)
+        .rng_seed(7)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `tasks` callers making `per_task` calls each; every reply is checked by content.
+/// Returns the slowest call.
+async fn stream(work: &WorkClient, tasks: u64, per_task: u64, done: Arc<AtomicU64>) -> Duration {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let work = work.clone();
+        let done = done.clone();
+        handles.push(tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for i in 0..per_task {
+                let job = t * 1_000_000 + i;
+                let payload = format!("payload {job}");
+                let t0 = Instant::now();
+                let d = work
+                    .process(job, payload.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("job {job} failed: {e:?}"));
+                slowest = slowest.max(t0.elapsed());
+                assert_eq!((d.job, d.payload), (job, payload), "reply for another call");
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            slowest
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for h in handles {
+        slowest = slowest.max(h.await.unwrap());
+    }
+    slowest
+}
+
+async fn wait_until(done: &AtomicU64, n: u64) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while done.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_stream_loses_no_call() {
+    let _serial = SERIAL.lock().await;
+    let (mut pool, _lines) = Pool::new(3, &[1, 1, 1]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(3, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    let s = tokio::spawn({
+        let (work, done) = (work.clone(), done.clone());
+        async move { stream(&work, 4, 150, done).await }
+    });
+    wait_until(&done, 150).await;
+    pool.kill(1).await;
+    s.await.unwrap();
+    let st = c.stats();
+    assert_eq!(st.succeeded, 600);
+    assert!(st.endpoints[1].sent > 0, "the victim served before dying");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_costs_at_most_one_attempt_timeout_and_is_marked_down() {
+    let _serial = SERIAL.lock().await;
+    let (pool, _lines) = Pool::new(3, &[]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(3, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    stream(&work, 2, 20, done.clone()).await;
+
+    pool.signal(0, "-STOP");
+    let frozen_at = Instant::now();
+    let slowest = stream(&work, 4, 50, done.clone()).await;
+    assert!(
+        slowest <= ATTEMPT + Duration::from_millis(150),
+        "slowest call {slowest:?} with a frozen worker"
+    );
+    // Marked down within the heartbeat timeout (plus a PING interval and slack).
+    let deadline = frozen_at + HB_TIMEOUT + HEARTBEAT + Duration::from_millis(300);
+    while c.stats().endpoints[0].health == HealthState::Healthy {
+        assert!(Instant::now() < deadline, "frozen worker still healthy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent_while_frozen = c.stats().endpoints[0].sent;
+    stream(&work, 2, 20, done.clone()).await;
+    assert_eq!(
+        c.stats().endpoints[0].sent,
+        sent_while_frozen,
+        "calls sent to a worker marked down"
+    );
+
+    pool.signal(0, "-CONT");
+    assert!(
+        c.wait_healthy(3, Duration::from_secs(5)).await,
+        "thawed worker not back: {:?}",
+        c.stats()
+    );
+    let replies = c.stats().endpoints[0].replies;
+    stream(&work, 2, 30, done.clone()).await;
+    assert!(
+        c.stats().endpoints[0].replies > replies,
+        "thawed worker serves again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_gets_calls_again_within_its_reconnect_backoff() {
+    let _serial = SERIAL.lock().await;
+    let (mut pool, _lines) = Pool::new(2, &[]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(2, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    let done = Arc::new(AtomicU64::new(0));
+    pool.kill(0).await;
+    stream(&work, 2, 20, done.clone()).await;
+    assert!(!c.wait_healthy(2, Duration::from_millis(10)).await);
+    pool.restart(0, 0).await;
+    let restarted = Instant::now();
+    assert!(
+        c.wait_healthy(2, RECONNECT_MAX + Duration::from_millis(300))
+            .await,
+        "not reconnected within the backoff"
+    );
+    let took = restarted.elapsed();
+    let replies = c.stats().endpoints[0].replies;
+    stream(&work, 2, 20, done).await;
+    assert!(
+        c.stats().endpoints[0].replies > replies,
+        "restarted worker got no call ({took:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_workers_down_fails_unavailable_in_time_then_recovers() {
+    let _serial = SERIAL.lock().await;
+    let (mut pool, _lines) = Pool::new(2, &[]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(2, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    pool.kill(0).await;
+    pool.kill(1).await;
+    let deadline = Duration::from_millis(400);
+    for job in 0..5 {
+        let t0 = Instant::now();
+        let e = work
+            .process(job, String::new())
+            .timeout(deadline)
+            .await
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(matches!(e, RpcError::Unavailable { .. }), "{e:?}");
+        assert!(
+            took <= deadline + Duration::from_millis(50),
+            "took {took:?}"
+        );
+    }
+    pool.restart(1, 0).await;
+    let d = work
+        .process(99, "back".into())
+        .timeout(Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(d.job, 99);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_replies_of_a_slow_worker_never_reach_another_call() {
+    let _serial = SERIAL.lock().await;
+    // Worker 0 answers after two attempt timeouts; worker 1 at once. Every reply is
+    // checked against its own call's job and payload.
+    let (pool, _lines) = Pool::new(2, &[400, 0]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(2, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    stream(&work, 4, 30, Arc::new(AtomicU64::new(0))).await;
+    assert!(c.stats().timeouts > 0, "the slow worker never timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_reply_on_a_live_connection_is_dropped_not_misdelivered() {
+    let _serial = SERIAL.lock().await;
+    // One worker answering in 150 ms; the first call is dropped after 50 ms (no
+    // timeout of ours fires, so the connection stays); its reply arrives while the
+    // second call waits on the same connection.
+    let (pool, _lines) = Pool::new(1, &[150]).await;
+    let c = Client::builder()
+        .endpoints(pool.endpoints())
+        .attempt_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .unwrap();
+    assert!(c.wait_healthy(1, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    // Cancelled by the caller (the call's own deadline is 5 s, so the server runs it).
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(50), work.process(1, "first".into())).await;
+    assert!(cancelled.is_err());
+    let d = work.process(2, "second".into()).await.unwrap();
+    assert_eq!((d.job, d.payload.as_str()), (2, "second"));
+    let st = c.stats();
+    assert_eq!(st.late_replies, 1, "{st:?}");
+    assert_eq!(st.reconnects, 0, "the connection was kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_once_is_not_resent_after_delivery() {
+    let _serial = SERIAL.lock().await;
+    let (mut pool, mut lines) = Pool::new(2, &[]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(2, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    let call = tokio::spawn({
+        let work = work.clone();
+        async move { work.charge(1, 5_000).timeout(Duration::from_secs(10)).await }
+    });
+    let victim = loop {
+        let (i, line) = tokio::time::timeout(Duration::from_secs(10), lines.recv())
+            .await
+            .expect("a worker received the charge")
+            .unwrap();
+        if line == "RECEIVED charge" {
+            break i;
+        }
+    };
+    pool.kill(victim).await;
+    let t0 = Instant::now();
+    let e = call.await.unwrap().unwrap_err();
+    assert!(matches!(e, RpcError::Indeterminate(_)), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "not failed at once");
+    let other = work.report().await.unwrap();
+    assert_eq!(
+        other.charges, 0,
+        "the charge was resent to the other worker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_default_method_retried_to_the_same_worker_runs_once() {
+    let _serial = SERIAL.lock().await;
+    let (pool, _lines) = Pool::new(1, &[]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(1, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    // 600 ms of work with 200 ms attempts: resent to the same (only) worker.
+    let d = work.slow(5, 600).await.unwrap();
+    assert_eq!(d.job, 5);
+    assert!(c.stats().retries >= 1, "{:?}", c.stats());
+    let r = work.report().await.unwrap();
+    assert_eq!((r.executions, r.duplicates), (1, 0), "slow ran once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_8_callers_1000_calls_each_with_seeded_kills() {
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(format!("zmtp-rpc-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (tx, _lines) = mpsc::unbounded_channel();
+    let mut pool = Pool {
+        workers: Vec::new(),
+        lines: tx,
+        log_dir: Some(dir.clone()),
+    };
+    for i in 0..3 {
+        let w = pool.spawn(i, 0, 0).await;
+        pool.workers.push(w);
+    }
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(3, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    let deadline = Duration::from_secs(2);
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for t in 0..8u64 {
+        let (work, ok, errors) = (work.clone(), ok.clone(), errors.clone());
+        callers.push(tokio::spawn(async move {
+            for i in 0..1000u64 {
+                let job = t * 10_000 + i;
+                let t0 = Instant::now();
+                let r = work.process(job, String::new()).timeout(deadline).await;
+                let took = t0.elapsed();
+                assert!(
+                    took <= deadline + Duration::from_millis(100),
+                    "call took {took:?}"
+                );
+                match r {
+                    Ok(d) => {
+                        assert_eq!(d.job, job);
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    let mut rng = SplitMix64::new(2026);
+    let mut finished = false;
+    while !finished {
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(150))).await;
+        let victim = rng.below(3) as usize;
+        pool.kill(victim).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(200))).await;
+        pool.restart(victim, 0).await;
+        finished = callers.iter().all(|h| h.is_finished());
+    }
+    for h in callers {
+        h.await.unwrap();
+    }
+    let (ok, errors) = (ok.load(Ordering::SeqCst), errors.load(Ordering::SeqCst));
+    assert_eq!(ok + errors, 8000);
+    assert!(ok > 7000, "{ok} ok, {errors} errors");
+    // No worker process ran one request id twice.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let mut seen = HashSet::new();
+        for line in text.lines() {
+            assert!(seen.insert(line.to_string()), "ran twice: {line}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
