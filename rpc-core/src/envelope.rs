@@ -140,3 +140,55 @@ mod tests {
         assert!(h.meta.is_empty());
     }
 }
+
+#[cfg(test)]
+mod protocol_doc {
+    //! The byte-level example in docs/PROTOCOL.md is what the code produces.
+    use super::*;
+    use crate::status::Status;
+
+    const DOC: &str = include_str!("../../docs/PROTOCOL.md");
+
+    fn hex(b: &[u8]) -> String {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn the_documented_call_is_byte_exact() {
+        let id = RequestId(uuid::Uuid::from_bytes([
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ]));
+        let req = RequestHeader {
+            v: 1,
+            id,
+            method: "calc.add".into(),
+            timeout_ms: 500,
+            attempt: 1,
+            meta: BTreeMap::new(),
+        };
+        let req = crate::codec::encode(&req).unwrap();
+        assert_eq!(req.len(), 70);
+        assert!(
+            DOC.contains(&hex(&req)),
+            "request header bytes differ from the doc"
+        );
+        #[derive(Serialize)]
+        struct Args {
+            a: i64,
+            b: i64,
+        }
+        let args = crate::codec::encode(&Args { a: 2, b: 3 }).unwrap();
+        assert!(DOC.contains(&hex(&args)));
+        let rep = ReplyHeader {
+            v: 1,
+            id,
+            status: Status::Ok,
+            message: String::new(),
+        };
+        assert!(DOC.contains(&hex(&crate::codec::encode(&rep).unwrap())));
+    }
+}

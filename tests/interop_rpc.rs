@@ -1,0 +1,75 @@
+//! Other languages, tested: a Python client and a Python server written from
+//! docs/PROTOCOL.md alone (tests/peers/rpc_client.py, rpc_server.py).
+
+#[allow(dead_code)]
+#[path = "../examples/common/calc.rs"]
+mod calc;
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use calc::{CalcClient, CalcError, CalcServer, MyCalc};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use zmtp_rpc::Server;
+
+#[tokio::test]
+async fn a_python_req_client_calls_a_rust_service() {
+    let server = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(CalcServer::new(MyCalc))
+        .start()
+        .await
+        .unwrap();
+    let ep = server.endpoints()[0].to_string();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(support::python())
+            .arg(support::peer_script("rpc_client.py"))
+            .arg(&ep)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("python client finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ALL OK"), "{stdout}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rust_client_calls_a_python_router_server() {
+    let mut child = Command::new(support::python())
+        .arg(support::peer_script("rpc_server.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let ep = ready
+        .strip_prefix("READY ")
+        .expect("READY line")
+        .to_string();
+    let calc = CalcClient::connect([ep]).await.unwrap();
+    assert_eq!(calc.add(2, 3).await.unwrap(), 5);
+    assert_eq!(calc.div(-7, 2).await.unwrap(), Ok(-3));
+    assert_eq!(calc.div(1, 0).await.unwrap(), Err(CalcError::DivideByZero));
+    assert_eq!(
+        calc.mul(i64::MAX, 2).await.unwrap(),
+        Err(CalcError::Overflow { op: "mul".into() })
+    );
+    drop(child.stdin.take());
+}
