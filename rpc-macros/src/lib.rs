@@ -48,7 +48,30 @@ pub fn rpc_service(args: TokenStream, input: TokenStream) -> TokenStream {
         Ok(service) => expand::expand(&service).into(),
         Err(errors) => {
             let errors = errors.to_compile_error();
-            quote::quote!(#input2 #errors).into()
+            let item = fallback(input2);
+            quote::quote!(#item #errors).into()
         }
     }
+}
+
+/// The trait as the user wrote it, minus what only this macro understands (`#[rpc]`,
+/// argument `#[serde]`, argument patterns), so that the compiler adds no errors of
+/// its own to ours.
+fn fallback(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    let Ok(mut item) = syn::parse2::<syn::ItemTrait>(input.clone()) else {
+        return input;
+    };
+    for it in &mut item.items {
+        let syn::TraitItem::Fn(f) = it else { continue };
+        f.attrs.retain(|a| !a.path().is_ident("rpc"));
+        for arg in &mut f.sig.inputs {
+            if let syn::FnArg::Typed(pt) = arg {
+                pt.attrs.retain(|a| !a.path().is_ident("serde"));
+                if !matches!(&*pt.pat, syn::Pat::Ident(_) | syn::Pat::Wild(_)) {
+                    *pt.pat = syn::parse_quote!(_);
+                }
+            }
+        }
+    }
+    quote::ToTokens::into_token_stream(item)
 }

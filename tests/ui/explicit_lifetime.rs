@@ -1,0 +1,6 @@
+#[zmtp_rpc::rpc_service]
+pub trait Svc {
+    async fn name(&self, who: &str) -> String;
+}
+
+fn main() {}
