@@ -315,3 +315,131 @@ async fn the_server_dispatcher_is_a_tower_service() {
     assert_eq!(rmp_serde::from_slice::<i64>(&reply.body).unwrap(), 42);
     let _ = Arc::new(());
 }
+
+#[tokio::test]
+async fn past_the_concurrency_limit_the_server_answers_overloaded_at_once() {
+    let server = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .max_concurrency(1)
+        .add_service(CalcServer::new(MyCalc::default()))
+        .start()
+        .await
+        .unwrap();
+    let ep = server.endpoints()[0].to_string();
+    let calc = CalcClient::new(
+        Client::builder()
+            .endpoint(ep)
+            .retries(1)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let busy = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.sleep_ms(500).await }
+    });
+    // Wait until the slow call runs.
+    while server.stats().executed == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t0 = std::time::Instant::now();
+    let e = calc.add(1, 2).await.unwrap_err();
+    assert!(t0.elapsed() < Duration::from_millis(300), "not at once");
+    let RpcError::Unavailable {
+        attempts: 2,
+        last: Some(last),
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert!(matches!(**last, RpcError::Overloaded(_)), "{last:?}");
+    assert_eq!(server.stats().overloaded, 2);
+    assert_eq!(busy.await.unwrap().unwrap(), 500);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_running_calls_and_refuses_new_ones() {
+    let server = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(CalcServer::new(MyCalc::default()))
+        .start()
+        .await
+        .unwrap();
+    let ep = server.endpoints()[0].to_string();
+    let calc = CalcClient::new(
+        Client::builder()
+            .endpoint(ep)
+            .retries(0)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let running = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.sleep_ms(300).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = calc.add(1, 1).await.unwrap_err();
+    let RpcError::Unavailable {
+        last: Some(last), ..
+    } = &e
+    else {
+        panic!("{e:?}")
+    };
+    assert!(matches!(**last, RpcError::ShuttingDown(_)), "{last:?}");
+    assert!(
+        !stop.is_finished(),
+        "shutdown must wait for the running call"
+    );
+    assert_eq!(
+        running.await.unwrap().unwrap(),
+        300,
+        "the running call finished"
+    );
+    tokio::time::timeout(Duration::from_secs(5), stop)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_server_drops_clients_that_stop_answering_heartbeats() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use zmtp_rpc::transport::zmtp::{Greeting, HeartbeatConfig};
+    let server = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .heartbeat(Some(HeartbeatConfig {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+            ttl: Duration::ZERO,
+        }))
+        .add_service(CalcServer::new(MyCalc::default()))
+        .start()
+        .await
+        .unwrap();
+    let port = server.endpoints()[0].port().unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // A DEALER that shakes hands and then vanishes without closing.
+    let mut hello = Greeting::null().encode().to_vec();
+    hello.extend_from_slice(b"\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER");
+    s.write_all(&hello).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut pings = 0;
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pings += buf[..n].windows(5).filter(|w| w == b"\x04PING").count(),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "silent client never dropped");
+    assert!(pings >= 1, "no PING was sent");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}

@@ -63,7 +63,14 @@ impl Client {
     ) -> Result<Reply, RpcError> {
         let id = RequestId::new();
         let timeout = opts.timeout.unwrap_or(self.inner.config.call_timeout);
-        let span = tracing::debug_span!("rpc.call", service = method.service(), method = method.method(), request_id = %id);
+        let span = tracing::debug_span!(
+            "rpc.call",
+            service = method.service(),
+            method = method.method(),
+            request_id = %id,
+            attempt = tracing::field::Empty,
+            endpoint = tracing::field::Empty
+        );
         let build = |attempt: u32, remaining: Duration| {
             let header = RequestHeader {
                 v: PROTOCOL_VERSION,

@@ -478,7 +478,12 @@ impl Client {
             return Err(RpcError::Config("empty message".into()));
         }
         let id = RequestId::new();
-        let span = tracing::debug_span!("zmtp.request", request_id = %id);
+        let span = tracing::debug_span!(
+            "zmtp.request",
+            request_id = %id,
+            attempt = tracing::field::Empty,
+            endpoint = tracing::field::Empty
+        );
         tracing::Instrument::instrument(
             self.execute(id, retry, timeout, |_, _| msg.clone(), Verdict::Done),
             span,
@@ -565,7 +570,10 @@ impl Client {
                     bump(&c.failovers);
                 }
             }
-            tracing::debug!(attempt = attempts, endpoint = %ep.addr, "attempt sent");
+            let span = tracing::Span::current();
+            span.record("attempt", attempts);
+            span.record("endpoint", ep.addr.as_str());
+            tracing::debug!("attempt sent");
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&ep.outstanding);
             let attempt_deadline = (now + inner.config.attempt_timeout).min(deadline);
