@@ -13,7 +13,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: server_on_port PORT")?
         .parse()?;
     let mut rep = RepSocket::new();
-    rep.bind(&format!("tcp://*:{port}")).await?;
+    // Port 0 picks a free port; the replies name the port actually bound.
+    let port = rep
+        .bind(&format!("tcp://*:{port}"))
+        .await?
+        .port()
+        .unwrap_or(port);
     println!("server_on_port listening on tcp://*:{port}");
     let mut n: u64 = 0;
     loop {

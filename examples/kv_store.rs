@@ -1,0 +1,119 @@
+//! A small key-value service with get, put, delete and a typed application error.
+//!
+//! Run the server: `cargo run --example kv_store -- server [tcp://127.0.0.1:5560]`,
+//! then the client: `cargo run --example kv_store -- client [tcp://127.0.0.1:5560]`.
+//! `cargo run --example kv_store` alone runs both in one process.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use zmtp_rpc::{rpc_service, Server};
+
+/// Why a key-value operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvError {
+    /// No such key.
+    NotFound {
+        /// The key asked for.
+        key: String,
+    },
+    /// Keys must be 1 to 256 bytes.
+    InvalidKey,
+}
+
+/// A key-value store.
+#[rpc_service(name = "kv")]
+pub trait KvStore {
+    /// The value of `key`.
+    async fn get(&self, key: String) -> Result<String, KvError>;
+    /// Sets `key`; returns the previous value, if any.
+    async fn put(&self, key: String, value: String) -> Result<Option<String>, KvError>;
+    /// Removes `key`; returns its value. Not idempotent: never resent once delivered.
+    #[rpc(at_most_once)]
+    async fn delete(&self, key: String) -> Result<String, KvError>;
+    /// Number of keys.
+    async fn len(&self) -> u64;
+}
+
+#[derive(Default)]
+struct Store(Mutex<HashMap<String, String>>);
+
+fn check(key: &str) -> Result<(), KvError> {
+    if key.is_empty() || key.len() > 256 {
+        Err(KvError::InvalidKey)
+    } else {
+        Ok(())
+    }
+}
+
+impl KvStore for Store {
+    async fn get(&self, key: String) -> Result<String, KvError> {
+        check(&key)?;
+        let map = self.0.lock().unwrap();
+        map.get(&key).cloned().ok_or(KvError::NotFound { key })
+    }
+    async fn put(&self, key: String, value: String) -> Result<Option<String>, KvError> {
+        check(&key)?;
+        Ok(self.0.lock().unwrap().insert(key, value))
+    }
+    async fn delete(&self, key: String) -> Result<String, KvError> {
+        check(&key)?;
+        let removed = self.0.lock().unwrap().remove(&key);
+        removed.ok_or(KvError::NotFound { key })
+    }
+    async fn len(&self) -> u64 {
+        self.0.lock().unwrap().len() as u64
+    }
+}
+
+async fn client(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let kv = KvStoreClient::connect([endpoint]).await?;
+    println!(
+        "put color=blue -> {:?}",
+        kv.put("color".into(), "blue".into()).await?
+    );
+    println!(
+        "put color=red  -> {:?}",
+        kv.put("color".into(), "red".into()).await?
+    );
+    println!("get color      -> {:?}", kv.get("color".into()).await?);
+    println!("len            -> {}", kv.len().await?);
+    println!("delete color   -> {:?}", kv.delete("color".into()).await?);
+    println!("get color      -> {:?}", kv.get("color".into()).await?);
+    println!(
+        "put \"\"         -> {:?}",
+        kv.put(String::new(), "x".into()).await?
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let endpoint = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "tcp://127.0.0.1:5560".into());
+    match args.first().map(String::as_str) {
+        Some("server") => {
+            println!("kv_store serving on {endpoint}");
+            Server::builder()
+                .bind(endpoint.clone())
+                .serve(KvStoreServer::new(Store::default()))
+                .await?;
+        }
+        Some("client") => client(&endpoint).await?,
+        None => {
+            let server = Server::builder()
+                .bind("tcp://127.0.0.1:0")
+                .add_service(KvStoreServer::new(Store::default()))
+                .start()
+                .await?;
+            client(&server.endpoints()[0].to_string()).await?;
+            server.shutdown().await;
+        }
+        Some(other) => return Err(format!("unknown mode {other}: server or client").into()),
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Every example runs and does what its `//!` lines say. The binaries are the ones
+//! `cargo test` builds beside this test (target/<profile>/examples/).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} missing: `cargo test` (without --test) builds it, or `cargo build --examples`",
+        p.display()
+    );
+    p
+}
+
+/// Runs an example to completion; returns its stdout, asserting success.
+async fn run(name: &str, args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(example(name))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} finishes"))
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Starts a long-running example and returns it once it printed its first line.
+async fn start(name: &str, args: &[&str]) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (child, first, lines)
+}
+
+fn port_of(line: &str) -> String {
+    line.rsplit(':').next().unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn hello_server_and_client() {
+    let (_server, first, _stdout) = start("hello_server", &["tcp://127.0.0.1:0"]).await;
+    let ep = format!("tcp://127.0.0.1:{}", port_of(&first));
+    let out = run("hello_client", &[&ep]).await;
+    assert!(out.contains("Received reply 9: World"), "{out}");
+}
+
+#[tokio::test]
+async fn client_to_many_round_robins_and_lazy_pirate_survives_a_kill() {
+    let mut servers = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let (child, first, lines) = start("server_on_port", &["0"]).await;
+        ports.push(port_of(&first));
+        servers.push((child, lines));
+    }
+    let mut args: Vec<&str> = ports.iter().map(String::as_str).collect();
+    args.extend(["--count", "6"]);
+    let out = run("client_to_many", &args).await;
+    let served: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().nth(5).unwrap())
+        .collect();
+    assert_eq!(served.len(), 6, "{out}");
+    assert_eq!(served[..3], served[3..], "not round-robin: {out}");
+    let distinct: std::collections::HashSet<_> = served.iter().collect();
+    assert_eq!(distinct.len(), 3, "{out}");
+
+    // The lazy pirate client goes on when a server is killed mid-run.
+    let mut args: Vec<&str> = ports.iter().map(String::as_str).collect();
+    args.extend(["--count", "40", "--interval-ms", "10"]);
+    let pirate = tokio::spawn({
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("lazy_pirate_client", &args).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    servers[1].0.start_kill().unwrap();
+    let out = pirate.await.unwrap();
+    let numbers: Vec<String> = out
+        .lines()
+        .map(|l| l.rsplit("Hello ").next().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..40).map(|n| format!("{n:08}")).collect();
+    assert_eq!(numbers, want, "a number skipped or answered twice:\n{out}");
+}
+
+#[tokio::test]
+async fn calculator_and_kv_store() {
+    let out = run("calculator", &[]).await;
+    assert!(out.contains("2 + 3 = 5"), "{out}");
+    assert!(out.contains("1 / 0 = Err(DivideByZero)"), "{out}");
+    let out = run("kv_store", &[]).await;
+    assert!(out.contains("get color      -> Ok(\"red\")"), "{out}");
+    assert!(
+        out.contains("get color      -> Err(NotFound { key: \"color\" })"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn worker_pool_survives_a_killed_worker() {
+    let out = run(
+        "worker_pool",
+        &["--calls", "1500", "--concurrency", "4", "--delay-ms", "1"],
+    )
+    .await;
+    assert!(out.contains("SIGKILL worker"), "{out}");
+    assert!(out.contains("restarted worker"), "{out}");
+    assert!(out.contains("no call failed"), "{out}");
+}
