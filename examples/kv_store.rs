@@ -33,7 +33,7 @@ pub trait KvStore {
     #[rpc(at_most_once)]
     async fn delete(&self, key: String) -> Result<String, KvError>;
     /// Number of keys.
-    async fn len(&self) -> u64;
+    async fn count(&self) -> u64;
 }
 
 #[derive(Default)]
@@ -62,7 +62,7 @@ impl KvStore for Store {
         let removed = self.0.lock().unwrap().remove(&key);
         removed.ok_or(KvError::NotFound { key })
     }
-    async fn len(&self) -> u64 {
+    async fn count(&self) -> u64 {
         self.0.lock().unwrap().len() as u64
     }
 }
@@ -78,7 +78,7 @@ async fn client(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
         kv.put("color".into(), "red".into()).await?
     );
     println!("get color      -> {:?}", kv.get("color".into()).await?);
-    println!("len            -> {}", kv.len().await?);
+    println!("count          -> {}", kv.count().await?);
     println!("delete color   -> {:?}", kv.delete("color".into()).await?);
     println!("get color      -> {:?}", kv.get("color".into()).await?);
     println!(
