@@ -1,0 +1,91 @@
+//! `zmtp-bench`: zmtp-rpc against raw tokio TCP, measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p zmtp-bench                 # every row, one table
+//! cargo run --release -p zmtp-bench -- latency      # the round-trip rows only
+//! cargo run --release -p zmtp-bench -- failover     # SIGKILL / SIGSTOP costs
+//! cargo run --release -p zmtp-bench -- memory       # idle connection cost
+//! zmtp-bench server KIND ADDR / client KIND ADDR    # one side (anchors contender)
+//! ```
+//! KIND: `tcp` (4-byte length prefix, TCP_NODELAY, one write per frame), `reqrep`,
+//! `dealer` (DEALER to ROUTER), `rpc` (typed `#[rpc_service]` call through the reliable
+//! client, MessagePack encode and decode counted). Knobs (environment): BENCH_PAYLOAD
+//! (bytes), BENCH_WARMUP, BENCH_WARMUP_SECS, BENCH_COUNT, BENCH_SECS, BENCH_CONC,
+//! BENCH_TAG. Every server and client are separate processes on 127.0.0.1; callers run
+//! in spawned tasks; each call is timed on its own; percentiles are nearest-rank.
+
+mod failover;
+mod measure;
+mod memory;
+mod rows;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A server process of this program, killed on drop.
+pub struct ServerProc {
+    /// The process.
+    pub child: Child,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+/// Starts `zmtp-bench server KIND 127.0.0.1:0` and waits for its `READY <port>`.
+pub async fn spawn_server(kind: &str, extra_env: &[(&str, &str)]) -> ServerProc {
+    let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+    cmd.args(["server", kind, "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn server");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("server ready in time")
+        .expect("server stdout")
+        .expect("server printed READY");
+    let port = line
+        .strip_prefix("READY ")
+        .and_then(|p| p.parse().ok())
+        .expect("READY <port>");
+    ServerProc { child, port }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    match what {
+        "server" => {
+            let kind = args.get(1).expect("server KIND ADDR");
+            let addr = args.get(2).expect("server KIND ADDR");
+            rt.block_on(rows::serve(kind, addr));
+        }
+        "client" => {
+            let kind = args.get(1).expect("client KIND ADDR");
+            let addr = args.get(2).expect("client KIND ADDR");
+            rt.block_on(rows::client_row(kind, addr));
+        }
+        "latency" => rt.block_on(rows::suite()),
+        "failover" => rt.block_on(failover::run()),
+        "memory" => memory::run(&rt),
+        "all" => {
+            rt.block_on(rows::suite());
+            rt.block_on(failover::run());
+            memory::run(&rt);
+        }
+        other => {
+            eprintln!(
+                "unknown command {other}: all | latency | failover | memory | server | client"
+            );
+            std::process::exit(2);
+        }
+    }
+}

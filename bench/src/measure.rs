@@ -1,0 +1,168 @@
+//! Measurement: knobs, bounded phases, per-call timing, nearest-rank percentiles.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// Knobs from BENCH_* variables.
+#[derive(Debug, Clone)]
+pub struct Knobs {
+    /// Payload bytes.
+    pub payload: usize,
+    /// Warm-up calls (per caller).
+    pub warmup: usize,
+    /// Warm-up time cap.
+    pub warmup_secs: f64,
+    /// Measured calls (per caller).
+    pub count: usize,
+    /// Measured time cap.
+    pub secs: f64,
+    /// Concurrent callers.
+    pub conc: usize,
+}
+
+impl Knobs {
+    /// From the environment.
+    pub fn from_env() -> Knobs {
+        Knobs {
+            payload: env_or("BENCH_PAYLOAD", 64),
+            warmup: env_or("BENCH_WARMUP", 2000),
+            warmup_secs: env_or("BENCH_WARMUP_SECS", 0.5),
+            count: env_or("BENCH_COUNT", 20_000),
+            secs: env_or("BENCH_SECS", 3.0),
+            conc: env_or("BENCH_CONC", 1usize).max(1),
+        }
+    }
+
+    /// The payload bytes.
+    pub fn payload_bytes(&self) -> bytes::Bytes {
+        (0..self.payload)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+}
+
+/// Latencies of one measured phase.
+#[derive(Debug, Default)]
+pub struct Sample {
+    /// Per-call latencies, nanoseconds.
+    pub lat_ns: Vec<u64>,
+    /// Wall time of the measured phase.
+    pub elapsed: Duration,
+}
+
+impl Sample {
+    /// Round trips per second.
+    pub fn rate(&self) -> f64 {
+        self.lat_ns.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Nearest-rank percentile in microseconds (`lat_ns` must be sorted).
+    pub fn pct_us(&self, p: f64) -> f64 {
+        if self.lat_ns.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * self.lat_ns.len() as f64).ceil() as usize;
+        self.lat_ns[rank.clamp(1, self.lat_ns.len()) - 1] as f64 / 1000.0
+    }
+}
+
+/// One caller: a state and an async call that takes and returns it.
+async fn phase<S, F, Fut>(
+    mut st: S,
+    call: &F,
+    max: usize,
+    secs: f64,
+    lat: &mut Vec<u64>,
+) -> (S, Instant, Instant)
+where
+    F: Fn(S) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut now = start;
+    let mut n = 0;
+    while n < max && now < deadline {
+        let t0 = Instant::now();
+        st = call(st).await;
+        now = Instant::now();
+        lat.push((now - t0).as_nanos() as u64);
+        n += 1;
+    }
+    (st, start, now)
+}
+
+/// Runs one caller per state, each in its own spawned task: warm-up, a barrier, then
+/// the measured phase. Throughput counts every measured call over the time from the
+/// first start to the last end.
+pub async fn drive<S, F, Fut>(k: &Knobs, states: Vec<S>, call: F) -> Sample
+where
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = S> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(states.len()));
+    let mut handles = Vec::new();
+    let n = states.len();
+    for st in states {
+        let (barrier, call, k) = (barrier.clone(), call.clone(), k.clone());
+        handles.push(tokio::spawn(async move {
+            let mut warm = Vec::new();
+            let warmup = if n > 1 {
+                (k.warmup / n).max(100)
+            } else {
+                k.warmup
+            };
+            let (st, _, _) = phase(st, &call, warmup, k.warmup_secs, &mut warm).await;
+            barrier.wait().await;
+            let mut lat = Vec::with_capacity(k.count.min(1 << 22));
+            let (_st, start, end) = phase(st, &call, k.count, k.secs, &mut lat).await;
+            (lat, start, end)
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for h in handles {
+        let (lat, s, e) = h.await.expect("caller task");
+        all.extend(lat);
+        first = Some(first.map_or(s, |f| f.min(s)));
+        last = Some(last.map_or(e, |l| l.max(e)));
+    }
+    all.sort_unstable();
+    Sample {
+        lat_ns: all,
+        elapsed: last.zip(first).map(|(l, f)| l - f).unwrap_or_default(),
+    }
+}
+
+/// The mode column: `seq` or `cN/Mconn`, with BENCH_TAG appended.
+pub fn mode(conc: usize, conns: usize) -> String {
+    let m = if conc == 1 {
+        "seq".to_string()
+    } else {
+        format!("c{conc}/{conns}conn")
+    };
+    match std::env::var("BENCH_TAG") {
+        Ok(t) if !t.is_empty() => format!("{m} [{t}]"),
+        _ => m,
+    }
+}
+
+/// `| name | mode | rt/s | p50 µs | p99 µs |`
+pub fn row(name: &str, mode: &str, s: &Sample) -> String {
+    format!(
+        "| {name} | {mode} | {:.0} | {:.1} | {:.1} |",
+        s.rate(),
+        s.pct_us(50.0),
+        s.pct_us(99.0)
+    )
+}

@@ -1,0 +1,281 @@
+//! The round-trip rows: servers, clients, and the suite that prints them with their
+//! ratio to raw TCP measured in the same run.
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use zmtp_rpc::transport::{DealerSocket, Message, RepSocket, ReqSocket, RouterSocket};
+use zmtp_rpc::{rpc_service, Client, Server};
+
+use crate::measure::{drive, mode, row, Knobs, Sample};
+
+/// The benchmark service: echo a buffer (MessagePack `bin` both ways).
+#[rpc_service(name = "bench")]
+pub trait Echo {
+    /// Returns `data`.
+    async fn echo(&self, data: Bytes) -> Bytes;
+}
+
+struct EchoImpl;
+
+impl Echo for EchoImpl {
+    async fn echo(&self, data: Bytes) -> Bytes {
+        data
+    }
+}
+
+/// Exits the process after BENCH_SERVER_SECS (default 300): servers stop by themselves.
+fn exit_later() {
+    let secs = std::env::var("BENCH_SERVER_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300u64);
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        std::process::exit(0);
+    });
+}
+
+async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let n = u32::from_le_bytes(len) as usize;
+    buf.resize(4 + n, 0);
+    buf[..4].copy_from_slice(&len);
+    s.read_exact(&mut buf[4..]).await?;
+    Ok(4 + n)
+}
+
+/// Runs a server of `kind` on `addr` (`127.0.0.1:0`), printing `READY <port>`.
+pub async fn serve(kind: &str, addr: &str) {
+    exit_later();
+    let ep = format!("tcp://{addr}");
+    match kind {
+        "tcp" => {
+            let l = TcpListener::bind(addr).await.expect("bind");
+            println!("READY {}", l.local_addr().unwrap().port());
+            loop {
+                let (mut s, _) = l.accept().await.expect("accept");
+                s.set_nodelay(true).unwrap();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while let Ok(n) = read_frame(&mut s, &mut buf).await {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        "reqrep" => {
+            let mut rep = RepSocket::with_options(big());
+            println!("READY {}", rep.bind(&ep).await.unwrap().port().unwrap());
+            while let Ok(m) = rep.recv().await {
+                rep.send(m).await.unwrap();
+            }
+        }
+        "dealer" => {
+            let mut router = RouterSocket::with_options(big());
+            println!("READY {}", router.bind(&ep).await.unwrap().port().unwrap());
+            while let Ok(m) = router.recv().await {
+                if router.send(m).await.is_err() {
+                    continue;
+                }
+            }
+        }
+        "rpc" => {
+            let mut b = Server::builder().bind(ep).max_message_size(64 << 20);
+            if std::env::var("BENCH_NO_HEARTBEAT").is_ok() {
+                b = b.heartbeat(None);
+            }
+            let server = b
+                .add_service(EchoServer::new(EchoImpl))
+                .start()
+                .await
+                .unwrap();
+            println!("READY {}", server.endpoints()[0].port().unwrap());
+            server.wait().await;
+        }
+        other => panic!("unknown server kind {other}"),
+    }
+}
+
+fn big() -> zmtp_rpc::transport::SocketOptions {
+    zmtp_rpc::transport::SocketOptions::default().max_message_size(64 << 20)
+}
+
+struct Tcp {
+    s: TcpStream,
+    frame: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+/// Measures `kind` against a server at `addr` with `k.conc` callers.
+pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
+    let payload = k.payload_bytes();
+    let ep = format!("tcp://{addr}");
+    match kind {
+        "tcp" => {
+            let mut conns = Vec::new();
+            for _ in 0..k.conc {
+                let s = TcpStream::connect(addr).await.expect("connect");
+                s.set_nodelay(true).unwrap();
+                let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+                frame.extend_from_slice(&payload);
+                conns.push(Tcp {
+                    s,
+                    frame,
+                    buf: Vec::new(),
+                });
+            }
+            let s = drive(k, conns, |mut c: Tcp| async move {
+                c.s.write_all(&c.frame).await.expect("write");
+                let n = read_frame(&mut c.s, &mut c.buf).await.expect("read");
+                assert_eq!(n, c.frame.len());
+                c
+            })
+            .await;
+            (s, k.conc)
+        }
+        "reqrep" => {
+            let mut socks = Vec::new();
+            for _ in 0..k.conc {
+                let req = ReqSocket::with_options(big());
+                req.connect(&ep).await.unwrap();
+                let mut w = req.watch_peers();
+                w.wait_for(|n| *n > 0).await.unwrap();
+                socks.push((req, payload.clone()));
+            }
+            let s = drive(k, socks, |(mut req, p): (ReqSocket, Bytes)| async move {
+                req.send(Message::single(p.clone())).await.unwrap();
+                let r = req.recv().await.unwrap();
+                assert_eq!(r.byte_len(), p.len());
+                (req, p)
+            })
+            .await;
+            (s, k.conc)
+        }
+        "dealer" => {
+            let mut socks = Vec::new();
+            for _ in 0..k.conc {
+                let d = DealerSocket::with_options(big());
+                d.connect(&ep).await.unwrap();
+                let mut w = d.watch_peers();
+                w.wait_for(|n| *n > 0).await.unwrap();
+                socks.push((d, payload.clone()));
+            }
+            let s = drive(k, socks, |(mut d, p): (DealerSocket, Bytes)| async move {
+                d.send(Message::from(vec![Bytes::new(), p.clone()]))
+                    .await
+                    .unwrap();
+                let r = d.recv().await.unwrap();
+                assert_eq!(r.byte_len(), p.len());
+                (d, p)
+            })
+            .await;
+            (s, k.conc)
+        }
+        "rpc" => {
+            let client = Client::builder()
+                .endpoint(ep)
+                .max_message_size(64 << 20)
+                .connect()
+                .await
+                .unwrap();
+            client
+                .wait_healthy(1, std::time::Duration::from_secs(10))
+                .await;
+            let echo = EchoClient::new(client);
+            let states: Vec<_> = (0..k.conc)
+                .map(|_| (echo.clone(), payload.clone()))
+                .collect();
+            let s = drive(k, states, |(echo, p): (EchoClient, Bytes)| async move {
+                let r = echo.echo(p.clone()).await.expect("call");
+                assert_eq!(r.len(), p.len());
+                (echo, p)
+            })
+            .await;
+            (s, 1)
+        }
+        other => panic!("unknown client kind {other}"),
+    }
+}
+
+fn name(kind: &str) -> &'static str {
+    match kind {
+        "tcp" => "raw tokio TCP",
+        "reqrep" => "zmtp-rpc REQ-REP",
+        "dealer" => "zmtp-rpc DEALER-ROUTER",
+        "rpc" => "zmtp-rpc typed RPC",
+        _ => "?",
+    }
+}
+
+/// One row from the environment's knobs (the anchors contender mode).
+pub async fn client_row(kind: &str, addr: &str) {
+    let k = Knobs::from_env();
+    let (s, conns) = tokio::spawn({
+        let (kind, addr, k) = (kind.to_string(), addr.to_string(), k.clone());
+        async move { measure(&kind, &addr, &k).await }
+    })
+    .await
+    .unwrap();
+    println!("{}", row(name(kind), &mode(k.conc, conns), &s));
+}
+
+/// Every round-trip row for 64 B, 4 KiB and 1 MiB, with ratios to raw TCP.
+pub async fn suite() {
+    let base = Knobs::from_env();
+    println!("| name | mode | payload | rt/s | p50 µs | p99 µs | vs raw TCP | MB/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for payload in [64usize, 4096, 1 << 20] {
+        let mut k = base.clone();
+        k.payload = payload;
+        if payload >= 1 << 20 {
+            k.count = k.count.min(1000);
+            k.warmup = k.warmup.min(50);
+        }
+        for conc in [1usize, 16] {
+            k.conc = conc;
+            let kinds: &[&str] = if conc == 1 {
+                &["tcp", "reqrep", "dealer", "rpc"]
+            } else {
+                &["tcp", "rpc"]
+            };
+            let mut baseline = f64::NAN;
+            for kind in kinds {
+                let server = crate::spawn_server(kind, &[]).await;
+                let addr = format!("127.0.0.1:{}", server.port);
+                let (s, conns) = tokio::spawn({
+                    let (kind, k) = (kind.to_string(), k.clone());
+                    async move { measure(&kind, &addr, &k).await }
+                })
+                .await
+                .unwrap();
+                drop(server);
+                if *kind == "tcp" {
+                    baseline = s.rate();
+                }
+                println!(
+                    "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} |",
+                    name(kind),
+                    mode(conc, conns),
+                    human(payload),
+                    s.rate(),
+                    s.pct_us(50.0),
+                    s.pct_us(99.0),
+                    s.rate() / baseline,
+                    s.rate() * payload as f64 / 1e6,
+                );
+            }
+        }
+    }
+}
+
+fn human(n: usize) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 => format!("{} KiB", n >> 10),
+        n => format!("{n} B"),
+    }
+}
