@@ -16,7 +16,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Re-executes under `ulimit -n 65536` once, so that 10,000 connections fit.
+/// Re-executes once under `ulimit -n <hard limit>`, so that 10,000 connections fit.
 fn ensure_fd_limit() {
     if std::env::var("ZMTP_BENCH_ULIMIT").is_ok() {
         return;
@@ -24,7 +24,7 @@ fn ensure_fd_limit() {
     let exe = std::env::current_exe().unwrap();
     let status = std::process::Command::new("sh")
         .arg("-c")
-        .arg("ulimit -n 65536 && exec \"$0\" memory")
+        .arg("ulimit -n \"$(ulimit -Hn)\" && exec \"$0\" memory")
         .arg(exe)
         .env("ZMTP_BENCH_ULIMIT", "1")
         .status()
