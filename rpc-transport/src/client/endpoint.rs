@@ -67,6 +67,15 @@ impl Endpoint {
         let ep = &inner.endpoints[idx];
         let sock = DealerSocket::with_options(opts.clone());
         let core = sock.core().clone();
+        // Replies go straight from the connection task to the waiting call.
+        let weak = Arc::downgrade(inner);
+        let _ = core
+            .direct
+            .set(Arc::new(move |inbound: crate::socket::core::Inbound| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.on_reply(idx, inbound.msg);
+                }
+            }));
         let mut st = ep.lock();
         st.generation += 1;
         let generation = st.generation;
@@ -93,27 +102,17 @@ impl Endpoint {
     }
 }
 
-/// Reads replies of one connection generation and reports link changes.
-async fn read_loop(inner: Arc<Inner>, idx: usize, generation: u64, mut sock: DealerSocket) {
+/// Owns the socket of one connection generation and reports its link changes.
+async fn read_loop(inner: Arc<Inner>, idx: usize, generation: u64, sock: DealerSocket) {
     let mut peers = sock.watch_peers();
     // The handshake may have completed before this task subscribed: look at the
     // current value first rather than wait for the next change.
     peers.mark_changed();
     loop {
-        tokio::select! {
-            // Replies first: those queued before a disconnect still count.
-            biased;
-            m = sock.recv() => match m {
-                Ok(m) => inner.on_reply(idx, m),
-                Err(_) => return,
-            },
-            r = peers.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                let up = *peers.borrow_and_update() > 0;
-                inner.on_link(idx, generation, up);
-            }
+        if peers.changed().await.is_err() {
+            return;
         }
+        let up = *peers.borrow_and_update() > 0;
+        inner.on_link(idx, generation, up);
     }
 }

@@ -9,32 +9,33 @@ use rpc_core::RequestId;
 
 /// What to do with an incoming request id.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Lookup {
-    /// First time seen: run it (the envelope is recorded as a waiter).
+pub enum Lookup<W> {
+    /// First time seen: run it (the caller is recorded as a waiter).
     Run,
-    /// Running now: the envelope was added to its waiters; do not run it again.
+    /// Running now: the caller was added to its waiters; do not run it again.
     Joined,
-    /// Finished: answer with these reply frames.
-    Cached(Vec<Bytes>),
+    /// Finished: answer the caller (handed back) with these reply frames.
+    Cached(Vec<Bytes>, W),
 }
 
-enum Entry {
-    Running { waiters: Vec<Vec<Bytes>> },
+enum Entry<W> {
+    Running { waiters: Vec<W> },
     Done { reply: Vec<Bytes>, at: Instant },
 }
 
-/// Bounded reply cache keyed by request id.
-pub struct ReplyCache {
-    map: HashMap<RequestId, Entry>,
+/// Bounded reply cache keyed by request id. `W` is whatever identifies a caller waiting
+/// for the reply (its envelope and connection).
+pub struct ReplyCache<W> {
+    map: HashMap<RequestId, Entry<W>>,
     /// Finished ids, oldest first, for eviction.
     order: VecDeque<(RequestId, Instant)>,
     max_entries: usize,
     max_age: Duration,
 }
 
-impl ReplyCache {
+impl<W> ReplyCache<W> {
     /// A cache of at most `max_entries` finished replies, each kept at most `max_age`.
-    pub fn new(max_entries: usize, max_age: Duration) -> ReplyCache {
+    pub fn new(max_entries: usize, max_age: Duration) -> ReplyCache<W> {
         ReplyCache {
             map: HashMap::new(),
             order: VecDeque::new(),
@@ -43,20 +44,20 @@ impl ReplyCache {
         }
     }
 
-    /// Looks `id` up for a request arriving with `envelope` at `now`.
-    pub fn begin(&mut self, id: RequestId, envelope: Vec<Bytes>, now: Instant) -> Lookup {
+    /// Looks `id` up for a request from `waiter` arriving at `now`.
+    pub fn begin(&mut self, id: RequestId, waiter: W, now: Instant) -> Lookup<W> {
         self.evict(now);
         match self.map.get_mut(&id) {
             Some(Entry::Running { waiters }) => {
-                waiters.push(envelope);
+                waiters.push(waiter);
                 Lookup::Joined
             }
-            Some(Entry::Done { reply, .. }) => Lookup::Cached(reply.clone()),
+            Some(Entry::Done { reply, .. }) => Lookup::Cached(reply.clone(), waiter),
             None => {
                 self.map.insert(
                     id,
                     Entry::Running {
-                        waiters: vec![envelope],
+                        waiters: vec![waiter],
                     },
                 );
                 Lookup::Run
@@ -64,8 +65,8 @@ impl ReplyCache {
         }
     }
 
-    /// Records the reply of `id`; returns the envelopes waiting for it.
-    pub fn finish(&mut self, id: RequestId, reply: Vec<Bytes>, now: Instant) -> Vec<Vec<Bytes>> {
+    /// Records the reply of `id`; returns the callers waiting for it.
+    pub fn finish(&mut self, id: RequestId, reply: Vec<Bytes>, now: Instant) -> Vec<W> {
         let waiters = match self.map.remove(&id) {
             Some(Entry::Running { waiters }) => waiters,
             _ => Vec::new(),
@@ -80,7 +81,7 @@ impl ReplyCache {
 
     /// Forgets a running id that will not run after all (refused for overload);
     /// returns its waiters.
-    pub fn abandon(&mut self, id: RequestId) -> Vec<Vec<Bytes>> {
+    pub fn abandon(&mut self, id: RequestId) -> Vec<W> {
         match self.map.remove(&id) {
             Some(Entry::Running { waiters }) => waiters,
             Some(done) => {
@@ -132,7 +133,7 @@ mod tests {
         assert_eq!(c.begin(id, env(2), t0), Lookup::Joined);
         let reply = vec![Bytes::from_static(b"h"), Bytes::from_static(b"b")];
         assert_eq!(c.finish(id, reply.clone(), t0), vec![env(1), env(2)]);
-        assert_eq!(c.begin(id, env(3), t0), Lookup::Cached(reply));
+        assert_eq!(c.begin(id, env(3), t0), Lookup::Cached(reply, env(3)));
     }
 
     #[test]
@@ -146,7 +147,7 @@ mod tests {
         }
         assert_eq!(c.len(), 3);
         assert_eq!(c.begin(ids[0], env(0), t0), Lookup::Run, "oldest evicted");
-        assert!(matches!(c.begin(ids[4], env(0), t0), Lookup::Cached(_)));
+        assert!(matches!(c.begin(ids[4], env(0), t0), Lookup::Cached(..)));
         let later = t0 + Duration::from_secs(10);
         assert_eq!(c.begin(ids[4], env(0), later), Lookup::Run, "expired");
     }

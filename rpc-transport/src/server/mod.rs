@@ -20,8 +20,11 @@ pub use context::RequestContext;
 pub use dedup::{Lookup, ReplyCache};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,14 +32,15 @@ use rpc_core::{
     codec, Dispatch, Reply, ReplyHeader, RequestHeader, RequestId, ServiceRequest, Status,
     PROTOCOL_VERSION,
 };
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use self::unwind::CatchUnwind;
 use crate::message::Message;
-use crate::socket::{Endpoint, RouterSender, RouterSocket, SocketError, SocketOptions};
+use crate::socket::core::Inbound;
+use crate::socket::{Endpoint, RouterSocket, SocketError, SocketOptions};
 use crate::zmtp::HeartbeatConfig;
 
 /// Entry point: `Server::builder()`.
@@ -134,7 +138,7 @@ impl ServerBuilder {
 
     /// Binds every endpoint and starts serving in the background.
     pub async fn start(self) -> Result<ServerHandle, SocketError> {
-        let mut router = RouterSocket::with_options(self.socket.clone());
+        let router = RouterSocket::with_options(self.socket.clone());
         let mut bound = Vec::new();
         for ep in &self.endpoints {
             bound.push(router.bind(ep).await?);
@@ -144,16 +148,21 @@ impl ServerBuilder {
             limit: Arc::new(Semaphore::new(self.max_concurrency)),
             max_concurrency: self.max_concurrency,
             cache: Mutex::new(ReplyCache::new(self.cache_entries, self.cache_age)),
-            sender: router.sender(),
+            draining: AtomicBool::new(false),
             counters: Counters::default(),
         });
+        // Requests are handled in the connection's own task: no hop to a server loop.
+        let weak = Arc::downgrade(&shared);
+        let _ = router.core().direct.set(Arc::new(move |inbound: Inbound| {
+            if let Some(shared) = weak.upgrade() {
+                shared.handle(inbound);
+            }
+        }));
         let (stop, stop_rx) = watch::channel(false);
         let drain = self.drain_timeout;
         let task = tokio::spawn({
             let shared = shared.clone();
-            async move {
-                serve_loop(&mut router, &shared, stop_rx, drain).await;
-            }
+            async move { drain_then_close(router, &shared, stop_rx, drain).await }
         });
         for ep in &bound {
             tracing::info!(endpoint = %ep, "server listening");
@@ -255,48 +264,67 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Who waits for a reply: the connection's queue and the request's envelope.
+struct Waiter {
+    conn: mpsc::Sender<Message>,
+    envelope: Vec<Bytes>,
+}
+
+impl Waiter {
+    /// Sends `envelope + frames` without blocking the caller; a full queue hands the
+    /// send to a task, a closed one means the client is gone and the reply is dropped.
+    fn send(&self, frames: &[Bytes]) {
+        let mut msg = Message::with_capacity(self.envelope.len() + frames.len());
+        for f in self.envelope.iter().chain(frames) {
+            msg.push(f.clone());
+        }
+        match self.conn.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let conn = self.conn.clone();
+                tokio::spawn(async move {
+                    let _ = conn.send(msg).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("client gone; reply dropped");
+            }
+        }
+    }
+}
+
 struct Shared {
     services: HashMap<&'static str, Arc<dyn Dispatch>>,
     limit: Arc<Semaphore>,
     max_concurrency: usize,
-    cache: Mutex<ReplyCache>,
-    sender: RouterSender,
+    cache: Mutex<ReplyCache<Waiter>>,
+    draining: AtomicBool,
     counters: Counters,
 }
 
-async fn serve_loop(
-    router: &mut RouterSocket,
+/// Waits for the stop signal, then drains: new requests get SHUTTING_DOWN while the
+/// running ones finish (up to `drain`), then the socket closes (lingering so that the
+/// last replies leave).
+async fn drain_then_close(
+    router: RouterSocket,
     shared: &Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    loop {
-        tokio::select! {
-            m = router.recv() => match m {
-                Ok(m) => shared.handle(m, false).await,
-                Err(_) => return,
-            },
-            _ = stop.changed() => break,
-        }
+    // Err: the handle was dropped without shutdown; keep serving until the process ends.
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
     tracing::info!("server draining");
-    let deadline = Instant::now() + drain;
+    shared.draining.store(true, Ordering::SeqCst);
     let all = u32::try_from(shared.max_concurrency).unwrap_or(u32::MAX);
-    let idle = shared.limit.clone().acquire_many_owned(all);
-    tokio::pin!(idle);
-    loop {
-        tokio::select! {
-            m = router.recv() => match m {
-                Ok(m) => shared.handle(m, true).await,
-                Err(_) => return,
-            },
-            _ = &mut idle => break,
-            _ = tokio::time::sleep_until(deadline) => {
-                tracing::warn!("drain timeout: closing with requests still running");
-                break;
-            }
-        }
+    if tokio::time::timeout(drain, shared.limit.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: closing with requests still running");
     }
+    drop(router);
     tracing::info!("server stopped");
 }
 
@@ -313,40 +341,26 @@ fn reply_frames(id: RequestId, reply: Reply) -> Vec<Bytes> {
 }
 
 impl Shared {
-    async fn send(&self, envelope: &[Bytes], frames: &[Bytes]) {
-        let Some((rid, rest)) = envelope.split_first() else {
-            return;
-        };
-        let mut msg = Message::with_capacity(rest.len() + frames.len());
-        for f in rest.iter().chain(frames) {
-            msg.push(f.clone());
-        }
-        if !self.sender.send_to(rid, msg).await {
-            tracing::debug!("client gone; reply dropped");
-        }
-    }
-
-    async fn refuse(&self, envelope: &[Bytes], id: RequestId, status: Status, why: String) {
+    fn refuse(&self, waiter: &Waiter, id: RequestId, status: Status, why: String) {
         tracing::debug!(request_id = %id, ?status, why, "request refused");
-        self.send(envelope, &reply_frames(id, Reply::status(status, why)))
-            .await;
+        waiter.send(&reply_frames(id, Reply::status(status, why)));
     }
 
-    async fn handle(self: &Arc<Self>, msg: Message, draining: bool) {
+    /// Handles one request, in the connection's task. Never blocks: the handler is
+    /// polled once here and only becomes a task of its own if it has to wait.
+    fn handle(self: &Arc<Self>, inbound: Inbound) {
         bump(&self.counters.requests);
-        let mut frames = msg.into_frames();
-        // Envelope: the routing id, then everything up to and including the delimiter.
-        let Some(d) = frames
-            .iter()
-            .skip(1)
-            .position(Bytes::is_empty)
-            .map(|p| p + 1)
-        else {
+        let mut frames = inbound.msg.into_frames();
+        // Envelope: everything up to and including the first empty frame.
+        let Some(d) = frames.iter().position(Bytes::is_empty) else {
             tracing::debug!("request without envelope delimiter dropped");
             return;
         };
         let body = frames.split_off(d + 1);
-        let envelope = frames;
+        let waiter = Waiter {
+            conn: inbound.reply,
+            envelope: frames,
+        };
         let nil = RequestId(uuid::Uuid::nil());
         let header: RequestHeader = match &body[..] {
             [h, _] => match codec::decode(h) {
@@ -354,42 +368,29 @@ impl Shared {
                 Err(e) => {
                     bump(&self.counters.rejected);
                     let why = format!("bad request header: {}", error_chain(&e));
-                    return self.refuse(&envelope, nil, Status::BadRequest, why).await;
+                    return self.refuse(&waiter, nil, Status::BadRequest, why);
                 }
             },
             _ => {
                 bump(&self.counters.rejected);
                 let why = format!("expected 2 frames after the envelope, got {}", body.len());
-                return self.refuse(&envelope, nil, Status::BadRequest, why).await;
+                return self.refuse(&waiter, nil, Status::BadRequest, why);
             }
         };
         let id = header.id;
         if header.v != PROTOCOL_VERSION {
             bump(&self.counters.rejected);
             let why = format!("unsupported protocol version {}", header.v);
-            return self.refuse(&envelope, id, Status::BadRequest, why).await;
+            return self.refuse(&waiter, id, Status::BadRequest, why);
         }
-        if draining {
+        if self.draining.load(Ordering::Relaxed) {
             bump(&self.counters.shutting_down);
-            return self
-                .refuse(
-                    &envelope,
-                    id,
-                    Status::ShuttingDown,
-                    "server is shutting down".into(),
-                )
-                .await;
+            let why = "server is shutting down".to_string();
+            return self.refuse(&waiter, id, Status::ShuttingDown, why);
         }
         if header.timeout_ms == 0 {
             bump(&self.counters.rejected);
-            return self
-                .refuse(
-                    &envelope,
-                    id,
-                    Status::DeadlineExceeded,
-                    "no time left".into(),
-                )
-                .await;
+            return self.refuse(&waiter, id, Status::DeadlineExceeded, "no time left".into());
         }
         let (service, method) = header
             .method
@@ -398,30 +399,30 @@ impl Shared {
         let Some(svc) = self.services.get(service).cloned() else {
             bump(&self.counters.rejected);
             let why = format!("unknown service {service:?}");
-            return self.refuse(&envelope, id, Status::UnknownMethod, why).await;
+            return self.refuse(&waiter, id, Status::UnknownMethod, why);
         };
         let now = Instant::now();
-        let lookup = self.cache().begin(id, envelope.clone(), now.into_std());
+        let lookup = self.cache().begin(id, waiter, now.into_std());
         match lookup {
             Lookup::Run => {}
             Lookup::Joined => {
                 bump(&self.counters.deduplicated);
                 return;
             }
-            Lookup::Cached(reply) => {
+            Lookup::Cached(reply, waiter) => {
                 bump(&self.counters.deduplicated);
-                return self.send(&envelope, &reply).await;
+                waiter.send(&reply);
+                return;
             }
         }
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
             bump(&self.counters.overloaded);
-            let waiters = self.cache().abandon(id);
             let frames = reply_frames(
                 id,
                 Reply::status(Status::Overloaded, "concurrency limit reached"),
             );
-            for env in waiters {
-                self.send(&env, &frames).await;
+            for w in self.cache().abandon(id) {
+                w.send(&frames);
             }
             return;
         };
@@ -440,7 +441,7 @@ impl Shared {
             metadata: header.meta,
         };
         let shared = self.clone();
-        tokio::spawn(
+        let mut run: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(
             async move {
                 let run = context::scope(ctx, CatchUnwind::new(svc.dispatch(request)));
                 let outcome = tokio::time::timeout(remaining, run).await;
@@ -459,16 +460,23 @@ impl Shared {
                 let waiters = shared
                     .cache()
                     .finish(id, frames.clone(), Instant::now().into_std());
-                for env in waiters {
-                    shared.send(&env, &frames).await;
+                for w in waiters {
+                    w.send(&frames);
                 }
                 drop(permit);
             }
             .instrument(span),
         );
+        // Fast path: most handlers finish without waiting. One poll with a no-op waker;
+        // if it has to wait, the spawned task polls it again at once and registers
+        // its real waker, so no wake-up is lost.
+        let mut cx = Context::from_waker(Waker::noop());
+        if run.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(run);
+        }
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, ReplyCache> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, ReplyCache<Waiter>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -2,7 +2,7 @@
 //! tasks behind them (listeners, connect loops, one engine per connection).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -23,7 +23,14 @@ pub(crate) struct Inbound {
     pub peer: PeerId,
     pub routing_id: Bytes,
     pub msg: Message,
+    /// The connection's send queue, for an answer without a peer-table lookup.
+    pub reply: mpsc::Sender<Message>,
 }
+
+/// Receives messages straight from the connection tasks instead of the socket's
+/// queue: the reliable client and the server use it to save a task hop per message.
+/// It must not block.
+pub(crate) type DirectSink = Arc<dyn Fn(Inbound) + Send + Sync>;
 
 struct PeerEntry {
     id: PeerId,
@@ -51,6 +58,7 @@ pub(crate) struct Core {
     peers: Mutex<Peers>,
     peer_count: watch::Sender<usize>,
     pub inbound_tx: mpsc::Sender<Inbound>,
+    pub direct: OnceLock<DirectSink>,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
     endpoints: Mutex<Vec<EndpointTask>>,
@@ -97,6 +105,7 @@ impl Core {
             }),
             peer_count: watch::channel(0).0,
             inbound_tx,
+            direct: OnceLock::new(),
             shutdown: watch::channel(false).0,
             next_id: AtomicU64::new(1),
             endpoints: Mutex::new(Vec::new()),

@@ -79,6 +79,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
     let mut conn = Connection::new(connection_config(core), Instant::now().into_std());
     let (out_tx, mut out_rx) = mpsc::channel(core.opts.send_hwm.max(1));
     let mut out_tx = Some(out_tx);
+    let mut reply_tx: Option<mpsc::Sender<crate::Message>> = None;
     let mut guard: Option<PeerGuard> = None;
     let mut pending: Option<Inbound> = None;
     let mut rbuf = BytesMut::new();
@@ -90,6 +91,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
                 None => break,
                 Some(Event::Ready(info)) => {
                     let Some(tx) = out_tx.take() else { break };
+                    reply_tx = Some(tx.clone());
                     match core.add_peer(id, &info, tx) {
                         Ok(g) => {
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");
@@ -100,12 +102,19 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
                     }
                 }
                 Some(Event::Message(msg)) => {
-                    let Some(g) = &guard else { continue };
+                    let (Some(g), Some(reply)) = (&guard, &reply_tx) else {
+                        continue;
+                    };
                     let inbound = Inbound {
                         peer: id,
                         routing_id: g.routing_id.clone(),
                         msg,
+                        reply: reply.clone(),
                     };
+                    if let Some(sink) = core.direct.get() {
+                        sink(inbound);
+                        continue;
+                    }
                     match core.inbound_tx.try_send(inbound) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(i)) => pending = Some(i),
