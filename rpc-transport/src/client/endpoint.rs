@@ -1,7 +1,7 @@
 //! One server endpoint of the reliable client: its DEALER connection, the task that
 //! reads replies from it, its health, and Lazy Pirate recreation.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::task::AbortHandle;
@@ -30,6 +30,8 @@ pub(crate) struct Endpoint {
     pub state: Mutex<State>,
     /// Attempts in flight here (for least-outstanding balancing).
     pub outstanding: AtomicUsize,
+    /// True while the health has no strikes: replies then need not take the lock.
+    pub clean: AtomicBool,
     pub counters: EndpointCounters,
 }
 
@@ -43,6 +45,7 @@ impl Endpoint {
                 conn: None,
             }),
             outstanding: AtomicUsize::new(0),
+            clean: AtomicBool::new(true),
             counters: EndpointCounters::default(),
         }
     }

@@ -252,7 +252,12 @@ impl Inner {
             tracing::debug!(endpoint = %ep.addr, "dropping a reply without request id");
             return;
         };
-        ep.lock().health.on_reply();
+        if !ep.clean.load(Ordering::Acquire) {
+            // Under the lock, so that a concurrent timeout's `false` is not lost.
+            let mut st = ep.lock();
+            st.health.on_reply();
+            ep.clean.store(true, Ordering::Release);
+        }
         match self.pending().remove(&id) {
             Some(p) => {
                 let _ = p.tx.send(Event::Reply { from: idx, msg });
@@ -309,6 +314,7 @@ impl Inner {
         {
             let mut st = ep.lock();
             st.health.on_timeout(now_std(), self.config.attempt_timeout);
+            ep.clean.store(false, Ordering::Release);
             if st.generation != generation {
                 // Another call already recreated this connection.
                 return;
