@@ -48,7 +48,7 @@ pub async fn run() {
             let p = bytes::Bytes::from_static(&[7u8; 64]);
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                echo.echo(p.clone())
+                echo.echo(zmtp_rpc::Blob(p.clone()))
                     .await
                     .expect("call failed during failover");
                 log.lock().unwrap().push((Instant::now(), t0.elapsed()));

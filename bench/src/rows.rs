@@ -5,7 +5,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use zmtp_rpc::transport::{DealerSocket, Message, RepSocket, ReqSocket, RouterSocket};
-use zmtp_rpc::{rpc_service, Client, Server};
+use zmtp_rpc::{rpc_service, Blob, Client, Server};
 
 use crate::measure::{drive, mode, row, Knobs, Sample};
 
@@ -13,13 +13,13 @@ use crate::measure::{drive, mode, row, Knobs, Sample};
 #[rpc_service(name = "bench")]
 pub trait Echo {
     /// Returns `data`.
-    async fn echo(&self, data: Bytes) -> Bytes;
+    async fn echo(&self, data: Blob) -> Blob;
 }
 
 struct EchoImpl;
 
 impl Echo for EchoImpl {
-    async fn echo(&self, data: Bytes) -> Bytes {
+    async fn echo(&self, data: Blob) -> Blob {
         data
     }
 }
@@ -190,7 +190,7 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
                 .map(|_| (echo.clone(), payload.clone()))
                 .collect();
             let s = drive(k, states, |(echo, p): (EchoClient, Bytes)| async move {
-                let r = echo.echo(p.clone()).await.expect("call");
+                let r = echo.echo(Blob(p.clone())).await.expect("call");
                 assert_eq!(r.len(), p.len());
                 (echo, p)
             })

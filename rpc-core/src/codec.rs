@@ -9,14 +9,43 @@ use serde::Serialize;
 
 use crate::error::RpcError;
 
-/// Encodes a value, structs as maps (field names on the wire).
+/// Counts bytes written: the first pass of [`encode`].
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes a value, structs as maps (field names on the wire). The value is measured
+/// first, so that the output is allocated once at its final size: a large payload is
+/// copied once, not once per doubling of a growing buffer.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, RpcError> {
-    rmp_serde::to_vec_named(value).map_err(RpcError::Encode)
+    let mut count = Counter(0);
+    value
+        .serialize(&mut rmp_serde::Serializer::new(&mut count).with_struct_map())
+        .map_err(RpcError::Encode)?;
+    let mut out = Vec::with_capacity(count.0);
+    value
+        .serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
+        .map_err(RpcError::Encode)?;
+    Ok(out)
 }
 
 /// Deepest nesting of arrays and maps accepted in a decoded value. rmp-serde's own
 /// default (1024) overflows a 2 MiB thread stack in debug builds.
 pub const MAX_DEPTH: usize = 64;
+
+/// Decodes a value from a received frame: [`crate::Blob`]s inside it share the
+/// frame's buffer instead of copying it.
+pub fn decode_shared<T: DeserializeOwned>(frame: &bytes::Bytes) -> Result<T, RpcError> {
+    crate::blob::with_source(frame, || decode(frame))
+}
 
 /// Decodes a value, refusing nesting deeper than [`MAX_DEPTH`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RpcError> {

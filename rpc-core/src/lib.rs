@@ -9,6 +9,7 @@
 //! - [`status`]: [`Status`], the small stable integers of a reply.
 //! - [`error`]: [`RpcError`], what a call can fail with.
 //! - [`codec`]: MessagePack encoding of arguments and results, with limits.
+//! - [`blob`]: [`Blob`], binary payloads decoded without a copy.
 //! - [`method`]: [`MethodInfo`] and [`RetryPolicy`], the metadata generated code
 //!   hands the transport.
 //! - [`service`]: [`Dispatch`], [`Reply`] and [`ServiceRequest`], the server-side
@@ -16,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blob;
 pub mod codec;
 pub mod envelope;
 pub mod error;
@@ -23,6 +25,7 @@ pub mod method;
 pub mod service;
 pub mod status;
 
+pub use blob::Blob;
 pub use envelope::{ReplyHeader, RequestHeader, RequestId, PROTOCOL_VERSION};
 pub use error::RpcError;
 pub use method::{MethodInfo, RetryPolicy};

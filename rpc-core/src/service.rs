@@ -64,8 +64,8 @@ impl Reply {
     }
 
     /// Decodes the arguments of a request, or answers BAD_REQUEST.
-    pub fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, Reply> {
-        codec::decode(args)
+    pub fn decode_args<A: DeserializeOwned>(args: &Bytes) -> Result<A, Reply> {
+        codec::decode_shared(args)
             .map_err(|e| Reply::status(Status::BadRequest, format!("cannot decode arguments: {e}")))
     }
 }

@@ -164,7 +164,7 @@ impl<R: Send + 'static> IntoFuture for Call<R> {
 /// Decodes the reply of a method declared `-> T`.
 pub fn decode_value<T: serde::de::DeserializeOwned>(reply: Reply) -> Result<T, RpcError> {
     match reply.status {
-        Status::Ok => codec::decode(&reply.body),
+        Status::Ok => codec::decode_shared(&reply.body),
         s => Err(RpcError::Protocol(format!(
             "status {s:?} for a method without an error type"
         ))),
@@ -178,8 +178,8 @@ where
     E: serde::de::DeserializeOwned,
 {
     match reply.status {
-        Status::Ok => codec::decode(&reply.body).map(Ok),
-        Status::AppError => codec::decode(&reply.body).map(Err),
+        Status::Ok => codec::decode_shared(&reply.body).map(Ok),
+        Status::AppError => codec::decode_shared(&reply.body).map(Err),
         s => Err(RpcError::Protocol(format!("unexpected status {s:?}"))),
     }
 }
