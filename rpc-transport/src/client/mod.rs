@@ -572,8 +572,14 @@ impl Client {
             bump(&ep.counters.sent);
             if attempts > 1 {
                 bump(&c.retries);
-                if last_ep.is_some_and(|l| l != idx) {
+                if let Some(from) = last_ep.filter(|l| *l != idx) {
                     bump(&c.failovers);
+                    tracing::info!(
+                        from = %inner.endpoints[from].addr,
+                        to = %ep.addr,
+                        attempt = attempts,
+                        "failing over"
+                    );
                 }
             }
             let span = tracing::Span::current();

@@ -83,6 +83,12 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
     let mut guard: Option<PeerGuard> = None;
     let mut pending: Option<Inbound> = None;
     let mut rbuf = BytesMut::new();
+    // One timer for the connection's life, moved when the state machine's next
+    // deadline changes (not a new timer registration per loop turn).
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let timer = tokio::time::sleep_until(far);
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
 
     loop {
         // Hand over what the connection decoded, until the socket's queue is full.
@@ -125,6 +131,10 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         }
 
         let deadline = conn.poll_timeout().map(Instant::from_std);
+        if deadline != armed {
+            timer.as_mut().reset(deadline.unwrap_or(far));
+            armed = deadline;
+        }
         let want_write = !conn.transmit().is_empty();
         let take_more = guard.is_some() && conn.transmit().len() < TX_HIGH;
         if pending.is_none() {
@@ -167,20 +177,14 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
                     next = if conn.transmit().len() < TX_HIGH { out_rx.try_recv().ok() } else { None };
                 }
             }
-            _ = sleep_until(deadline), if deadline.is_some() => {
+            _ = &mut timer, if deadline.is_some() => {
+                armed = None;
                 if let Err(e) = conn.handle_timeout(Instant::now().into_std()) {
                     flush_error(&mut conn, &mut write).await;
                     return End::Protocol(e);
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 
