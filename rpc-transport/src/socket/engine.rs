@@ -89,6 +89,9 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
     let timer = tokio::time::sleep_until(far);
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // Registered once, not at every loop turn (it takes the watch's lock to register).
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
 
     loop {
         // Hand over what the connection decoded, until the socket's queue is full.
@@ -143,7 +146,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         }
         tokio::select! {
             biased;
-            _ = stop.changed() => {
+            _ = &mut stopped => {
                 linger(core, &mut conn, &mut out_rx, &mut write).await;
                 return End::Shutdown;
             }
