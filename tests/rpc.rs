@@ -316,24 +316,28 @@ async fn the_server_dispatcher_is_a_tower_service() {
     let _ = Arc::new(());
 }
 
-#[tokio::test]
-async fn past_the_concurrency_limit_the_server_answers_overloaded_at_once() {
+/// A calculator server with `max_concurrency` and a client with `retries`.
+async fn calc_pair(max_concurrency: usize, retries: u32) -> (ServerHandle, CalcClient) {
     let server = Server::builder()
         .bind("tcp://127.0.0.1:0")
-        .max_concurrency(1)
+        .max_concurrency(max_concurrency)
         .add_service(CalcServer::new(MyCalc::default()))
         .start()
         .await
         .unwrap();
     let ep = server.endpoints()[0].to_string();
-    let calc = CalcClient::new(
-        Client::builder()
-            .endpoint(ep)
-            .retries(1)
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let client = Client::builder()
+        .endpoint(ep)
+        .retries(retries)
+        .connect()
+        .await
+        .unwrap();
+    (server, CalcClient::new(client))
+}
+
+#[tokio::test]
+async fn past_the_concurrency_limit_the_server_answers_overloaded_at_once() {
+    let (server, calc) = calc_pair(1, 1).await;
     let busy = tokio::spawn({
         let calc = calc.clone();
         async move { calc.sleep_ms(500).await }
@@ -359,21 +363,7 @@ async fn past_the_concurrency_limit_the_server_answers_overloaded_at_once() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_running_calls_and_refuses_new_ones() {
-    let server = Server::builder()
-        .bind("tcp://127.0.0.1:0")
-        .add_service(CalcServer::new(MyCalc::default()))
-        .start()
-        .await
-        .unwrap();
-    let ep = server.endpoints()[0].to_string();
-    let calc = CalcClient::new(
-        Client::builder()
-            .endpoint(ep)
-            .retries(0)
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let (server, calc) = calc_pair(1024, 0).await;
     let running = tokio::spawn({
         let calc = calc.clone();
         async move { calc.sleep_ms(300).await }
