@@ -44,8 +44,8 @@ impl RouterSocket {
     }
 }
 
-/// A cloneable handle that sends through a [`RouterSocket`] from other tasks. Sends
-/// fail with [`SocketError::Closed`]-like `Unroutable` once the socket is gone.
+/// A cloneable handle that sends through a [`RouterSocket`] from other tasks. Once the
+/// socket is closed no peer is routable and sends report `false`.
 #[derive(Clone)]
 pub struct RouterSender {
     core: std::sync::Arc<super::core::Core>,
