@@ -474,3 +474,24 @@ async fn chaos_8_callers_1000_calls_each_with_seeded_kills() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_outstanding_sends_most_calls_to_the_fast_worker() {
+    let _serial = SERIAL.lock().await;
+    // Worker 0 takes 100 ms a call (under the 200 ms attempt timeout), worker 1 none.
+    let (pool, _lines) = Pool::new(2, &[100, 0]).await;
+    let c = Client::builder()
+        .endpoints(pool.endpoints())
+        .attempt_timeout(ATTEMPT)
+        .balance(zmtp_rpc::Balance::LeastOutstanding)
+        .connect()
+        .await
+        .unwrap();
+    assert!(c.wait_healthy(2, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    stream(&work, 4, 50, Arc::new(AtomicU64::new(0))).await;
+    let st = c.stats();
+    let (slow, fast) = (st.endpoints[0].sent, st.endpoints[1].sent);
+    assert_eq!(st.timeouts, 0, "{st:?}");
+    assert!(fast > 5 * slow, "slow got {slow}, fast {fast}");
+}
