@@ -551,21 +551,30 @@ impl Client {
             msg.push_front(Bytes::copy_from_slice(id.as_bytes()));
             let (tx, rx) = oneshot::channel();
             // Registered before sending, so that even an instant reply finds it.
-            let generation = ep.lock().generation;
+            let registered = ep.lock().generation;
             inner.pending().insert(
                 id,
                 Pending {
                     tx,
                     endpoint: idx,
-                    generation,
+                    generation: registered,
                 },
             );
-            if ep.try_send(msg).is_err() {
-                // Never left: not an attempt. Let the health state catch up.
-                inner.pending().remove(&id);
-                last_ep = Some(idx);
-                tokio::time::sleep_until((now + Duration::from_millis(1)).min(deadline)).await;
-                continue;
+            let generation = match ep.try_send(msg) {
+                Ok(g) => g,
+                Err(_) => {
+                    // Never left: not an attempt. Let the health state catch up.
+                    inner.pending().remove(&id);
+                    last_ep = Some(idx);
+                    tokio::time::sleep_until((now + Duration::from_millis(1)).min(deadline)).await;
+                    continue;
+                }
+            };
+            if generation != registered {
+                // The connection was recreated between registering and sending.
+                if let Some(p) = inner.pending().get_mut(&id) {
+                    p.generation = generation;
+                }
             }
             attempts += 1;
             bump(&c.attempts);
