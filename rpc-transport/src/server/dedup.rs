@@ -1,5 +1,5 @@
 //! The reply cache: a retried request id gets the first execution's reply, and an id
-//! still running is not started again. Bounded in entries and in age.
+//! still running is not started again. Bounded in entries, in bytes and in age.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,16 +31,22 @@ pub struct ReplyCache<W> {
     order: VecDeque<(RequestId, Instant)>,
     max_entries: usize,
     max_age: Duration,
+    /// Bytes of the finished replies held, and the most allowed.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl<W> ReplyCache<W> {
-    /// A cache of at most `max_entries` finished replies, each kept at most `max_age`.
-    pub fn new(max_entries: usize, max_age: Duration) -> ReplyCache<W> {
+    /// A cache of at most `max_entries` finished replies, each kept at most `max_age`,
+    /// holding at most `max_bytes` of reply data (a larger single reply is not kept).
+    pub fn new(max_entries: usize, max_age: Duration, max_bytes: usize) -> ReplyCache<W> {
         ReplyCache {
             map: HashMap::new(),
             order: VecDeque::new(),
             max_entries,
             max_age,
+            bytes: 0,
+            max_bytes,
         }
     }
 
@@ -71,7 +77,9 @@ impl<W> ReplyCache<W> {
             Some(Entry::Running { waiters }) => waiters,
             _ => Vec::new(),
         };
-        if self.max_entries > 0 {
+        let size: usize = reply.iter().map(Bytes::len).sum();
+        if self.max_entries > 0 && size <= self.max_bytes {
+            self.bytes += size;
             self.map.insert(id, Entry::Done { reply, at: now });
             self.order.push_back((id, now));
         }
@@ -94,15 +102,22 @@ impl<W> ReplyCache<W> {
 
     fn evict(&mut self, now: Instant) {
         while let Some(&(id, at)) = self.order.front() {
-            let over = self.order.len() > self.max_entries;
+            let over = self.order.len() > self.max_entries || self.bytes > self.max_bytes;
             if !over && now.duration_since(at) < self.max_age {
                 break;
             }
             self.order.pop_front();
             if matches!(self.map.get(&id), Some(Entry::Done { at: a, .. }) if *a == at) {
-                self.map.remove(&id);
+                if let Some(Entry::Done { reply, .. }) = self.map.remove(&id) {
+                    self.bytes -= reply.iter().map(Bytes::len).sum::<usize>();
+                }
             }
         }
+    }
+
+    /// Bytes of finished replies held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Finished replies held.
@@ -127,7 +142,7 @@ mod tests {
     #[test]
     fn runs_once_and_answers_repeats_from_cache() {
         let t0 = Instant::now();
-        let mut c = ReplyCache::new(10, Duration::from_secs(60));
+        let mut c = ReplyCache::new(10, Duration::from_secs(60), 1 << 20);
         let id = RequestId::new();
         assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
         assert_eq!(c.begin(id, env(2), t0), Lookup::Joined);
@@ -139,7 +154,7 @@ mod tests {
     #[test]
     fn bounded_in_entries_and_age() {
         let t0 = Instant::now();
-        let mut c = ReplyCache::new(3, Duration::from_secs(10));
+        let mut c = ReplyCache::new(3, Duration::from_secs(10), 1 << 20);
         let ids: Vec<RequestId> = (0..5).map(|_| RequestId::new()).collect();
         for id in &ids {
             assert_eq!(c.begin(*id, env(0), t0), Lookup::Run);
@@ -153,9 +168,30 @@ mod tests {
     }
 
     #[test]
+    fn bounded_in_bytes() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(100, Duration::from_secs(10), 1000);
+        let big = |n: usize| vec![Bytes::from(vec![0u8; n])];
+        let ids: Vec<RequestId> = (0..4).map(|_| RequestId::new()).collect();
+        for id in &ids[..3] {
+            c.begin(*id, env(0), t0);
+            c.finish(*id, big(400), t0);
+        }
+        assert_eq!(
+            (c.len(), c.bytes()),
+            (2, 800),
+            "oldest evicted to stay under 1000 bytes"
+        );
+        c.begin(ids[3], env(0), t0);
+        c.finish(ids[3], big(5000), t0);
+        assert_eq!(c.bytes(), 800, "a reply larger than the bound is not kept");
+        assert_eq!(c.begin(ids[3], env(0), t0), Lookup::Run);
+    }
+
+    #[test]
     fn abandoned_ids_can_run_later() {
         let t0 = Instant::now();
-        let mut c = ReplyCache::new(3, Duration::from_secs(10));
+        let mut c = ReplyCache::new(3, Duration::from_secs(10), 1 << 20);
         let id = RequestId::new();
         assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
         assert_eq!(c.abandon(id), vec![env(1)]);

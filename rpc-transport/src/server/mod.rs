@@ -57,7 +57,7 @@ impl Server {
 /// Builds and starts a server.
 ///
 /// Defaults: 1024 requests running at once (more answer OVERLOADED at once); a reply
-/// cache of 10,000 replies kept up to 60 s; 10 s to drain on shutdown; heartbeat
+/// cache of 10,000 replies (64 MiB at most) kept up to 60 s; 10 s to drain on shutdown; heartbeat
 /// every 1 s with a 3 s timeout; 4 MiB messages.
 pub struct ServerBuilder {
     endpoints: Vec<String>,
@@ -65,6 +65,7 @@ pub struct ServerBuilder {
     max_concurrency: usize,
     cache_entries: usize,
     cache_age: Duration,
+    cache_bytes: usize,
     drain_timeout: Duration,
     socket: SocketOptions,
 }
@@ -84,6 +85,7 @@ impl ServerBuilder {
             max_concurrency: 1024,
             cache_entries: 10_000,
             cache_age: Duration::from_secs(60),
+            cache_bytes: 64 << 20,
             drain_timeout: Duration::from_secs(10),
             socket: SocketOptions::default().heartbeat(HeartbeatConfig {
                 interval: Duration::from_secs(1),
@@ -118,6 +120,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Most reply bytes the reply cache holds (default 64 MiB); replies larger than
+    /// this are not cached.
+    pub fn reply_cache_bytes(mut self, n: usize) -> Self {
+        self.cache_bytes = n;
+        self
+    }
+
     /// Longest wait for running requests on shutdown.
     pub fn drain_timeout(mut self, d: Duration) -> Self {
         self.drain_timeout = d;
@@ -147,7 +156,11 @@ impl ServerBuilder {
             services: self.services,
             limit: Arc::new(Semaphore::new(self.max_concurrency)),
             max_concurrency: self.max_concurrency,
-            cache: Mutex::new(ReplyCache::new(self.cache_entries, self.cache_age)),
+            cache: Mutex::new(ReplyCache::new(
+                self.cache_entries,
+                self.cache_age,
+                self.cache_bytes,
+            )),
             draining: AtomicBool::new(false),
             counters: Counters::default(),
         });
