@@ -223,9 +223,17 @@ pub async fn client_row(kind: &str, addr: &str) {
     println!("{}", row(name(kind), &mode(k.conc, conns), &s));
 }
 
-/// Every round-trip row for 64 B, 4 KiB and 1 MiB, with ratios to raw TCP.
+/// Every round-trip row for 64 B, 4 KiB and 1 MiB, with ratios to raw TCP: rounds
+/// (BENCH_ROUNDS, default 3) run every row of a group in turn, and each column is the
+/// median over the rounds (the ratio is the median of the per-round ratios).
 pub async fn suite() {
     let base = Knobs::from_env();
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    println!("medians of {rounds} rounds");
     println!("| name | mode | payload | rt/s | p50 µs | p99 µs | vs raw TCP | MB/s |");
     println!("|---|---|---|---|---|---|---|---|");
     for payload in [64usize, 4096, 1 << 20] {
@@ -242,34 +250,54 @@ pub async fn suite() {
             } else {
                 &["tcp", "rpc"]
             };
-            let mut baseline = f64::NAN;
-            for kind in kinds {
-                let server = crate::spawn_server(kind, &[]).await;
-                let addr = format!("127.0.0.1:{}", server.port);
-                let (s, conns) = tokio::spawn({
-                    let (kind, k) = (kind.to_string(), k.clone());
-                    async move { measure(&kind, &addr, &k).await }
-                })
-                .await
-                .unwrap();
-                drop(server);
-                if *kind == "tcp" {
-                    baseline = s.rate();
+            // results[kind] = per round (rate, p50, p99, ratio); conns per kind.
+            let mut results = vec![Vec::new(); kinds.len()];
+            let mut conns = vec![1; kinds.len()];
+            for _ in 0..rounds {
+                let mut baseline = f64::NAN;
+                for (i, kind) in kinds.iter().enumerate() {
+                    let server = crate::spawn_server(kind, &[]).await;
+                    let addr = format!("127.0.0.1:{}", server.port);
+                    let (s, c) = tokio::spawn({
+                        let (kind, k) = (kind.to_string(), k.clone());
+                        async move { measure(&kind, &addr, &k).await }
+                    })
+                    .await
+                    .unwrap();
+                    drop(server);
+                    if *kind == "tcp" {
+                        baseline = s.rate();
+                    }
+                    conns[i] = c;
+                    results[i].push([
+                        s.rate(),
+                        s.pct_us(50.0),
+                        s.pct_us(99.0),
+                        s.rate() / baseline,
+                    ]);
                 }
+            }
+            for (i, kind) in kinds.iter().enumerate() {
+                let col = |j: usize| median(results[i].iter().map(|r| r[j]).collect());
                 println!(
                     "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} |",
                     name(kind),
-                    mode(conc, conns),
+                    mode(conc, conns[i]),
                     human(payload),
-                    s.rate(),
-                    s.pct_us(50.0),
-                    s.pct_us(99.0),
-                    s.rate() / baseline,
-                    s.rate() * payload as f64 / 1e6,
+                    col(0),
+                    col(1),
+                    col(2),
+                    col(3),
+                    col(0) * payload as f64 / 1e6,
                 );
             }
         }
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 fn human(n: usize) -> String {
