@@ -11,7 +11,8 @@
 //! `dealer` (DEALER to ROUTER), `rpc` (typed `#[rpc_service]` call through the reliable
 //! client, MessagePack encode and decode counted). Knobs (environment): BENCH_PAYLOAD
 //! (bytes), BENCH_WARMUP, BENCH_WARMUP_SECS, BENCH_COUNT, BENCH_SECS, BENCH_CONC,
-//! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3). Every server and client are separate processes on 127.0.0.1; callers run
+//! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3).
+//! Every server and client are separate processes on 127.0.0.1; callers run
 //! in spawned tasks; each call is timed on its own; percentiles are nearest-rank.
 
 mod failover;
