@@ -16,8 +16,10 @@ use super::core::{Core, Inbound, PeerGuard};
 use super::endpoint::Io;
 use crate::zmtp::{Connection, ConnectionConfig, Event, TxQueue, ZmtpError};
 
-/// Smallest read buffer reservation.
-const READ_CHUNK: usize = 8 * 1024;
+/// Smallest read buffer reservation (what an idle connection holds).
+const READ_MIN: usize = 8 * 1024;
+/// Largest read reservation: reads that fill the buffer double it up to this.
+const READ_MAX: usize = 256 * 1024;
 /// Stop taking messages from the socket while this much waits to be written.
 const TX_HIGH: usize = 256 * 1024;
 /// IoSlices per vectored write.
@@ -83,6 +85,9 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
     let mut guard: Option<PeerGuard> = None;
     let mut pending: Option<Inbound> = None;
     let mut rbuf = BytesMut::new();
+    // Adapts to the traffic: grows while reads fill the buffer, shrinks when they don't.
+    let mut read_chunk = READ_MIN;
+    let mut spare = 0usize;
     // One timer for the connection's life, moved when the state machine's next
     // deadline changes (not a new timer registration per loop turn).
     let far = Instant::now() + Duration::from_secs(86400 * 365);
@@ -141,8 +146,9 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         let want_write = !conn.transmit().is_empty();
         let take_more = guard.is_some() && conn.transmit().len() < TX_HIGH;
         if pending.is_none() {
-            let want = conn.read_hint(&rbuf).max(READ_CHUNK);
+            let want = conn.read_hint(&rbuf).max(read_chunk);
             rbuf.reserve(want);
+            spare = rbuf.capacity() - rbuf.len();
         }
         tokio::select! {
             biased;
@@ -161,7 +167,12 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
             },
             r = read.read_buf(&mut rbuf), if pending.is_none() => match r {
                 Ok(0) => return End::Eof,
-                Ok(_) => {
+                Ok(n) => {
+                    if n >= spare {
+                        read_chunk = (read_chunk * 2).min(READ_MAX);
+                    } else if n < read_chunk / 8 {
+                        read_chunk = (read_chunk / 2).max(READ_MIN);
+                    }
                     if let Err(e) = conn.handle_input(&mut rbuf, Instant::now().into_std()) {
                         flush_error(&mut conn, &mut write).await;
                         return End::Protocol(e);
