@@ -1,4 +1,5 @@
-//! `rpc-transport`: ZeroMQ's wire protocol (ZMTP 3.1) spoken natively on tokio.
+//! `rpc-transport`: ZeroMQ's wire protocol (ZMTP 3.1) spoken natively on tokio, and
+//! the reliable RPC client and server built on it.
 //!
 //! No libzmq: any libzmq program (C, C++, Python via pyzmq) is a peer of the sockets
 //! here, in both directions.
@@ -10,6 +11,11 @@
 //!   `tcp://`, `ipc://` and `inproc://` endpoints; the one tokio task per connection
 //!   that drives a [`zmtp::Connection`] lives in `socket/engine.rs`.
 //! - [`message`]: [`Message`], a multipart message of shared `Bytes` frames.
+//! - [`client`]: the reliable client: one DEALER connection per server endpoint,
+//!   deadlines, Lazy Pirate recreation, failover, endpoint health (`health.rs`), typed
+//!   calls (`call.rs`).
+//! - [`server`]: the RPC server: a ROUTER socket, dispatch to `rpc_core::Dispatch`
+//!   services, concurrency limit, reply cache (`dedup.rs`), graceful drain.
 
 #![warn(missing_docs)]
 
