@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::command::{Command, Metadata};
-use super::frame::{Frame, FrameDecoder, TxQueue, FLAG_MORE};
+use super::frame::{Frame, FrameDecoder, TxQueue, FLAG_MORE, MAX_FRAMES};
 use super::greeting::{Greeting, GREETING_LEN};
 use super::heartbeat::{Heartbeat, HeartbeatConfig};
 use super::socket_type::SocketType;
@@ -207,6 +207,9 @@ impl Connection {
                 Phase::Active => match self.decoder.decode(src, self.partial_size)? {
                     None => return Ok(()),
                     Some(Frame::Data { more, body }) => {
+                        if self.partial.len() >= MAX_FRAMES {
+                            return Err(ZmtpError::Malformed("more than 1024 frames in a message"));
+                        }
                         self.partial_size += body.len() as u64;
                         self.partial.push(body);
                         if !more {
@@ -556,6 +559,25 @@ mod tests {
         let (_, rb) = p.drive();
         assert!(matches!(rb, Err(ZmtpError::TooLarge { .. })));
         p.a.send(&Message::from("x")).unwrap_err();
+    }
+
+    #[test]
+    fn a_message_of_endless_empty_frames_is_refused() {
+        let now = Instant::now();
+        let mut c = Connection::new(ConnectionConfig::new(SocketType::Router), now);
+        let mut wire = BytesMut::from(&Greeting::null().encode()[..]);
+        wire.extend_from_slice(b"\x04\x1c\x05READY\x0bSocket-Type\x00\x00\x00\x06DEALER");
+        c.handle_input(&mut wire, now).unwrap();
+        let mut frames = BytesMut::new();
+        for _ in 0..MAX_FRAMES {
+            frames.extend_from_slice(&[FLAG_MORE, 0]);
+        }
+        c.handle_input(&mut frames, now).unwrap();
+        let mut one_more = BytesMut::from(&[FLAG_MORE, 0][..]);
+        assert!(matches!(
+            c.handle_input(&mut one_more, now),
+            Err(ZmtpError::Malformed(_))
+        ));
     }
 
     proptest::proptest! {

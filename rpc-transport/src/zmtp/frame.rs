@@ -24,6 +24,10 @@ pub const FLAG_COMMAND: u8 = 0x04;
 /// room for generous application metadata while bounding what a peer can make us hold.
 pub const MAX_COMMAND_SIZE: u64 = 64 * 1024;
 
+/// Most frames in one message. Frames can be empty, so the size limit alone would let a
+/// peer make us hold millions of frame handles; no request-reply envelope needs more.
+pub const MAX_FRAMES: usize = 1024;
+
 /// Bodies up to this size are copied into the transmit buffer; larger ones are queued as
 /// shared [`Bytes`] and written with a vectored write, never copied.
 pub const COPY_THRESHOLD: usize = 2048;
