@@ -1,12 +1,12 @@
 //! Every example runs and does what its `//!` lines say. The binaries are the ones
 //! `cargo test` builds beside this test (target/<profile>/examples/).
 
+mod support;
+
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -46,20 +46,10 @@ async fn run(name: &str, args: &[&str]) -> String {
 }
 
 /// Starts a long-running example and returns it once it printed its first line.
-async fn start(name: &str, args: &[&str]) -> (Child, String, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(example(name))
-        .args(args)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    (child, first, lines)
+async fn start(name: &str, args: &[&str]) -> support::Spawned {
+    let mut cmd = Command::new(example(name));
+    cmd.args(args);
+    support::spawn_first_line(cmd).await
 }
 
 fn port_of(line: &str) -> String {
@@ -68,8 +58,8 @@ fn port_of(line: &str) -> String {
 
 #[tokio::test]
 async fn hello_server_and_client() {
-    let (_server, first, _stdout) = start("hello_server", &["tcp://127.0.0.1:0"]).await;
-    let ep = format!("tcp://127.0.0.1:{}", port_of(&first));
+    let server = start("hello_server", &["tcp://127.0.0.1:0"]).await;
+    let ep = format!("tcp://127.0.0.1:{}", port_of(&server.first));
     let out = run("hello_client", &[&ep]).await;
     assert!(out.contains("Received reply 9: World"), "{out}");
 }
@@ -79,9 +69,9 @@ async fn client_to_many_round_robins_and_lazy_pirate_survives_a_kill() {
     let mut servers = Vec::new();
     let mut ports = Vec::new();
     for _ in 0..3 {
-        let (child, first, lines) = start("server_on_port", &["0"]).await;
-        ports.push(port_of(&first));
-        servers.push((child, lines));
+        let server = start("server_on_port", &["0"]).await;
+        ports.push(port_of(&server.first));
+        servers.push(server);
     }
     let mut args: Vec<&str> = ports.iter().map(String::as_str).collect();
     args.extend(["--count", "6"]);
@@ -106,7 +96,7 @@ async fn client_to_many_round_robins_and_lazy_pirate_survives_a_kill() {
         }
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    servers[1].0.start_kill().unwrap();
+    servers[1].child.start_kill().unwrap();
     let out = pirate.await.unwrap();
     let numbers: Vec<String> = out
         .lines()

@@ -10,7 +10,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use calc::{CalcClient, CalcError, CalcServer, MyCalc};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use zmtp_rpc::Server;
 
@@ -46,19 +45,11 @@ async fn a_python_req_client_calls_a_rust_service() {
 
 #[tokio::test]
 async fn a_rust_client_calls_a_python_router_server() {
-    let mut child = Command::new(support::python())
-        .arg(support::peer_script("rpc_server.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut cmd = Command::new(support::python());
+    cmd.arg(support::peer_script("rpc_server.py"))
+        .stdin(Stdio::piped());
+    let mut server = support::spawn_first_line(cmd).await;
+    let ready = server.first.clone();
     let ep = ready
         .strip_prefix("READY ")
         .expect("READY line")
@@ -71,5 +62,5 @@ async fn a_rust_client_calls_a_python_router_server() {
         calc.mul(i64::MAX, 2).await.unwrap(),
         Err(CalcError::Overflow { op: "mul".into() })
     );
-    drop(child.stdin.take());
+    drop(server.child.stdin.take());
 }

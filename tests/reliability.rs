@@ -2,18 +2,17 @@
 //! restarted and slowed down. Workers are `examples/worker_pool worker`, which
 //! `cargo test` builds beside this test.
 
+mod support;
 #[allow(dead_code)]
 #[path = "../examples/common/work.rs"]
 mod work;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use work::WorkClient;
@@ -84,17 +83,11 @@ impl Pool {
         if let Some(d) = &self.log_dir {
             cmd.arg("--log").arg(d);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn worker");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("worker ready in time")
-            .unwrap()
-            .expect("worker printed READY");
+        let support::Spawned {
+            child,
+            first,
+            mut lines,
+        } = support::spawn_first_line(cmd).await;
         let port = first.strip_prefix("READY ").unwrap().parse().unwrap();
         let tx = self.lines.clone();
         tokio::spawn(async move {

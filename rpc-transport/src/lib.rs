@@ -20,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+mod counter;
 pub mod message;
 pub mod server;
 pub mod socket;

@@ -145,3 +145,34 @@ impl PyPeer {
 pub fn frames(parts: &[&[u8]]) -> Vec<Bytes> {
     parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
 }
+
+/// A child process whose first stdout line has been read; the rest of its stdout stays
+/// readable (and open, so that it never dies of a broken pipe). Killed on drop.
+pub struct Spawned {
+    /// The process.
+    pub child: Child,
+    /// Its first line of output.
+    pub first: String,
+    /// The rest of its output.
+    pub lines: Lines<BufReader<ChildStdout>>,
+}
+
+/// Starts `cmd` with piped stdout and waits (at most 30 s) for its first line.
+pub async fn spawn_first_line(mut cmd: Command) -> Spawned {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn child process");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("first line within 30 s")
+        .expect("child stdout")
+        .expect("child printed a line");
+    Spawned {
+        child,
+        first,
+        lines,
+    }
+}

@@ -40,7 +40,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use self::endpoint::Endpoint;
-use self::stats::{bump, read, Counters};
+use self::stats::Counters;
+use crate::counter::{bump, read};
 use crate::message::Message;
 use crate::socket::SocketOptions;
 use crate::zmtp::HeartbeatConfig;

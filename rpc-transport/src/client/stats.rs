@@ -1,6 +1,6 @@
 //! Counters a user can read: [`ClientStats`] and [`EndpointStats`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use super::health::HealthState;
 
@@ -67,12 +67,4 @@ pub(crate) struct EndpointCounters {
     pub replies: AtomicU64,
     pub timeouts: AtomicU64,
     pub disconnects: AtomicU64,
-}
-
-pub(crate) fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-pub(crate) fn read(c: &AtomicU64) -> u64 {
-    c.load(Ordering::Relaxed)
 }

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use self::unwind::CatchUnwind;
+use crate::counter::{bump, read};
 use crate::message::Message;
 use crate::socket::core::Inbound;
 use crate::socket::{Endpoint, RouterSocket, SocketError, SocketOptions};
@@ -260,7 +261,7 @@ struct Counters {
 
 impl Counters {
     fn snapshot(&self) -> ServerStats {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let r = read;
         ServerStats {
             requests: r(&self.requests),
             executed: r(&self.executed),
@@ -271,10 +272,6 @@ impl Counters {
             panics: r(&self.panics),
         }
     }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Who waits for a reply: the connection's queue and the request's envelope.
