@@ -4,6 +4,7 @@
 //! Headers are maps with short string keys so that other languages can build them
 //! by hand; unknown keys are ignored, so later versions can add fields.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -61,8 +62,8 @@ pub struct RequestHeader {
     pub v: u8,
     /// Request id, as MessagePack bin 16.
     pub id: RequestId,
-    /// `"service.method"`.
-    pub method: String,
+    /// `"service.method"` (borrowed from the method table when sending).
+    pub method: Cow<'static, str>,
     /// Milliseconds the caller will still wait; 0 means already expired.
     pub timeout_ms: u64,
     /// Attempt number, from 1.

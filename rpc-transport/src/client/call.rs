@@ -75,7 +75,7 @@ impl Client {
             let header = RequestHeader {
                 v: PROTOCOL_VERSION,
                 id,
-                method: method.name.to_string(),
+                method: method.name.into(),
                 timeout_ms: u64::try_from(remaining.as_millis())
                     .unwrap_or(u64::MAX)
                     .max(1),

@@ -547,9 +547,11 @@ impl Client {
             let ep = &inner.endpoints[idx];
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
-            let mut msg = build(attempts + 1, remaining);
-            msg.push_front(Bytes::new());
-            msg.push_front(Bytes::copy_from_slice(id.as_bytes()));
+            let body = build(attempts + 1, remaining).into_frames();
+            let mut msg = Message::with_capacity(2 + body.len());
+            msg.push(Bytes::copy_from_slice(id.as_bytes()));
+            msg.push(Bytes::new());
+            msg.frames_mut().extend(body);
             let (tx, rx) = oneshot::channel();
             // Registered before sending, so that even an instant reply finds it.
             let registered = ep.lock().generation;

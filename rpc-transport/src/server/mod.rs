@@ -445,7 +445,7 @@ impl Shared {
         let span = tracing::debug_span!("rpc.request", method = %header.method, request_id = %id, attempt = header.attempt);
         let ctx = RequestContext {
             request_id: id,
-            method: header.method.clone(),
+            method: header.method.to_string(),
             attempt: header.attempt,
             deadline: now + remaining,
             metadata: header.meta,
