@@ -7,13 +7,14 @@
 
 #[path = "common/calc.rs"]
 mod calc;
+#[path = "common/modes.rs"]
+mod modes;
 
 use std::time::Duration;
 
 use calc::{CalcClient, CalcServer, MyCalc};
-use zmtp_rpc::Server;
 
-async fn client(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn client(endpoint: &str) -> Result<(), modes::BoxError> {
     let calc = CalcClient::connect([endpoint]).await?;
     println!("2 + 3 = {}", calc.add(2, 3).await?);
     println!("7 / 2 = {:?}", calc.div(7, 2).await?);
@@ -27,31 +28,12 @@ async fn client(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let endpoint = args
-        .get(1)
-        .cloned()
-        .unwrap_or_else(|| "tcp://127.0.0.1:5555".into());
-    match args.first().map(String::as_str) {
-        Some("server") => {
-            println!("calculator serving on {endpoint}");
-            Server::builder()
-                .bind(endpoint.replace("127.0.0.1", "*"))
-                .serve(CalcServer::new(MyCalc))
-                .await?;
-        }
-        Some("client") => client(&endpoint).await?,
-        None => {
-            let server = Server::builder()
-                .bind("tcp://127.0.0.1:0")
-                .add_service(CalcServer::new(MyCalc))
-                .start()
-                .await?;
-            client(&server.endpoints()[0].to_string()).await?;
-            server.shutdown().await;
-        }
-        Some(other) => return Err(format!("unknown mode {other}: server or client").into()),
-    }
-    Ok(())
+async fn main() -> Result<(), modes::BoxError> {
+    modes::run(
+        "calculator",
+        "tcp://127.0.0.1:5555",
+        || CalcServer::new(MyCalc),
+        |ep| async move { client(&ep).await },
+    )
+    .await
 }

@@ -4,11 +4,14 @@
 //! then the client: `cargo run --example kv_store -- client [tcp://127.0.0.1:5560]`.
 //! `cargo run --example kv_store` alone runs both in one process.
 
+#[path = "common/modes.rs"]
+mod modes;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use zmtp_rpc::{rpc_service, Server};
+use zmtp_rpc::rpc_service;
 
 /// Why a key-value operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +70,7 @@ impl KvStore for Store {
     }
 }
 
-async fn client(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn client(endpoint: &str) -> Result<(), modes::BoxError> {
     let kv = KvStoreClient::connect([endpoint]).await?;
     println!(
         "put color=blue -> {:?}",
@@ -89,31 +92,12 @@ async fn client(endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let endpoint = args
-        .get(1)
-        .cloned()
-        .unwrap_or_else(|| "tcp://127.0.0.1:5560".into());
-    match args.first().map(String::as_str) {
-        Some("server") => {
-            println!("kv_store serving on {endpoint}");
-            Server::builder()
-                .bind(endpoint.clone())
-                .serve(KvStoreServer::new(Store::default()))
-                .await?;
-        }
-        Some("client") => client(&endpoint).await?,
-        None => {
-            let server = Server::builder()
-                .bind("tcp://127.0.0.1:0")
-                .add_service(KvStoreServer::new(Store::default()))
-                .start()
-                .await?;
-            client(&server.endpoints()[0].to_string()).await?;
-            server.shutdown().await;
-        }
-        Some(other) => return Err(format!("unknown mode {other}: server or client").into()),
-    }
-    Ok(())
+async fn main() -> Result<(), modes::BoxError> {
+    modes::run(
+        "kv_store",
+        "tcp://127.0.0.1:5560",
+        || KvStoreServer::new(Store::default()),
+        |ep| async move { client(&ep).await },
+    )
+    .await
 }

@@ -40,7 +40,7 @@
 
 #![warn(missing_docs)]
 
-pub use rpc_core::{Blob, MethodInfo, Reply, RequestId, RetryPolicy, RpcError, Status};
+pub use rpc_core::{Blob, Dispatch, MethodInfo, Reply, RequestId, RetryPolicy, RpcError, Status};
 pub use rpc_macros::rpc_service;
 pub use rpc_transport as transport;
 pub use rpc_transport::client::{
