@@ -236,7 +236,7 @@ async fn raw(
         zmtp_rpc::__private::Reply {
             status: Status::from_code(h.status).unwrap(),
             message: h.message,
-            body: reply.frames()[1].clone(),
+            body: reply.frames()[1].clone().into(),
         }
     };
     (reply, hdr)
@@ -312,26 +312,33 @@ async fn the_server_dispatcher_is_a_tower_service() {
         .await
         .unwrap();
     assert_eq!(reply.status, Status::Ok);
-    assert_eq!(rmp_serde::from_slice::<i64>(&reply.body).unwrap(), 42);
+    assert_eq!(
+        rmp_serde::from_slice::<i64>(&reply.body.to_bytes()).unwrap(),
+        42
+    );
     let _ = Arc::new(());
+}
+
+/// Starts `server` on a free TCP port and connects `client` to it.
+async fn serve_and_connect(
+    server: zmtp_rpc::ServerBuilder,
+    client: zmtp_rpc::ClientBuilder,
+) -> (ServerHandle, Client) {
+    let server = server.bind("tcp://127.0.0.1:0").start().await.unwrap();
+    let ep = server.endpoints()[0].to_string();
+    let client = client.endpoint(ep).connect().await.unwrap();
+    (server, client)
 }
 
 /// A calculator server with `max_concurrency` and a client with `retries`.
 async fn calc_pair(max_concurrency: usize, retries: u32) -> (ServerHandle, CalcClient) {
-    let server = Server::builder()
-        .bind("tcp://127.0.0.1:0")
-        .max_concurrency(max_concurrency)
-        .add_service(CalcServer::new(MyCalc::default()))
-        .start()
-        .await
-        .unwrap();
-    let ep = server.endpoints()[0].to_string();
-    let client = Client::builder()
-        .endpoint(ep)
-        .retries(retries)
-        .connect()
-        .await
-        .unwrap();
+    let (server, client) = serve_and_connect(
+        Server::builder()
+            .max_concurrency(max_concurrency)
+            .add_service(CalcServer::new(MyCalc::default())),
+        Client::builder().retries(retries),
+    )
+    .await;
     (server, CalcClient::new(client))
 }
 
@@ -432,4 +439,55 @@ async fn the_server_drops_clients_that_stop_answering_heartbeats() {
     assert!(closed.is_ok(), "silent client never dropped");
     assert!(pings >= 1, "no PING was sent");
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
+
+#[rpc_service]
+pub trait Slicer {
+    /// Cuts `data` at `at`: both halves come back as slices of the received frame.
+    async fn cut(&self, data: zmtp_rpc::Blob, at: u64) -> (zmtp_rpc::Blob, String, zmtp_rpc::Blob);
+}
+
+struct MySlicer;
+
+impl Slicer for MySlicer {
+    async fn cut(&self, data: zmtp_rpc::Blob, at: u64) -> (zmtp_rpc::Blob, String, zmtp_rpc::Blob) {
+        let at = (at as usize).min(data.len());
+        (
+            data.slice(..at).into(),
+            format!("cut at {at}"),
+            data.slice(at..).into(),
+        )
+    }
+}
+
+#[tokio::test]
+async fn large_blobs_travel_without_copies_and_arrive_intact() {
+    let (server, client) = serve_and_connect(
+        Server::builder()
+            .max_message_size(8 << 20)
+            .add_service(SlicerServer::new(MySlicer)),
+        Client::builder().max_message_size(8 << 20),
+    )
+    .await;
+    let slicer = SlicerClient::new(client);
+    // Sizes below, at and far above the size kept by reference; cuts that leave both
+    // halves large, one small, or one empty.
+    for (len, at) in [
+        (100usize, 40u64),
+        (8 * 1024, 1),
+        (3 << 20, 1 << 20),
+        (2 << 20, 2 << 20),
+        (1 << 20, 0),
+    ] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (a, mid, b) = slicer
+            .cut(zmtp_rpc::Blob::from(data.clone()), at)
+            .await
+            .unwrap();
+        let at = at as usize;
+        assert_eq!(mid, format!("cut at {at}"));
+        assert_eq!(&a[..], &data[..at], "len {len} at {at}");
+        assert_eq!(&b[..], &data[at..], "len {len} at {at}");
+    }
+    server.shutdown().await;
 }

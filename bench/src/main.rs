@@ -12,6 +12,7 @@
 //! client, MessagePack encode and decode counted). Knobs (environment): BENCH_PAYLOAD
 //! (bytes), BENCH_WARMUP, BENCH_WARMUP_SECS, BENCH_COUNT, BENCH_SECS, BENCH_CONC,
 //! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3).
+//! `rpc` servers: BENCH_NO_HEARTBEAT, BENCH_NO_CACHE (no reply cache) to measure those.
 //! Every server and client are separate processes on 127.0.0.1; callers run
 //! in spawned tasks; each call is timed on its own; percentiles are nearest-rank.
 

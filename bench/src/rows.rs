@@ -88,6 +88,9 @@ pub async fn serve(kind: &str, addr: &str) {
             if std::env::var("BENCH_NO_HEARTBEAT").is_ok() {
                 b = b.heartbeat(None);
             }
+            if std::env::var("BENCH_NO_CACHE").is_ok() {
+                b = b.reply_cache_bytes(0);
+            }
             let server = b
                 .add_service(EchoServer::new(EchoImpl))
                 .start()

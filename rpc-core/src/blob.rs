@@ -1,7 +1,8 @@
-//! [`Blob`]: binary data that travels as MessagePack `bin` and is decoded without a
-//! copy: the decoded value shares the received frame's buffer.
+//! [`Blob`]: binary data that travels as MessagePack `bin` without being copied: a
+//! decoded blob shares the received frame's buffer, and a large blob being sent is
+//! written to the wire from its own buffer ([`crate::codec::encode_payload`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 
 use bytes::Bytes;
@@ -11,6 +12,10 @@ use serde::{Serialize, Serializer};
 thread_local! {
     /// The frame being decoded by [`crate::codec::decode_shared`] on this thread.
     static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+    /// True while [`crate::codec::encode_payload`] runs on this thread.
+    static GATHERING: Cell<bool> = const { Cell::new(false) };
+    /// The large blob whose bytes the serializer is about to write.
+    static PENDING: RefCell<Option<Bytes>> = const { RefCell::new(None) };
 }
 
 /// Binary data as MessagePack `bin`. Decoding it from a frame (as servers and clients
@@ -44,10 +49,52 @@ impl std::ops::Deref for Blob {
     }
 }
 
+/// Blobs at least this large are kept by reference by
+/// [`crate::codec::encode_payload`]; smaller ones are cheaper to copy.
+pub const GATHER_MIN: usize = 8 * 1024;
+
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.len() >= GATHER_MIN && GATHERING.with(Cell::get) {
+            // Announce the buffer: a gathering writer that is handed exactly these
+            // bytes keeps a reference instead of copying them.
+            PENDING.with(|p| *p.borrow_mut() = Some(self.0.clone()));
+            let r = s.serialize_bytes(&self.0);
+            PENDING.with(|p| p.borrow_mut().take());
+            return r;
+        }
         s.serialize_bytes(&self.0)
     }
+}
+
+/// Runs `f` with large blobs announced to [`pending`] (restored afterwards, even when
+/// `f` unwinds).
+pub(crate) fn gathering<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            GATHERING.with(|g| g.set(self.0));
+            PENDING.with(|p| p.borrow_mut().take());
+        }
+    }
+    let _reset = Reset(GATHERING.with(|g| g.replace(true)));
+    f()
+}
+
+/// When `buf` is exactly the announced blob's bytes (same address and length): that
+/// blob's buffer, taken if `take`.
+pub(crate) fn pending(buf: &[u8], take: bool) -> Option<Bytes> {
+    PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let hit = p
+            .as_ref()
+            .is_some_and(|b| b.as_ptr() == buf.as_ptr() && b.len() == buf.len());
+        match (hit, take) {
+            (false, _) => None,
+            (true, true) => p.take(),
+            (true, false) => p.clone(),
+        }
+    })
 }
 
 struct BlobVisitor;

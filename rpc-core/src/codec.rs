@@ -8,13 +8,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::RpcError;
+use crate::payload::Payload;
 
-/// Counts bytes written: the first pass of [`encode`].
+/// Counts bytes written: the first pass of [`encode`] and [`encode_payload`] (which
+/// does not count the blobs it will keep by reference).
 struct Counter(usize);
 
 impl std::io::Write for Counter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
+        if crate::blob::pending(buf, false).is_none() {
+            self.0 += buf.len();
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -37,6 +41,55 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, RpcError> {
     Ok(out)
 }
 
+/// Collects an encoding as parts: what rmp-serde writes is copied into `buf`, except
+/// the bytes of an announced large [`crate::Blob`], which become a part of their own.
+struct Gather {
+    buf: bytes::BytesMut,
+    parts: Vec<bytes::Bytes>,
+}
+
+impl std::io::Write for Gather {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match crate::blob::pending(data, true) {
+            Some(blob) => {
+                if !self.buf.is_empty() {
+                    self.parts.push(self.buf.split().freeze());
+                }
+                self.parts.push(blob);
+            }
+            None => self.buf.extend_from_slice(data),
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes a value like [`encode`], but keeps every [`crate::Blob`] of at least
+/// [`crate::blob::GATHER_MIN`] bytes by reference: the result is cut around them, and
+/// the transport writes it without copying their bytes.
+pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Payload, RpcError> {
+    crate::blob::gathering(|| {
+        let mut count = Counter(0);
+        value
+            .serialize(&mut rmp_serde::Serializer::new(&mut count).with_struct_map())
+            .map_err(RpcError::Encode)?;
+        let mut out = Gather {
+            buf: bytes::BytesMut::with_capacity(count.0),
+            parts: Vec::new(),
+        };
+        value
+            .serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
+            .map_err(RpcError::Encode)?;
+        if out.parts.is_empty() {
+            return Ok(Payload::from(out.buf.freeze()));
+        }
+        out.parts.push(out.buf.freeze());
+        Ok(Payload::from_parts(out.parts))
+    })
+}
+
 /// Deepest nesting of arrays and maps accepted in a decoded value. rmp-serde's own
 /// default (1024) overflows a 2 MiB thread stack in debug builds.
 pub const MAX_DEPTH: usize = 64;
@@ -45,6 +98,15 @@ pub const MAX_DEPTH: usize = 64;
 /// frame's buffer instead of copying it.
 pub fn decode_shared<T: DeserializeOwned>(frame: &bytes::Bytes) -> Result<T, RpcError> {
     crate::blob::with_source(frame, || decode(frame))
+}
+
+/// Decodes a value from a payload, sharing its buffer as [`decode_shared`] does (a
+/// payload of several parts is joined first).
+pub fn decode_payload<T: DeserializeOwned>(payload: &Payload) -> Result<T, RpcError> {
+    match payload.parts() {
+        [one] => decode_shared(one),
+        _ => decode_shared(&payload.to_bytes()),
+    }
 }
 
 /// Decodes a value, refusing nesting deeper than [`MAX_DEPTH`].
@@ -85,6 +147,44 @@ mod tests {
                 scale: None
             }
         );
+    }
+
+    #[derive(Serialize)]
+    struct Mixed {
+        name: String,
+        small: crate::Blob,
+        big: Vec<crate::Blob>,
+        tail: u32,
+    }
+
+    #[test]
+    fn payload_keeps_large_blobs_by_reference_and_encodes_the_same_bytes() {
+        let big = |n: usize, b: u8| crate::Blob::from(vec![b; n]);
+        let v = Mixed {
+            name: "x".into(),
+            small: big(100, 1),
+            big: vec![big(crate::blob::GATHER_MIN, 2), big(1 << 20, 3)],
+            tail: 7,
+        };
+        let plain = encode(&v).unwrap();
+        let p = encode_payload(&v).unwrap();
+        assert_eq!(&p.to_bytes()[..], &plain[..]);
+        // prefix, blob, bin header, blob, tail
+        assert_eq!(p.parts().len(), 5);
+        for blob in &v.big {
+            assert!(
+                p.parts().iter().any(|part| part.as_ptr() == blob.as_ptr()),
+                "a large blob was copied"
+            );
+        }
+        assert!(!p
+            .parts()
+            .iter()
+            .any(|part| part.as_ptr() == v.small.as_ptr()));
+        // Outside encode_payload nothing is announced: plain encoding is unchanged.
+        assert_eq!(encode(&v).unwrap(), plain);
+        // Small values stay one part.
+        assert_eq!(encode_payload(&(1u8, "two")).unwrap().parts().len(), 1);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - [`status`]: [`Status`], the small stable integers of a reply.
 //! - [`error`]: [`RpcError`], what a call can fail with.
 //! - [`codec`]: MessagePack encoding of arguments and results, with limits.
-//! - [`blob`]: [`Blob`], binary payloads decoded without a copy.
+//! - [`blob`]: [`Blob`], binary payloads decoded and sent without a copy.
+//! - [`payload`]: [`Payload`], an encoded value cut around its large blobs.
 //! - [`method`]: [`MethodInfo`] and [`RetryPolicy`], the metadata generated code
 //!   hands the transport.
 //! - [`service`]: [`Dispatch`], [`Reply`] and [`ServiceRequest`], the server-side
@@ -22,6 +23,7 @@ pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod method;
+pub mod payload;
 pub mod service;
 pub mod status;
 
@@ -29,5 +31,6 @@ pub use blob::Blob;
 pub use envelope::{ReplyHeader, RequestHeader, RequestId, PROTOCOL_VERSION};
 pub use error::RpcError;
 pub use method::{MethodInfo, RetryPolicy};
+pub use payload::Payload;
 pub use service::{Dispatch, Reply, ServiceRequest};
 pub use status::Status;

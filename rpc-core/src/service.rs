@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::method::MethodInfo;
+use crate::payload::Payload;
 use crate::status::Status;
 
 /// A decoded request, as the dispatcher sees it.
@@ -28,8 +29,8 @@ pub struct Reply {
     pub status: Status,
     /// Detail for non-OK statuses.
     pub message: String,
-    /// MessagePack body.
-    pub body: Bytes,
+    /// MessagePack body (large [`crate::Blob`]s in it kept by reference).
+    pub body: Payload,
 }
 
 impl Reply {
@@ -38,7 +39,7 @@ impl Reply {
         Reply {
             status,
             message: message.into(),
-            body: Bytes::new(),
+            body: Payload::default(),
         }
     }
 
@@ -53,11 +54,11 @@ impl Reply {
     }
 
     fn encoded<T: Serialize>(status: Status, value: &T) -> Reply {
-        match codec::encode(value) {
-            Ok(b) => Reply {
+        match codec::encode_payload(value) {
+            Ok(body) => Reply {
                 status,
                 message: String::new(),
-                body: Bytes::from(b),
+                body,
             },
             Err(e) => Reply::status(Status::Internal, format!("cannot encode result: {e}")),
         }

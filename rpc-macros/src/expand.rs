@@ -42,14 +42,14 @@ pub fn expand(s: &Service) -> TokenStream {
                 #[derive(#p::serde::Serialize)]
                 #[serde(crate = #serde_path)]
                 struct __Args {}
-                let __args = #p::codec::encode(&__Args {});
+                let __args = #p::codec::encode_payload(&__Args {});
             }
         } else {
             quote! {
                 #[derive(#p::serde::Serialize)]
                 #[serde(crate = #serde_path)]
                 struct __Args<'__a> { #( #(#attrs)* #names: &'__a #tys, )* }
-                let __args = #p::codec::encode(&__Args { #( #names: &#names ),* });
+                let __args = #p::codec::encode_payload(&__Args { #( #names: &#names ),* });
             }
         };
         quote! {

@@ -99,6 +99,52 @@ impl Message {
     }
 }
 
+/// A message on its way to a connection: its frames, of which the last `joined` (when
+/// two or more) are the parts of one wire frame, written one after the other so that a
+/// large payload is never copied into a frame of its own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Outgoing {
+    pub frames: Vec<Bytes>,
+    pub joined: usize,
+}
+
+impl Outgoing {
+    /// `head` frames, then `payload` as one frame.
+    pub fn with_payload(mut head: Vec<Bytes>, payload: &rpc_core::Payload) -> Outgoing {
+        let parts = payload.parts();
+        head.extend_from_slice(parts);
+        Outgoing {
+            frames: head,
+            joined: parts.len(),
+        }
+    }
+
+    /// The same message behind `envelope` frames.
+    pub fn behind(&self, envelope: &[Bytes]) -> Outgoing {
+        let mut frames = Vec::with_capacity(envelope.len() + self.frames.len());
+        frames.extend_from_slice(envelope);
+        frames.extend_from_slice(&self.frames);
+        Outgoing {
+            frames,
+            joined: self.joined,
+        }
+    }
+
+    /// Payload bytes over all frames.
+    pub fn byte_len(&self) -> usize {
+        self.frames.iter().map(Bytes::len).sum()
+    }
+}
+
+impl From<Message> for Outgoing {
+    fn from(m: Message) -> Outgoing {
+        Outgoing {
+            frames: m.frames,
+            joined: 1,
+        }
+    }
+}
+
 impl From<Vec<Bytes>> for Message {
     fn from(frames: Vec<Bytes>) -> Self {
         Message { frames }

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_core::{
-    codec, MethodInfo, Reply, ReplyHeader, RequestHeader, RequestId, RpcError, Status,
+    codec, MethodInfo, Payload, Reply, ReplyHeader, RequestHeader, RequestId, RpcError, Status,
     PROTOCOL_VERSION,
 };
 
 use super::{Client, Verdict};
-use crate::message::Message;
+use crate::message::{Message, Outgoing};
 
 /// Per-call settings.
 #[derive(Debug, Clone, Default)]
@@ -44,7 +44,7 @@ fn classify(id: RequestId, mut reply: Message) -> Verdict<Reply> {
         Status::Ok | Status::AppError => Verdict::Done(Reply {
             status: header.status,
             message: header.message,
-            body,
+            body: body.into(),
         }),
         Status::Overloaded | Status::ShuttingDown => {
             Verdict::NotRun(RpcError::from_status(header.status, header.message))
@@ -58,7 +58,7 @@ impl Client {
     pub async fn call(
         &self,
         method: &'static MethodInfo,
-        args: Bytes,
+        args: Payload,
         opts: CallOptions,
     ) -> Result<Reply, RpcError> {
         let id = RequestId::new();
@@ -84,7 +84,7 @@ impl Client {
             };
             // A header of plain fields always encodes.
             let h = codec::encode(&header).unwrap_or_default();
-            Message::from(vec![Bytes::from(h), args.clone()])
+            Outgoing::with_payload(vec![Bytes::from(h)], &args)
         };
         tracing::Instrument::instrument(
             self.execute(id, method.retry, timeout, build, |r| classify(id, r)),
@@ -103,7 +103,7 @@ impl Client {
 pub struct Call<R> {
     client: Client,
     method: &'static MethodInfo,
-    args: Result<Bytes, RpcError>,
+    args: Result<Payload, RpcError>,
     opts: CallOptions,
     decode: fn(Reply) -> Result<R, RpcError>,
 }
@@ -123,13 +123,13 @@ impl<R: Send + 'static> Call<R> {
     pub fn new(
         client: Client,
         method: &'static MethodInfo,
-        args: Result<Vec<u8>, RpcError>,
+        args: Result<Payload, RpcError>,
         decode: fn(Reply) -> Result<R, RpcError>,
     ) -> Call<R> {
         Call {
             client,
             method,
-            args: args.map(Bytes::from),
+            args,
             opts: CallOptions::default(),
             decode,
         }
@@ -164,7 +164,7 @@ impl<R: Send + 'static> IntoFuture for Call<R> {
 /// Decodes the reply of a method declared `-> T`.
 pub fn decode_value<T: serde::de::DeserializeOwned>(reply: Reply) -> Result<T, RpcError> {
     match reply.status {
-        Status::Ok => codec::decode_shared(&reply.body),
+        Status::Ok => codec::decode_payload(&reply.body),
         s => Err(RpcError::Protocol(format!(
             "status {s:?} for a method without an error type"
         ))),
@@ -178,8 +178,8 @@ where
     E: serde::de::DeserializeOwned,
 {
     match reply.status {
-        Status::Ok => codec::decode_shared(&reply.body).map(Ok),
-        Status::AppError => codec::decode_shared(&reply.body).map(Err),
+        Status::Ok => codec::decode_payload(&reply.body).map(Ok),
+        Status::AppError => codec::decode_payload(&reply.body).map(Err),
         s => Err(RpcError::Protocol(format!("unexpected status {s:?}"))),
     }
 }

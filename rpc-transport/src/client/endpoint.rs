@@ -9,6 +9,7 @@ use tokio::task::AbortHandle;
 use super::health::Health;
 use super::stats::EndpointCounters;
 use super::Inner;
+use crate::message::Outgoing;
 use crate::socket::core::Core;
 use crate::socket::{DealerSocket, SocketOptions};
 
@@ -56,7 +57,7 @@ impl Endpoint {
 
     /// Sends without waiting on the current connection; gives the message back when
     /// there is none or it is full (the request provably never left).
-    pub fn try_send(&self, msg: crate::Message) -> Result<u64, crate::Message> {
+    pub fn try_send(&self, msg: Outgoing) -> Result<u64, Outgoing> {
         let st = self.lock();
         match &st.conn {
             Some(c) => c.core.try_send(msg).map(|_| st.generation),

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use self::endpoint::Endpoint;
 use self::stats::Counters;
 use crate::counter::{bump, read};
-use crate::message::Message;
+use crate::message::{Message, Outgoing};
 use crate::socket::SocketOptions;
 use crate::zmtp::HeartbeatConfig;
 
@@ -492,7 +492,13 @@ impl Client {
             endpoint = tracing::field::Empty
         );
         tracing::Instrument::instrument(
-            self.execute(id, retry, timeout, |_, _| msg.clone(), Verdict::Done),
+            self.execute(
+                id,
+                retry,
+                timeout,
+                |_, _| Outgoing::from(msg.clone()),
+                Verdict::Done,
+            ),
             span,
         )
         .await
@@ -505,7 +511,7 @@ impl Client {
         id: RequestId,
         retry: RetryPolicy,
         timeout: Duration,
-        mut build: impl FnMut(u32, Duration) -> Message,
+        mut build: impl FnMut(u32, Duration) -> Outgoing,
         mut classify: impl FnMut(Message) -> Verdict<T>,
     ) -> Result<T, RpcError> {
         let inner = &*self.inner;
@@ -523,7 +529,7 @@ impl Client {
         id: RequestId,
         retry: RetryPolicy,
         timeout: Duration,
-        build: &mut impl FnMut(u32, Duration) -> Message,
+        build: &mut impl FnMut(u32, Duration) -> Outgoing,
         classify: &mut impl FnMut(Message) -> Verdict<T>,
     ) -> Result<T, RpcError> {
         let inner = &self.inner;
@@ -547,11 +553,8 @@ impl Client {
             let ep = &inner.endpoints[idx];
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
-            let body = build(attempts + 1, remaining).into_frames();
-            let mut msg = Message::with_capacity(2 + body.len());
-            msg.push(Bytes::copy_from_slice(id.as_bytes()));
-            msg.push(Bytes::new());
-            msg.frames_mut().extend(body);
+            let msg = build(attempts + 1, remaining)
+                .behind(&[Bytes::copy_from_slice(id.as_bytes()), Bytes::new()]);
             let (tx, rx) = oneshot::channel();
             // Registered before sending, so that even an instant reply finds it.
             let registered = ep.lock().generation;

@@ -4,28 +4,29 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rpc_core::RequestId;
+
+use crate::message::Outgoing;
 
 /// What to do with an incoming request id.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Lookup<W> {
+pub(crate) enum Lookup<W> {
     /// First time seen: run it (the caller is recorded as a waiter).
     Run,
     /// Running now: the caller was added to its waiters; do not run it again.
     Joined,
     /// Finished: answer the caller (handed back) with these reply frames.
-    Cached(Vec<Bytes>, W),
+    Cached(Outgoing, W),
 }
 
 enum Entry<W> {
     Running { waiters: Vec<W> },
-    Done { reply: Vec<Bytes>, at: Instant },
+    Done { reply: Outgoing, at: Instant },
 }
 
 /// Bounded reply cache keyed by request id. `W` is whatever identifies a caller waiting
 /// for the reply (its envelope and connection).
-pub struct ReplyCache<W> {
+pub(crate) struct ReplyCache<W> {
     map: HashMap<RequestId, Entry<W>>,
     /// Finished ids, oldest first, for eviction.
     order: VecDeque<(RequestId, Instant)>,
@@ -72,12 +73,12 @@ impl<W> ReplyCache<W> {
     }
 
     /// Records the reply of `id`; returns the callers waiting for it.
-    pub fn finish(&mut self, id: RequestId, reply: Vec<Bytes>, now: Instant) -> Vec<W> {
+    pub fn finish(&mut self, id: RequestId, reply: Outgoing, now: Instant) -> Vec<W> {
         let waiters = match self.map.remove(&id) {
             Some(Entry::Running { waiters }) => waiters,
             _ => Vec::new(),
         };
-        let size: usize = reply.iter().map(Bytes::len).sum();
+        let size = reply.byte_len();
         if self.max_entries > 0 && size <= self.max_bytes {
             self.bytes += size;
             self.map.insert(id, Entry::Done { reply, at: now });
@@ -109,31 +110,33 @@ impl<W> ReplyCache<W> {
             self.order.pop_front();
             if matches!(self.map.get(&id), Some(Entry::Done { at: a, .. }) if *a == at) {
                 if let Some(Entry::Done { reply, .. }) = self.map.remove(&id) {
-                    self.bytes -= reply.iter().map(Bytes::len).sum::<usize>();
+                    self.bytes -= reply.byte_len();
                 }
             }
         }
     }
 
     /// Bytes of finished replies held.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Finished replies held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
-    }
-
-    /// True when no finished reply is held.
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    fn out(frames: Vec<Bytes>) -> Outgoing {
+        Outgoing { frames, joined: 1 }
+    }
 
     fn env(n: u8) -> Vec<Bytes> {
         vec![Bytes::from(vec![n]), Bytes::new()]
@@ -146,7 +149,7 @@ mod tests {
         let id = RequestId::new();
         assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
         assert_eq!(c.begin(id, env(2), t0), Lookup::Joined);
-        let reply = vec![Bytes::from_static(b"h"), Bytes::from_static(b"b")];
+        let reply = out(vec![Bytes::from_static(b"h"), Bytes::from_static(b"b")]);
         assert_eq!(c.finish(id, reply.clone(), t0), vec![env(1), env(2)]);
         assert_eq!(c.begin(id, env(3), t0), Lookup::Cached(reply, env(3)));
     }
@@ -158,7 +161,7 @@ mod tests {
         let ids: Vec<RequestId> = (0..5).map(|_| RequestId::new()).collect();
         for id in &ids {
             assert_eq!(c.begin(*id, env(0), t0), Lookup::Run);
-            c.finish(*id, vec![], t0);
+            c.finish(*id, out(vec![]), t0);
         }
         assert_eq!(c.len(), 3);
         assert_eq!(c.begin(ids[0], env(0), t0), Lookup::Run, "oldest evicted");
@@ -171,7 +174,7 @@ mod tests {
     fn bounded_in_bytes() {
         let t0 = Instant::now();
         let mut c = ReplyCache::new(100, Duration::from_secs(10), 1000);
-        let big = |n: usize| vec![Bytes::from(vec![0u8; n])];
+        let big = |n: usize| out(vec![Bytes::from(vec![0u8; n])]);
         let ids: Vec<RequestId> = (0..4).map(|_| RequestId::new()).collect();
         for id in &ids[..3] {
             c.begin(*id, env(0), t0);

@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`Server`], [`ServerBuilder`], [`ServerHandle`], the receive loop.
-//! - `dedup.rs`: [`ReplyCache`].
+//! - `dedup.rs`: the reply cache (bounded in entries, bytes and age).
 //! - `context.rs`: [`RequestContext`], what a handler can learn about its request.
 //! - `unwind.rs`: catching handler panics.
 
@@ -17,7 +17,7 @@ mod dedup;
 mod unwind;
 
 pub use context::RequestContext;
-pub use dedup::{Lookup, ReplyCache};
+use dedup::{Lookup, ReplyCache};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,7 +39,7 @@ use tracing::Instrument;
 
 use self::unwind::CatchUnwind;
 use crate::counter::{bump, read};
-use crate::message::Message;
+use crate::message::Outgoing;
 use crate::socket::core::Inbound;
 use crate::socket::{Endpoint, RouterSocket, SocketError, SocketOptions};
 use crate::zmtp::HeartbeatConfig;
@@ -276,18 +276,15 @@ impl Counters {
 
 /// Who waits for a reply: the connection's queue and the request's envelope.
 struct Waiter {
-    conn: mpsc::Sender<Message>,
+    conn: mpsc::Sender<Outgoing>,
     envelope: Vec<Bytes>,
 }
 
 impl Waiter {
     /// Sends `envelope + frames` without blocking the caller; a full queue hands the
     /// send to a task, a closed one means the client is gone and the reply is dropped.
-    fn send(&self, frames: &[Bytes]) {
-        let mut msg = Message::with_capacity(self.envelope.len() + frames.len());
-        for f in self.envelope.iter().chain(frames) {
-            msg.push(f.clone());
-        }
+    fn send(&self, reply: &Outgoing) {
+        let msg = reply.behind(&self.envelope);
         match self.conn.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
@@ -339,7 +336,7 @@ async fn drain_then_close(
 }
 
 /// `[header][body]` of a reply.
-fn reply_frames(id: RequestId, reply: Reply) -> Vec<Bytes> {
+fn reply_frames(id: RequestId, reply: Reply) -> Outgoing {
     let header = ReplyHeader {
         v: PROTOCOL_VERSION,
         id,
@@ -347,7 +344,7 @@ fn reply_frames(id: RequestId, reply: Reply) -> Vec<Bytes> {
         message: reply.message,
     };
     let h = codec::encode(&header).unwrap_or_default();
-    vec![Bytes::from(h), reply.body]
+    Outgoing::with_payload(vec![Bytes::from(h)], &reply.body)
 }
 
 impl Shared {

@@ -12,7 +12,7 @@ use super::backoff::{Backoff, SplitMix64};
 use super::endpoint::{self, Endpoint, Listener};
 use super::engine;
 use super::{SocketError, SocketOptions};
-use crate::message::Message;
+use crate::message::{Message, Outgoing};
 use crate::zmtp::{PeerInfo, SocketType};
 
 /// A connection's number within its socket; never reused.
@@ -24,7 +24,7 @@ pub(crate) struct Inbound {
     pub routing_id: Bytes,
     pub msg: Message,
     /// The connection's send queue, for an answer without a peer-table lookup.
-    pub reply: mpsc::Sender<Message>,
+    pub reply: mpsc::Sender<Outgoing>,
 }
 
 /// Receives messages straight from the connection tasks instead of the socket's
@@ -35,7 +35,7 @@ pub(crate) type DirectSink = Arc<dyn Fn(Inbound) + Send + Sync>;
 struct PeerEntry {
     id: PeerId,
     routing_id: Bytes,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outgoing>,
 }
 
 struct Peers {
@@ -133,7 +133,7 @@ impl Core {
         self: &Arc<Core>,
         id: PeerId,
         info: &PeerInfo,
-        tx: mpsc::Sender<Message>,
+        tx: mpsc::Sender<Outgoing>,
     ) -> Result<PeerGuard, SocketError> {
         let mut peers = lock(&self.peers);
         let routing_id = if self.kind == SocketType::Router && !info.identity.is_empty() {
@@ -171,7 +171,8 @@ impl Core {
 
     /// Sends to the next peer in round-robin order that has room, waiting for a peer
     /// (or for room) when there is none. Returns the peer it went to.
-    pub async fn send_round_robin(&self, mut msg: Message) -> Result<PeerId, SocketError> {
+    pub async fn send_round_robin(&self, msg: Message) -> Result<PeerId, SocketError> {
+        let mut msg = Outgoing::from(msg);
         let mut count = self.peer_count.subscribe();
         loop {
             // Marked seen before looking, so that a peer arriving after the look wakes us.
@@ -213,7 +214,7 @@ impl Core {
 
     /// Sends to the next peer in round-robin order that has room, without waiting;
     /// gives the message back when no peer can take it now.
-    pub fn try_send(&self, mut msg: Message) -> Result<PeerId, Message> {
+    pub fn try_send(&self, mut msg: Outgoing) -> Result<PeerId, Outgoing> {
         let mut peers = lock(&self.peers);
         let n = peers.list.len();
         for i in 0..n {
@@ -238,7 +239,7 @@ impl Core {
             .find(|p| p.id == peer)
             .map(|p| p.tx.clone());
         match tx {
-            Some(tx) => tx.send(msg).await.is_ok(),
+            Some(tx) => tx.send(msg.into()).await.is_ok(),
             None => false,
         }
     }
@@ -251,7 +252,7 @@ impl Core {
             .find(|p| p.routing_id == rid)
             .map(|p| p.tx.clone());
         match tx {
-            Some(tx) => tx.send(msg).await.is_ok(),
+            Some(tx) => tx.send(msg.into()).await.is_ok(),
             None => false,
         }
     }

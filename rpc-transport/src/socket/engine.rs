@@ -6,20 +6,17 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::core::{Core, Inbound, PeerGuard};
 use super::endpoint::Io;
+use super::recv_buf::RecvBuf;
+use crate::message::Outgoing;
 use crate::zmtp::{Connection, ConnectionConfig, Event, TxQueue, ZmtpError};
 
-/// Smallest read buffer reservation (what an idle connection holds).
-const READ_MIN: usize = 8 * 1024;
-/// Largest read reservation: reads that fill the buffer double it up to this.
-const READ_MAX: usize = 256 * 1024;
 /// Stop taking messages from the socket while this much waits to be written.
 const TX_HIGH: usize = 256 * 1024;
 /// IoSlices per vectored write.
@@ -81,13 +78,10 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
     let mut conn = Connection::new(connection_config(core), Instant::now().into_std());
     let (out_tx, mut out_rx) = mpsc::channel(core.opts.send_hwm.max(1));
     let mut out_tx = Some(out_tx);
-    let mut reply_tx: Option<mpsc::Sender<crate::Message>> = None;
+    let mut reply_tx: Option<mpsc::Sender<Outgoing>> = None;
     let mut guard: Option<PeerGuard> = None;
     let mut pending: Option<Inbound> = None;
-    let mut rbuf = BytesMut::new();
-    // Adapts to the traffic: grows while reads fill the buffer, shrinks when they don't.
-    let mut read_chunk = READ_MIN;
-    let mut spare = 0usize;
+    let mut rbuf = RecvBuf::new();
     // One timer for the connection's life, moved when the state machine's next
     // deadline changes (not a new timer registration per loop turn).
     let far = Instant::now() + Duration::from_secs(86400 * 365);
@@ -145,11 +139,8 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         }
         let want_write = !conn.transmit().is_empty();
         let take_more = guard.is_some() && conn.transmit().len() < TX_HIGH;
-        if pending.is_none() {
-            let want = conn.read_hint(&rbuf).max(read_chunk);
-            rbuf.reserve(want);
-            spare = rbuf.capacity() - rbuf.len();
-        }
+        let need = conn.read_hint(rbuf.current());
+        let want = rbuf.plan(need, Instant::now().into_std());
         tokio::select! {
             biased;
             _ = &mut stopped => {
@@ -165,18 +156,15 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
                 Ok(permit) => permit.send(pending.take().expect("guarded by the branch condition")),
                 Err(_) => return End::Shutdown,
             },
-            r = read.read_buf(&mut rbuf), if pending.is_none() => match r {
-                Ok(0) => return End::Eof,
-                Ok(n) => {
-                    if n >= spare {
-                        read_chunk = (read_chunk * 2).min(READ_MAX);
-                    } else if n < read_chunk / 8 {
-                        read_chunk = (read_chunk / 2).max(READ_MIN);
-                    }
-                    if let Err(e) = conn.handle_input(&mut rbuf, Instant::now().into_std()) {
+            r = read.read_into(rbuf.current(), want), if pending.is_none() => match r {
+                Ok((0, _)) => return End::Eof,
+                Ok((n, room)) => {
+                    rbuf.on_read(n, room);
+                    if let Err(e) = conn.handle_input(rbuf.current(), Instant::now().into_std()) {
                         flush_error(&mut conn, &mut write).await;
                         return End::Protocol(e);
                     }
+                    rbuf.after_decode();
                 }
                 Err(e) => return End::Io(e),
             },
@@ -185,7 +173,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
                 // Take everything already queued: one write for the whole batch.
                 let mut next = Some(m);
                 while let Some(m) = next {
-                    if conn.send(&m).is_err() {
+                    if conn.send_frames(&m.frames, m.joined).is_err() {
                         break;
                     }
                     next = if conn.transmit().len() < TX_HIGH { out_rx.try_recv().ok() } else { None };
@@ -230,13 +218,13 @@ async fn flush_error(conn: &mut Connection, w: &mut Writer) {
 async fn linger(
     core: &Core,
     conn: &mut Connection,
-    out_rx: &mut mpsc::Receiver<crate::Message>,
+    out_rx: &mut mpsc::Receiver<Outgoing>,
     w: &mut Writer,
 ) {
     out_rx.close();
     if conn.is_active() {
         while let Ok(m) = out_rx.try_recv() {
-            if conn.send(&m).is_err() {
+            if conn.send_frames(&m.frames, m.joined).is_err() {
                 break;
             }
         }

@@ -14,7 +14,7 @@
 //! - `endpoint.rs`: [`Endpoint`] parsing, listeners, connecting, the inproc registry.
 //! - `options.rs`: [`SocketOptions`].
 //! - `core.rs`: the peer table, round-robin, binds and connect loops.
-//! - `engine.rs`: the per-connection task.
+//! - `engine.rs`: the per-connection task; `recv_buf.rs`: its receive buffers.
 //! - `backoff.rs`: [`Backoff`] with a seedable RNG.
 //! - `req.rs`, `rep.rs`, `dealer.rs`, `router.rs`: the semantics of 28/REQREP.
 
@@ -24,6 +24,7 @@ mod dealer;
 mod endpoint;
 mod engine;
 mod options;
+mod recv_buf;
 mod rep;
 mod req;
 mod router;

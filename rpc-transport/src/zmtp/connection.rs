@@ -286,12 +286,23 @@ impl Connection {
     /// Queues a message. Frames are shared, not copied, when larger than
     /// [`super::frame::COPY_THRESHOLD`].
     pub fn send(&mut self, msg: &Message) -> Result<(), ZmtpError> {
+        self.send_frames(msg.frames(), 1)
+    }
+
+    /// Queues a message given as frames, the last `joined` of which (when two or more)
+    /// are the parts of one frame.
+    pub fn send_frames(&mut self, frames: &[Bytes], joined: usize) -> Result<(), ZmtpError> {
         if self.phase != Phase::Active {
             return Err(ZmtpError::NotActive);
         }
-        let n = msg.len();
-        for (i, f) in msg.frames().iter().enumerate() {
-            self.tx.push_frame(if i + 1 < n { FLAG_MORE } else { 0 }, f);
+        let joined = joined.clamp(1, frames.len().max(1));
+        let (head, last) = frames.split_at(frames.len().saturating_sub(joined));
+        for (i, f) in head.iter().enumerate() {
+            let more = i + 1 < head.len() || !last.is_empty();
+            self.tx.push_frame(if more { FLAG_MORE } else { 0 }, f);
+        }
+        if !last.is_empty() {
+            self.tx.push_parts(0, last);
         }
         Ok(())
     }
@@ -404,6 +415,31 @@ mod tests {
         p.a.send(&msg).unwrap();
         assert_eq!(p.drive(), (Ok(()), Ok(())));
         assert_eq!(events(&mut p.b), vec![Event::Message(msg)]);
+
+        // A last frame given as parts (small and large) arrives as one frame, and its
+        // wire bytes are those of the frame sent whole.
+        let big = Bytes::from(vec![9u8; 5000]);
+        let parts = [
+            Bytes::from_static(b"\xc5\x13\x88"),
+            big.clone(),
+            Bytes::from_static(b"!"),
+        ];
+        let whole: Bytes = parts.concat().into();
+        let frames = [
+            Bytes::new(),
+            parts[0].clone(),
+            parts[1].clone(),
+            parts[2].clone(),
+        ];
+        p.a.send_frames(&frames, 3).unwrap();
+        let joined = p.a.transmit().take_all();
+        p.a.send(&vec![Bytes::new(), whole.clone()].into()).unwrap();
+        let plain = p.a.transmit().take_all();
+        assert_eq!(joined, plain);
+        p.a.send_frames(&frames, 3).unwrap();
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        let expect: Message = vec![Bytes::new(), whole].into();
+        assert_eq!(events(&mut p.b), vec![Event::Message(expect)]);
     }
 
     #[test]

@@ -184,14 +184,23 @@ impl TxQueue {
 
     /// Queues one frame.
     pub fn push_frame(&mut self, flags: u8, body: &Bytes) {
-        put_header(&mut self.buf, flags, body.len());
-        if body.len() <= COPY_THRESHOLD {
-            self.buf.extend_from_slice(body);
-        } else {
-            self.seal();
-            self.chunks.push_back(body.clone());
+        self.push_parts(flags, std::slice::from_ref(body));
+    }
+
+    /// Queues one frame whose body is `parts` one after the other: small parts are
+    /// copied, large ones written from their own buffers.
+    pub fn push_parts(&mut self, flags: u8, parts: &[Bytes]) {
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        put_header(&mut self.buf, flags, len);
+        for part in parts {
+            if part.len() <= COPY_THRESHOLD {
+                self.buf.extend_from_slice(part);
+            } else {
+                self.seal();
+                self.chunks.push_back(part.clone());
+            }
         }
-        self.len += body.len() + if body.len() > 255 { 9 } else { 2 };
+        self.len += len + if len > 255 { 9 } else { 2 };
     }
 
     /// Queues raw bytes (the greeting).

@@ -1,0 +1,184 @@
+//! The receive buffers of one connection.
+//!
+//! Ordinary traffic is read into a small buffer that adapts to the traffic. The body of
+//! a large frame goes to a buffer of its own instead, sized for it at once: the frame
+//! is not copied while it grows, and once the program has dropped the previous large
+//! frame the same memory is used again (no fresh pages to fault in for every message).
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+/// Smallest read reservation (what an idle connection holds).
+const READ_MIN: usize = 8 * 1024;
+/// Largest read reservation: reads that fill the buffer double it up to this.
+const READ_MAX: usize = 256 * 1024;
+/// A frame body still missing at least this many bytes is read into the large buffer.
+const LARGE_FRAME: usize = 128 * 1024;
+/// The large buffer is released when no large frame came for this long.
+const LARGE_KEEP: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(crate) struct RecvBuf {
+    small: BytesMut,
+    large: BytesMut,
+    /// Reading into `large`: the bytes of the large body it must hold before the
+    /// decoder can take it.
+    large_body: Option<usize>,
+    /// `large` holds the whole large body (the decoder takes it next).
+    large_complete: bool,
+    large_used: Option<Instant>,
+    /// Current small reservation, between READ_MIN and READ_MAX.
+    chunk: usize,
+}
+
+impl RecvBuf {
+    pub fn new() -> RecvBuf {
+        RecvBuf {
+            small: BytesMut::new(),
+            large: BytesMut::new(),
+            large_body: None,
+            large_complete: false,
+            large_used: None,
+            chunk: READ_MIN,
+        }
+    }
+
+    /// The buffer being read into, holding what the decoder has not consumed yet.
+    pub fn current(&mut self) -> &mut BytesMut {
+        if self.large_body.is_some() {
+            &mut self.large
+        } else {
+            &mut self.small
+        }
+    }
+
+    /// Prepares the next read, given how many more bytes the decoder needs from
+    /// [`RecvBuf::current`]. Returns how much to reserve for the read.
+    pub fn plan(&mut self, need: usize, now: Instant) -> usize {
+        if self.large_body.is_some() {
+            return need;
+        }
+        if need >= LARGE_FRAME {
+            // Only a frame body is that large (the size was checked against the
+            // message limit when its header was decoded); `small` holds its start.
+            let body = self.small.len() + need;
+            // Reclaims the memory of the previous large frame if it has been dropped.
+            self.large.reserve(body);
+            self.large.extend_from_slice(&self.small);
+            self.small.clear();
+            self.large_body = Some(body);
+            self.large_used = Some(now);
+            return need;
+        }
+        if self
+            .large_used
+            .is_some_and(|t| now.saturating_duration_since(t) >= LARGE_KEEP)
+        {
+            self.large = BytesMut::new();
+            self.large_used = None;
+        }
+        need.max(self.chunk)
+    }
+
+    /// After a read of `n` bytes into `room`, before decoding: adapts the small
+    /// reservation, or notes whether the large body is complete.
+    pub fn on_read(&mut self, n: usize, room: usize) {
+        if let Some(body) = self.large_body {
+            self.large_complete = self.large.len() >= body;
+            return;
+        }
+        if n >= room {
+            self.chunk = (self.chunk * 2).min(READ_MAX);
+        } else if n < self.chunk / 8 {
+            self.chunk = (self.chunk / 2).max(READ_MIN);
+        }
+    }
+
+    /// After the decoder ran on [`RecvBuf::current`]: once the large body has been
+    /// taken, what follows it goes back to the small buffer.
+    pub fn after_decode(&mut self) {
+        // The decoder takes a complete body at once.
+        if self.large_body.is_some() && self.large_complete {
+            self.small.extend_from_slice(&self.large);
+            self.large.clear();
+            self.large_body = None;
+            self.large_complete = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    /// Stands in for the decoder: takes `body` bytes once they are all there.
+    fn take(buf: &mut BytesMut, body: usize) -> Option<bytes::Bytes> {
+        (buf.len() >= body).then(|| buf.split_to(body).freeze())
+    }
+
+    #[test]
+    fn a_large_body_is_read_in_place_and_its_memory_reused() {
+        let t0 = Instant::now();
+        let mut rb = RecvBuf::new();
+        let body = 1 << 20;
+        let mut first_ptr = None;
+        for round in 0..3 {
+            // The first read brings the body's start with it.
+            assert_eq!(rb.plan(2, t0), READ_MIN);
+            rb.current().put_bytes(round, 1000);
+            rb.on_read(1000, READ_MIN);
+            rb.after_decode();
+            let want = rb.plan(body - 1000, t0);
+            assert_eq!(want, body - 1000);
+            let start = rb.current().as_ptr();
+            assert!(
+                rb.current().capacity() >= body,
+                "sized for the frame at once"
+            );
+            // A read fills at most the room there is, maybe with what follows the body.
+            let room = rb.current().capacity() - rb.current().len();
+            let read = room.min(want + 5);
+            // Arriving in two reads: nothing moves after the first.
+            rb.current().put_bytes(round, read / 2);
+            rb.on_read(read / 2, room);
+            rb.after_decode();
+            assert_eq!(rb.current().as_ptr(), start);
+            rb.current().put_bytes(round, read - read / 2);
+            rb.on_read(read - read / 2, room - read / 2);
+            let frame = take(rb.current(), body).expect("whole body");
+            rb.after_decode();
+            assert_eq!(frame.as_ptr(), start, "never moved while it grew");
+            assert_eq!(&frame[..1000], &[round; 1000][..]);
+            assert_eq!(
+                rb.current().len(),
+                read - want,
+                "the rest is in the small buffer"
+            );
+            assert!(rb.large_body.is_none());
+            rb.current().clear();
+            match first_ptr {
+                None => first_ptr = Some(start),
+                Some(p) => assert_eq!(p, start, "memory of the dropped frame reused"),
+            }
+            drop(frame);
+        }
+        // Held while the frame is alive: a new buffer, and the old one stays valid.
+        rb.plan(body, t0);
+        rb.current().put_bytes(1, body);
+        rb.on_read(body, body);
+        let kept = take(rb.current(), body).unwrap();
+        rb.after_decode();
+        rb.plan(body, t0);
+        assert_ne!(rb.current().as_ptr(), kept.as_ptr());
+        rb.current().put_bytes(2, body);
+        rb.on_read(body, body);
+        take(rb.current(), body).unwrap();
+        rb.after_decode();
+        assert!(kept.iter().all(|b| *b == 1));
+        // Released after a quiet second.
+        rb.plan(2, t0 + LARGE_KEEP);
+        assert_eq!(rb.large.capacity(), 0);
+    }
+}
