@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Mutex, OnceLock};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
@@ -94,50 +93,9 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// The receiving half of a connection.
-pub(crate) enum ReadHalf {
-    Tcp(tokio::net::tcp::OwnedReadHalf),
-    Unix(tokio::net::unix::OwnedReadHalf),
-    Pipe(Box<dyn AsyncRead + Send + Unpin>),
-}
-
-impl ReadHalf {
-    /// Reads what has arrived into `buf`, reserving `want` bytes only once the socket is
-    /// readable: a buffer whose earlier frames were dropped meanwhile is reused instead
-    /// of reallocated. Returns the bytes read and the room there was. Cancel-safe.
-    pub async fn read_into(
-        &mut self,
-        buf: &mut BytesMut,
-        want: usize,
-    ) -> std::io::Result<(usize, usize)> {
-        macro_rules! ready_then_read {
-            ($r:expr) => {
-                loop {
-                    $r.readable().await?;
-                    buf.reserve(want);
-                    let room = buf.capacity() - buf.len();
-                    match $r.try_read_buf(buf) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        r => return r.map(|n| (n, room)),
-                    }
-                }
-            };
-        }
-        match self {
-            ReadHalf::Tcp(r) => ready_then_read!(r),
-            ReadHalf::Unix(r) => ready_then_read!(r),
-            ReadHalf::Pipe(r) => {
-                buf.reserve(want);
-                let room = buf.capacity() - buf.len();
-                r.read_buf(buf).await.map(|n| (n, room))
-            }
-        }
-    }
-}
-
 /// Both halves of a connected byte stream, whatever the transport.
 pub(crate) struct Io {
-    pub read: ReadHalf,
+    pub read: Box<dyn AsyncRead + Send + Unpin>,
     pub write: Box<dyn AsyncWrite + Send + Unpin>,
     pub peer: String,
 }
@@ -152,7 +110,7 @@ impl Io {
             .unwrap_or_else(|_| "?".into());
         let (r, w) = s.into_split();
         Io {
-            read: ReadHalf::Tcp(r),
+            read: Box::new(r),
             write: Box::new(w),
             peer,
         }
@@ -161,7 +119,7 @@ impl Io {
     fn unix(s: UnixStream, peer: String) -> Io {
         let (r, w) = s.into_split();
         Io {
-            read: ReadHalf::Unix(r),
+            read: Box::new(r),
             write: Box::new(w),
             peer,
         }
@@ -170,7 +128,7 @@ impl Io {
     fn pipe(s: DuplexStream, peer: String) -> Io {
         let (r, w) = tokio::io::split(s);
         Io {
-            read: ReadHalf::Pipe(Box::new(r)),
+            read: Box::new(r),
             write: Box::new(w),
             peer,
         }

@@ -6,7 +6,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -139,8 +139,14 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         }
         let want_write = !conn.transmit().is_empty();
         let take_more = guard.is_some() && conn.transmit().len() < TX_HIGH;
-        let need = conn.read_hint(rbuf.current());
-        let want = rbuf.plan(need, Instant::now().into_std());
+        let mut room = 0;
+        if pending.is_none() {
+            let need = conn.read_hint(rbuf.current());
+            let want = rbuf.plan(need, Instant::now().into_std());
+            let buf = rbuf.current();
+            buf.reserve(want);
+            room = buf.capacity() - buf.len();
+        }
         tokio::select! {
             biased;
             _ = &mut stopped => {
@@ -156,9 +162,9 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
                 Ok(permit) => permit.send(pending.take().expect("guarded by the branch condition")),
                 Err(_) => return End::Shutdown,
             },
-            r = read.read_into(rbuf.current(), want), if pending.is_none() => match r {
-                Ok((0, _)) => return End::Eof,
-                Ok((n, room)) => {
+            r = read.read_buf(rbuf.current()), if pending.is_none() => match r {
+                Ok(0) => return End::Eof,
+                Ok(n) => {
                     rbuf.on_read(n, room);
                     if let Err(e) = conn.handle_input(rbuf.current(), Instant::now().into_std()) {
                         flush_error(&mut conn, &mut write).await;
