@@ -491,3 +491,44 @@ async fn large_blobs_travel_without_copies_and_arrive_intact() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn calls_spread_over_the_connections_of_an_endpoint() {
+    use std::collections::HashMap;
+    use zmtp_rpc::transport::RouterSocket;
+    // A plain ROUTER answering every request, counting them per connection.
+    let mut router = RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let server = tokio::spawn(async move {
+        while let Ok(m) = router.recv().await {
+            let _ = seen_tx.send(m.frames()[0].clone());
+            if router.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
+    let client = Client::builder()
+        .endpoint(ep)
+        .connections_per_endpoint(3)
+        .connect()
+        .await
+        .unwrap();
+    // Connections come up one by one: send until all three have carried requests.
+    let mut per_conn: HashMap<Bytes, usize> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while per_conn.len() < 3 || per_conn.values().any(|n| *n < 5) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests did not spread over three connections: {per_conn:?}"
+        );
+        let reply = client.request(Message::from("ping")).await.unwrap();
+        assert_eq!(reply, Message::from("ping"));
+        while let Ok(rid) = seen_rx.try_recv() {
+            *per_conn.entry(rid).or_default() += 1;
+        }
+    }
+    assert_eq!(per_conn.len(), 3, "{per_conn:?}");
+    assert_eq!(client.stats().endpoints.len(), 1, "still one endpoint");
+    server.abort();
+}

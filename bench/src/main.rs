@@ -11,6 +11,7 @@
 //! `dealer` (DEALER to ROUTER), `rpc` (typed `#[rpc_service]` call through the reliable
 //! client, MessagePack encode and decode counted). Knobs (environment): BENCH_PAYLOAD
 //! (bytes), BENCH_WARMUP, BENCH_WARMUP_SECS, BENCH_COUNT, BENCH_SECS, BENCH_CONC,
+//! BENCH_CONNS (connections of the typed RPC client, default 1),
 //! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3).
 //! `rpc` servers: BENCH_NO_HEARTBEAT, BENCH_NO_CACHE (no reply cache) to measure those.
 //! Every server and client are separate processes on 127.0.0.1; callers run

@@ -26,6 +26,8 @@ pub struct Knobs {
     pub secs: f64,
     /// Concurrent callers.
     pub conc: usize,
+    /// Connections of the typed RPC client to its server.
+    pub conns: usize,
 }
 
 impl Knobs {
@@ -38,6 +40,7 @@ impl Knobs {
             count: env_or("BENCH_COUNT", 20_000),
             secs: env_or("BENCH_SECS", 3.0),
             conc: env_or("BENCH_CONC", 1usize).max(1),
+            conns: env_or("BENCH_CONNS", 1usize).max(1),
         }
     }
 

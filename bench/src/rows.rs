@@ -181,6 +181,7 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
         "rpc" => {
             let client = Client::builder()
                 .endpoint(ep)
+                .connections_per_endpoint(k.conns)
                 .max_message_size(64 << 20)
                 .connect()
                 .await
@@ -198,7 +199,7 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
                 (echo, p)
             })
             .await;
-            (s, 1)
+            (s, k.conns)
         }
         other => panic!("unknown client kind {other}"),
     }
@@ -248,30 +249,33 @@ pub async fn suite() {
         }
         for conc in [1usize, 16] {
             k.conc = conc;
-            let kinds: &[&str] = if conc == 1 {
-                &["tcp", "reqrep", "dealer", "rpc"]
+            // (kind, connections of the typed client): 16 callers share one client,
+            // with one connection and with two.
+            let kinds: &[(&str, usize)] = if conc == 1 {
+                &[("tcp", 1), ("reqrep", 1), ("dealer", 1), ("rpc", 1)]
             } else {
-                &["tcp", "rpc"]
+                &[("tcp", 1), ("rpc", 1), ("rpc", 2)]
             };
-            // results[kind] = per round (rate, p50, p99, ratio); conns per kind.
+            // results[kind] = per round (rate, p50, p99, ratio); `used`: connections per kind.
             let mut results = vec![Vec::new(); kinds.len()];
-            let mut conns = vec![1; kinds.len()];
+            let mut used = vec![1; kinds.len()];
             for _ in 0..rounds {
                 let mut baseline = f64::NAN;
-                for (i, kind) in kinds.iter().enumerate() {
+                for (i, &(kind, conns)) in kinds.iter().enumerate() {
                     let server = crate::spawn_server(kind, &[]).await;
                     let addr = format!("127.0.0.1:{}", server.port);
                     let (s, c) = tokio::spawn({
-                        let (kind, k) = (kind.to_string(), k.clone());
+                        let (kind, mut k) = (kind.to_string(), k.clone());
+                        k.conns = conns;
                         async move { measure(&kind, &addr, &k).await }
                     })
                     .await
                     .unwrap();
                     drop(server);
-                    if *kind == "tcp" {
+                    if kind == "tcp" {
                         baseline = s.rate();
                     }
-                    conns[i] = c;
+                    used[i] = c;
                     results[i].push([
                         s.rate(),
                         s.pct_us(50.0),
@@ -280,12 +284,12 @@ pub async fn suite() {
                     ]);
                 }
             }
-            for (i, kind) in kinds.iter().enumerate() {
+            for (i, (kind, _)) in kinds.iter().enumerate() {
                 let col = |j: usize| median(results[i].iter().map(|r| r[j]).collect());
                 println!(
                     "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} |",
                     name(kind),
-                    mode(conc, conns[i]),
+                    mode(conc, used[i]),
                     human(payload),
                     col(0),
                     col(1),

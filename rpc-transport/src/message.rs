@@ -99,6 +99,9 @@ impl Message {
     }
 }
 
+/// Largest joined frame that [`Outgoing::for_keeping`] copies together.
+pub(crate) const KEEP_COPY_MAX: usize = 64 * 1024;
+
 /// A message on its way to a connection: its frames, of which the last `joined` (when
 /// two or more) are the parts of one wire frame, written one after the other so that a
 /// large payload is never copied into a frame of its own.
@@ -128,6 +131,26 @@ impl Outgoing {
             frames,
             joined: self.joined,
         }
+    }
+
+    /// A copy to keep for a while (the reply cache): a joined frame of up to
+    /// [`KEEP_COPY_MAX`] bytes is copied into a buffer of its own, because its parts may
+    /// be slices of much larger buffers (the request's, for a handler that answers
+    /// with what it received) that the cache would otherwise hold without counting.
+    pub fn for_keeping(&self) -> Outgoing {
+        let cut = self.frames.len().saturating_sub(self.joined);
+        let joined = &self.frames[cut..];
+        let size: usize = joined.iter().map(Bytes::len).sum();
+        if self.joined < 2 || size > KEEP_COPY_MAX {
+            return self.clone();
+        }
+        let mut whole = bytes::BytesMut::with_capacity(size);
+        for part in joined {
+            whole.extend_from_slice(part);
+        }
+        let mut frames = self.frames[..cut].to_vec();
+        frames.push(whole.freeze());
+        Outgoing { frames, joined: 1 }
     }
 
     /// Payload bytes over all frames.
@@ -211,5 +234,28 @@ mod tests {
         let mut no_delim = Message::from("x");
         assert!(no_delim.split_envelope().is_none());
         assert_eq!(no_delim.len(), 1);
+    }
+
+    #[test]
+    fn kept_copies_do_not_hold_slices_of_larger_buffers() {
+        let request = Bytes::from(vec![5u8; 256 * 1024]);
+        let parts = |n: usize| {
+            rpc_core::Payload::from_parts(vec![
+                Bytes::from_static(b"\xc5"),
+                request.slice(..n),
+                Bytes::from_static(b"!"),
+            ])
+        };
+        let head = || vec![Bytes::from_static(b"h")];
+        let small = Outgoing::with_payload(head(), &parts(20_000));
+        let kept = small.for_keeping();
+        assert_eq!(kept.joined, 1);
+        assert_eq!(kept.frames.len(), 2);
+        assert_eq!(kept.byte_len(), small.byte_len());
+        assert_eq!(&kept.frames[1][1..20_001], &request[..20_000]);
+        assert!(!kept.frames.iter().any(|f| f.as_ptr() == request.as_ptr()));
+        // Past the bound the parts are kept as they are.
+        let large = Outgoing::with_payload(head(), &parts(KEEP_COPY_MAX + 1));
+        assert_eq!(large.for_keeping(), large);
     }
 }

@@ -11,7 +11,7 @@ use super::stats::EndpointCounters;
 use super::Inner;
 use crate::message::Outgoing;
 use crate::socket::core::Core;
-use crate::socket::{DealerSocket, SocketOptions};
+use crate::socket::DealerSocket;
 
 /// The live connection of an endpoint.
 struct Conn {
@@ -67,9 +67,9 @@ impl Endpoint {
 
     /// Opens a fresh connection (closing the old one, if any): Lazy Pirate's "close the
     /// socket, open a new one". Returns the new generation.
-    pub fn recreate(inner: &Arc<Inner>, idx: usize, opts: &SocketOptions) -> u64 {
+    pub fn recreate(inner: &Arc<Inner>, idx: usize) -> u64 {
         let ep = &inner.endpoints[idx];
-        let sock = DealerSocket::with_options(opts.clone());
+        let sock = DealerSocket::with_options(inner.config.socket.clone());
         let core = sock.core().clone();
         // Replies go straight from the connection task to the waiting call.
         let weak = Arc::downgrade(inner);
@@ -87,8 +87,12 @@ impl Endpoint {
             old.reader.abort();
         }
         st.health.on_disconnected();
-        if let Err(e) = core.connect(&ep.addr) {
-            tracing::error!(endpoint = %ep.addr, error = %e, "cannot connect");
+        // One socket, `connections` connections: the socket spreads sends over them.
+        for _ in 0..inner.config.connections {
+            if let Err(e) = core.connect(&ep.addr) {
+                tracing::error!(endpoint = %ep.addr, error = %e, "cannot connect");
+                break;
+            }
         }
         let reader = tokio::spawn(read_loop(inner.clone(), idx, generation, sock));
         st.conn = Some(Conn {

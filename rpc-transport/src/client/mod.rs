@@ -58,12 +58,13 @@ pub enum Balance {
 
 /// Settings of a [`Client`]; see [`ClientBuilder`] for the defaults.
 #[derive(Debug, Clone)]
-struct Config {
+pub(crate) struct Config {
     call_timeout: Duration,
     attempt_timeout: Duration,
     max_attempts: u32,
     balance: Balance,
-    socket: SocketOptions,
+    pub(crate) connections: usize,
+    pub(crate) socket: SocketOptions,
 }
 
 /// Builds a [`Client`].
@@ -93,6 +94,7 @@ impl ClientBuilder {
                 attempt_timeout: Duration::from_secs(1),
                 max_attempts: 4,
                 balance: Balance::RoundRobin,
+                connections: 1,
                 socket: SocketOptions::default()
                     .heartbeat(HeartbeatConfig {
                         interval: Duration::from_millis(500),
@@ -146,6 +148,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Connections opened to each endpoint (default 1). Calls spread over them, so
+    /// that many concurrent callers keep several server threads busy; an attempt
+    /// timeout recreates all of an endpoint's connections, and the endpoint counts as
+    /// down once none is left.
+    pub fn connections_per_endpoint(mut self, n: usize) -> Self {
+        self.config.connections = n.max(1);
+        self
+    }
+
     /// Heartbeats on every connection (`None` turns them off).
     pub fn heartbeat(mut self, hb: Option<HeartbeatConfig>) -> Self {
         self.config.socket.heartbeat = hb;
@@ -190,7 +201,7 @@ impl ClientBuilder {
             config: self.config,
         });
         for idx in 0..inner.endpoints.len() {
-            Endpoint::recreate(&inner, idx, &inner.config.socket);
+            Endpoint::recreate(&inner, idx);
         }
         Ok(Client {
             _close: Arc::new(CloseOnDrop(inner.clone())),
@@ -229,7 +240,7 @@ pub(crate) struct Inner {
     /// Bumped whenever an endpoint's eligibility may have changed.
     changed: watch::Sender<()>,
     counters: Counters,
-    config: Config,
+    pub(crate) config: Config,
 }
 
 fn now_std() -> std::time::Instant {
@@ -323,7 +334,7 @@ impl Inner {
         }
         bump(&self.counters.reconnects);
         tracing::info!(endpoint = %ep.addr, "attempt timed out: recreating the connection");
-        Endpoint::recreate(self, idx, &self.config.socket);
+        Endpoint::recreate(self, idx);
         self.fail_in_flight(idx, generation);
         self.changed.send_replace(());
     }

@@ -108,10 +108,14 @@ impl<W> ReplyCache<W> {
                 break;
             }
             self.order.pop_front();
-            if matches!(self.map.get(&id), Some(Entry::Done { at: a, .. }) if *a == at) {
-                if let Some(Entry::Done { reply, .. }) = self.map.remove(&id) {
-                    self.bytes -= reply.byte_len();
+            // One lookup: taken out, and put back in the rare case that it is not the
+            // entry this order slot was for (the id ran again since).
+            match self.map.remove(&id) {
+                Some(Entry::Done { reply, at: a }) if a == at => self.bytes -= reply.byte_len(),
+                Some(other) => {
+                    self.map.insert(id, other);
                 }
+                None => {}
             }
         }
     }

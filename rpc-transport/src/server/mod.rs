@@ -122,7 +122,9 @@ impl ServerBuilder {
     }
 
     /// Most reply bytes the reply cache holds (default 64 MiB); replies larger than
-    /// this are not cached.
+    /// this are not cached. A large [`Blob`](rpc_core::Blob) in a reply is kept by
+    /// reference; up to 64 KiB it is copied, so that a slice of a larger buffer (the
+    /// request's, when a handler answers with what it received) is not held.
     pub fn reply_cache_bytes(mut self, n: usize) -> Self {
         self.cache_bytes = n;
         self
@@ -464,9 +466,10 @@ impl Shared {
                     }
                 };
                 let frames = reply_frames(id, reply);
-                let waiters = shared
-                    .cache()
-                    .finish(id, frames.clone(), Instant::now().into_std());
+                let waiters =
+                    shared
+                        .cache()
+                        .finish(id, frames.for_keeping(), Instant::now().into_std());
                 for w in waiters {
                     w.send(&frames);
                 }

@@ -142,7 +142,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         let mut room = 0;
         if pending.is_none() {
             let need = conn.read_hint(rbuf.current());
-            let want = rbuf.plan(need, Instant::now().into_std());
+            let want = rbuf.plan(need, || Instant::now().into_std());
             let buf = rbuf.current();
             buf.reserve(want);
             room = buf.capacity() - buf.len();

@@ -54,8 +54,9 @@ impl RecvBuf {
     }
 
     /// Prepares the next read, given how many more bytes the decoder needs from
-    /// [`RecvBuf::current`]. Returns how much to reserve for the read.
-    pub fn plan(&mut self, need: usize, now: Instant) -> usize {
+    /// [`RecvBuf::current`]. Returns how much to reserve for the read. `now` is only
+    /// asked for while a large buffer is held.
+    pub fn plan(&mut self, need: usize, now: impl Fn() -> Instant) -> usize {
         if self.large_body.is_some() {
             return need;
         }
@@ -68,12 +69,12 @@ impl RecvBuf {
             self.large.extend_from_slice(&self.small);
             self.small.clear();
             self.large_body = Some(body);
-            self.large_used = Some(now);
+            self.large_used = Some(now());
             return need;
         }
         if self
             .large_used
-            .is_some_and(|t| now.saturating_duration_since(t) >= LARGE_KEEP)
+            .is_some_and(|t| now().saturating_duration_since(t) >= LARGE_KEEP)
         {
             self.large = BytesMut::new();
             self.large_used = None;
@@ -126,11 +127,11 @@ mod tests {
         let mut first_ptr = None;
         for round in 0..3 {
             // The first read brings the body's start with it.
-            assert_eq!(rb.plan(2, t0), READ_MIN);
+            assert_eq!(rb.plan(2, || t0), READ_MIN);
             rb.current().put_bytes(round, 1000);
             rb.on_read(1000, READ_MIN);
             rb.after_decode();
-            let want = rb.plan(body - 1000, t0);
+            let want = rb.plan(body - 1000, || t0);
             assert_eq!(want, body - 1000);
             let start = rb.current().as_ptr();
             assert!(
@@ -165,12 +166,12 @@ mod tests {
             drop(frame);
         }
         // Held while the frame is alive: a new buffer, and the old one stays valid.
-        rb.plan(body, t0);
+        rb.plan(body, || t0);
         rb.current().put_bytes(1, body);
         rb.on_read(body, body);
         let kept = take(rb.current(), body).unwrap();
         rb.after_decode();
-        rb.plan(body, t0);
+        rb.plan(body, || t0);
         assert_ne!(rb.current().as_ptr(), kept.as_ptr());
         rb.current().put_bytes(2, body);
         rb.on_read(body, body);
@@ -178,7 +179,7 @@ mod tests {
         rb.after_decode();
         assert!(kept.iter().all(|b| *b == 1));
         // Released after a quiet second.
-        rb.plan(2, t0 + LARGE_KEEP);
+        rb.plan(2, || t0 + LARGE_KEEP);
         assert_eq!(rb.large.capacity(), 0);
     }
 }
