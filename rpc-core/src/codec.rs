@@ -16,7 +16,7 @@ struct Counter(usize);
 
 impl std::io::Write for Counter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if crate::blob::pending(buf, false).is_none() {
+        if buf.len() < crate::blob::GATHER_MIN || crate::blob::pending(buf, false).is_none() {
             self.0 += buf.len();
         }
         Ok(buf.len())
@@ -50,7 +50,12 @@ struct Gather {
 
 impl std::io::Write for Gather {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        match crate::blob::pending(data, true) {
+        let announced = if data.len() < crate::blob::GATHER_MIN {
+            None
+        } else {
+            crate::blob::pending(data, true)
+        };
+        match announced {
             Some(blob) => {
                 if !self.buf.is_empty() {
                     self.parts.push(self.buf.split().freeze());

@@ -42,6 +42,21 @@ impl Payload {
         }
     }
 
+    /// Moves the parts to the end of `out`; returns how many there were.
+    pub fn move_into(self, out: &mut Vec<Bytes>) -> usize {
+        match self.0 {
+            Repr::One(b) => {
+                out.push(b);
+                1
+            }
+            Repr::Parts(p) => {
+                let n = p.len();
+                out.extend(p.into_vec());
+                n
+            }
+        }
+    }
+
     /// Total length in bytes.
     pub fn len(&self) -> usize {
         self.parts().iter().map(Bytes::len).sum()

@@ -112,25 +112,20 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    /// `head` frames, then `payload` as one frame.
-    pub fn with_payload(mut head: Vec<Bytes>, payload: &rpc_core::Payload) -> Outgoing {
-        let parts = payload.parts();
-        head.extend_from_slice(parts);
+    /// `head` frames, then `payload` as one frame. Give `head` room for an envelope
+    /// too, and [`Outgoing::behind`] will not move the frames again.
+    pub fn with_payload(mut head: Vec<Bytes>, payload: rpc_core::Payload) -> Outgoing {
+        let joined = payload.move_into(&mut head);
         Outgoing {
             frames: head,
-            joined: parts.len(),
+            joined,
         }
     }
 
-    /// The same message behind `envelope` frames.
-    pub fn behind(&self, envelope: &[Bytes]) -> Outgoing {
-        let mut frames = Vec::with_capacity(envelope.len() + self.frames.len());
-        frames.extend_from_slice(envelope);
-        frames.extend_from_slice(&self.frames);
-        Outgoing {
-            frames,
-            joined: self.joined,
-        }
+    /// The message behind `envelope` frames (put in front, in place when there is room).
+    pub fn behind(mut self, envelope: impl IntoIterator<Item = Bytes>) -> Outgoing {
+        self.frames.splice(0..0, envelope);
+        self
     }
 
     /// A copy to keep for a while (the reply cache): a joined frame of up to
@@ -247,7 +242,7 @@ mod tests {
             ])
         };
         let head = || vec![Bytes::from_static(b"h")];
-        let small = Outgoing::with_payload(head(), &parts(20_000));
+        let small = Outgoing::with_payload(head(), parts(20_000));
         let kept = small.for_keeping();
         assert_eq!(kept.joined, 1);
         assert_eq!(kept.frames.len(), 2);
@@ -255,7 +250,7 @@ mod tests {
         assert_eq!(&kept.frames[1][1..20_001], &request[..20_000]);
         assert!(!kept.frames.iter().any(|f| f.as_ptr() == request.as_ptr()));
         // Past the bound the parts are kept as they are.
-        let large = Outgoing::with_payload(head(), &parts(KEEP_COPY_MAX + 1));
+        let large = Outgoing::with_payload(head(), parts(KEEP_COPY_MAX + 1));
         assert_eq!(large.for_keeping(), large);
     }
 }

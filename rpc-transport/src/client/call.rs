@@ -84,7 +84,10 @@ impl Client {
             };
             // A header of plain fields always encodes.
             let h = codec::encode(&header).unwrap_or_default();
-            Outgoing::with_payload(vec![Bytes::from(h)], &args)
+            // Room for the envelope the attempt loop puts in front.
+            let mut head = Vec::with_capacity(3 + args.parts().len());
+            head.push(Bytes::from(h));
+            Outgoing::with_payload(head, args.clone())
         };
         tracing::Instrument::instrument(
             self.execute(id, method.retry, timeout, build, |r| classify(id, r)),

@@ -565,7 +565,7 @@ impl Client {
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             let msg = build(attempts + 1, remaining)
-                .behind(&[Bytes::copy_from_slice(id.as_bytes()), Bytes::new()]);
+                .behind([Bytes::copy_from_slice(id.as_bytes()), Bytes::new()]);
             let (tx, rx) = oneshot::channel();
             // Registered before sending, so that even an instant reply finds it.
             let registered = ep.lock().generation;

@@ -282,11 +282,24 @@ struct Waiter {
     envelope: Vec<Bytes>,
 }
 
+/// Sends `reply` to every waiter (copies of it to all but the last).
+fn send_all(waiters: Vec<Waiter>, reply: Outgoing) {
+    let mut waiters = waiters.into_iter().peekable();
+    while let Some(w) = waiters.next() {
+        if waiters.peek().is_some() {
+            w.send(reply.clone());
+        } else {
+            w.send(reply);
+            return;
+        }
+    }
+}
+
 impl Waiter {
     /// Sends `envelope + frames` without blocking the caller; a full queue hands the
     /// send to a task, a closed one means the client is gone and the reply is dropped.
-    fn send(&self, reply: &Outgoing) {
-        let msg = reply.behind(&self.envelope);
+    fn send(self, reply: Outgoing) {
+        let msg = reply.behind(self.envelope);
         match self.conn.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
@@ -346,13 +359,16 @@ fn reply_frames(id: RequestId, reply: Reply) -> Outgoing {
         message: reply.message,
     };
     let h = codec::encode(&header).unwrap_or_default();
-    Outgoing::with_payload(vec![Bytes::from(h)], &reply.body)
+    // Room for an envelope of a routing id, a request id and the delimiter.
+    let mut head = Vec::with_capacity(4 + reply.body.parts().len());
+    head.push(Bytes::from(h));
+    Outgoing::with_payload(head, reply.body)
 }
 
 impl Shared {
-    fn refuse(&self, waiter: &Waiter, id: RequestId, status: Status, why: String) {
+    fn refuse(&self, waiter: Waiter, id: RequestId, status: Status, why: String) {
         tracing::debug!(request_id = %id, ?status, why, "request refused");
-        waiter.send(&reply_frames(id, Reply::status(status, why)));
+        waiter.send(reply_frames(id, Reply::status(status, why)));
     }
 
     /// Handles one request, in the connection's task. Never blocks: the handler is
@@ -377,29 +393,29 @@ impl Shared {
                 Err(e) => {
                     bump(&self.counters.rejected);
                     let why = format!("bad request header: {}", error_chain(&e));
-                    return self.refuse(&waiter, nil, Status::BadRequest, why);
+                    return self.refuse(waiter, nil, Status::BadRequest, why);
                 }
             },
             _ => {
                 bump(&self.counters.rejected);
                 let why = format!("expected 2 frames after the envelope, got {}", body.len());
-                return self.refuse(&waiter, nil, Status::BadRequest, why);
+                return self.refuse(waiter, nil, Status::BadRequest, why);
             }
         };
         let id = header.id;
         if header.v != PROTOCOL_VERSION {
             bump(&self.counters.rejected);
             let why = format!("unsupported protocol version {}", header.v);
-            return self.refuse(&waiter, id, Status::BadRequest, why);
+            return self.refuse(waiter, id, Status::BadRequest, why);
         }
         if self.draining.load(Ordering::Relaxed) {
             bump(&self.counters.shutting_down);
             let why = "server is shutting down".to_string();
-            return self.refuse(&waiter, id, Status::ShuttingDown, why);
+            return self.refuse(waiter, id, Status::ShuttingDown, why);
         }
         if header.timeout_ms == 0 {
             bump(&self.counters.rejected);
-            return self.refuse(&waiter, id, Status::DeadlineExceeded, "no time left".into());
+            return self.refuse(waiter, id, Status::DeadlineExceeded, "no time left".into());
         }
         let (service, method) = header
             .method
@@ -408,7 +424,7 @@ impl Shared {
         let Some(svc) = self.services.get(service).cloned() else {
             bump(&self.counters.rejected);
             let why = format!("unknown service {service:?}");
-            return self.refuse(&waiter, id, Status::UnknownMethod, why);
+            return self.refuse(waiter, id, Status::UnknownMethod, why);
         };
         let now = Instant::now();
         let lookup = self.cache().begin(id, waiter, now.into_std());
@@ -420,7 +436,7 @@ impl Shared {
             }
             Lookup::Cached(reply, waiter) => {
                 bump(&self.counters.deduplicated);
-                waiter.send(&reply);
+                waiter.send(reply);
                 return;
             }
         }
@@ -430,9 +446,8 @@ impl Shared {
                 id,
                 Reply::status(Status::Overloaded, "concurrency limit reached"),
             );
-            for w in self.cache().abandon(id) {
-                w.send(&frames);
-            }
+            let waiters = self.cache().abandon(id);
+            send_all(waiters, frames);
             return;
         };
         bump(&self.counters.executed);
@@ -470,9 +485,7 @@ impl Shared {
                     shared
                         .cache()
                         .finish(id, frames.for_keeping(), Instant::now().into_std());
-                for w in waiters {
-                    w.send(&frames);
-                }
+                send_all(waiters, frames);
                 drop(permit);
             }
             .instrument(span),
