@@ -391,6 +391,10 @@ impl Inner {
 
     /// Waits for a healthy endpoint until `deadline`.
     async fn wait_for_endpoint(&self, deadline: Instant, avoid: Option<usize>) -> Option<usize> {
+        // The common case, without subscribing to changes.
+        if let Some(i) = self.pick(avoid) {
+            return Some(i);
+        }
         let mut changed = self.changed.subscribe();
         loop {
             changed.borrow_and_update();
@@ -439,11 +443,15 @@ impl std::fmt::Debug for Client {
 struct CallGuard<'a> {
     inner: &'a Inner,
     id: RequestId,
+    /// No entry can be left: the last attempt's reply took it out.
+    clear: bool,
 }
 
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
-        self.inner.pending().remove(&self.id);
+        if !self.clear {
+            self.inner.pending().remove(&self.id);
+        }
     }
 }
 
@@ -546,7 +554,11 @@ impl Client {
         let inner = &self.inner;
         let c = &inner.counters;
         let deadline = Instant::now() + timeout;
-        let _guard = CallGuard { inner, id };
+        let mut guard = CallGuard {
+            inner,
+            id,
+            clear: false,
+        };
         let mut attempts = 0u32;
         let mut last: Option<RpcError> = None;
         let mut last_ep: Option<usize> = None;
@@ -566,6 +578,7 @@ impl Client {
             let remaining = deadline.saturating_duration_since(now);
             let msg = build(attempts + 1, remaining)
                 .behind([Bytes::copy_from_slice(id.as_bytes()), Bytes::new()]);
+            guard.clear = false;
             let (tx, rx) = oneshot::channel();
             // Registered before sending, so that even an instant reply finds it.
             let registered = ep.lock().generation;
@@ -616,15 +629,19 @@ impl Client {
             let _out = Outstanding(&ep.outstanding);
             let attempt_deadline = (now + inner.config.attempt_timeout).min(deadline);
             match tokio::time::timeout_at(attempt_deadline, rx).await {
-                Ok(Ok(Event::Reply { from, msg })) => match classify(msg) {
-                    Verdict::Done(t) => return Ok(t),
-                    Verdict::Fail(e) => return Err(e),
-                    Verdict::NotRun(e) => {
-                        tracing::debug!(endpoint = %inner.endpoints[from].addr, error = %e, "not run; failing over");
-                        last = Some(e);
-                        last_ep = Some(from);
+                Ok(Ok(Event::Reply { from, msg })) => {
+                    // `on_reply` removed the entry before handing the reply over.
+                    guard.clear = true;
+                    match classify(msg) {
+                        Verdict::Done(t) => return Ok(t),
+                        Verdict::Fail(e) => return Err(e),
+                        Verdict::NotRun(e) => {
+                            tracing::debug!(endpoint = %inner.endpoints[from].addr, error = %e, "not run; failing over");
+                            last = Some(e);
+                            last_ep = Some(from);
+                        }
                     }
-                },
+                }
                 Ok(Ok(Event::Lost)) | Ok(Err(_)) => {
                     tracing::debug!(endpoint = %ep.addr, "connection lost during attempt");
                     if retry == RetryPolicy::AtMostOnce {

@@ -20,8 +20,39 @@ pub(crate) enum Lookup<W> {
 }
 
 enum Entry<W> {
-    Running { waiters: Vec<W> },
-    Done { reply: Outgoing, at: Instant },
+    /// The first caller, and any that joined later.
+    Running {
+        first: W,
+        more: Vec<W>,
+    },
+    Done {
+        reply: Outgoing,
+        at: Instant,
+    },
+}
+
+/// The callers waiting for one reply (the first without an allocation).
+pub(crate) struct Waiters<W> {
+    first: Option<W>,
+    more: Vec<W>,
+}
+
+impl<W> Waiters<W> {
+    fn none() -> Waiters<W> {
+        Waiters {
+            first: None,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl<W> IntoIterator for Waiters<W> {
+    type Item = W;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<W>, std::vec::IntoIter<W>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.more)
+    }
 }
 
 /// Bounded reply cache keyed by request id. `W` is whatever identifies a caller waiting
@@ -55,8 +86,8 @@ impl<W> ReplyCache<W> {
     pub fn begin(&mut self, id: RequestId, waiter: W, now: Instant) -> Lookup<W> {
         self.evict(now);
         match self.map.get_mut(&id) {
-            Some(Entry::Running { waiters }) => {
-                waiters.push(waiter);
+            Some(Entry::Running { more, .. }) => {
+                more.push(waiter);
                 Lookup::Joined
             }
             Some(Entry::Done { reply, .. }) => Lookup::Cached(reply.clone(), waiter),
@@ -64,7 +95,8 @@ impl<W> ReplyCache<W> {
                 self.map.insert(
                     id,
                     Entry::Running {
-                        waiters: vec![waiter],
+                        first: waiter,
+                        more: Vec::new(),
                     },
                 );
                 Lookup::Run
@@ -73,31 +105,49 @@ impl<W> ReplyCache<W> {
     }
 
     /// Records the reply of `id`; returns the callers waiting for it.
-    pub fn finish(&mut self, id: RequestId, reply: Outgoing, now: Instant) -> Vec<W> {
-        let waiters = match self.map.remove(&id) {
-            Some(Entry::Running { waiters }) => waiters,
-            _ => Vec::new(),
-        };
+    pub fn finish(&mut self, id: RequestId, reply: Outgoing, now: Instant) -> Waiters<W> {
         let size = reply.byte_len();
-        if self.max_entries > 0 && size <= self.max_bytes {
+        let keep = self.max_entries > 0 && size <= self.max_bytes;
+        // The entry is replaced in place (one lookup), or taken out if not kept.
+        let old = match self.map.get_mut(&id) {
+            Some(slot) if keep => Some(std::mem::replace(slot, Entry::Done { reply, at: now })),
+            Some(_) => self.map.remove(&id),
+            None if keep => self.map.insert(id, Entry::Done { reply, at: now }),
+            None => None,
+        };
+        if keep {
             self.bytes += size;
-            self.map.insert(id, Entry::Done { reply, at: now });
             self.order.push_back((id, now));
         }
+        let waiters = match old {
+            Some(Entry::Running { first, more }) => Waiters {
+                first: Some(first),
+                more,
+            },
+            Some(Entry::Done { reply, .. }) => {
+                // Finished twice (cannot happen: an id runs once); keep the count right.
+                self.bytes -= reply.byte_len();
+                Waiters::none()
+            }
+            None => Waiters::none(),
+        };
         self.evict(now);
         waiters
     }
 
     /// Forgets a running id that will not run after all (refused for overload);
     /// returns its waiters.
-    pub fn abandon(&mut self, id: RequestId) -> Vec<W> {
+    pub fn abandon(&mut self, id: RequestId) -> Waiters<W> {
         match self.map.remove(&id) {
-            Some(Entry::Running { waiters }) => waiters,
+            Some(Entry::Running { first, more }) => Waiters {
+                first: Some(first),
+                more,
+            },
             Some(done) => {
                 self.map.insert(id, done);
-                Vec::new()
+                Waiters::none()
             }
-            None => Vec::new(),
+            None => Waiters::none(),
         }
     }
 
@@ -138,6 +188,10 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
+    fn all<W>(w: Waiters<W>) -> Vec<W> {
+        w.into_iter().collect()
+    }
+
     fn out(frames: Vec<Bytes>) -> Outgoing {
         Outgoing { frames, joined: 1 }
     }
@@ -154,7 +208,7 @@ mod tests {
         assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
         assert_eq!(c.begin(id, env(2), t0), Lookup::Joined);
         let reply = out(vec![Bytes::from_static(b"h"), Bytes::from_static(b"b")]);
-        assert_eq!(c.finish(id, reply.clone(), t0), vec![env(1), env(2)]);
+        assert_eq!(all(c.finish(id, reply.clone(), t0)), vec![env(1), env(2)]);
         assert_eq!(c.begin(id, env(3), t0), Lookup::Cached(reply, env(3)));
     }
 
@@ -201,7 +255,7 @@ mod tests {
         let mut c = ReplyCache::new(3, Duration::from_secs(10), 1 << 20);
         let id = RequestId::new();
         assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
-        assert_eq!(c.abandon(id), vec![env(1)]);
+        assert_eq!(all(c.abandon(id)), vec![env(1)]);
         assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
     }
 }

@@ -283,7 +283,7 @@ struct Waiter {
 }
 
 /// Sends `reply` to every waiter (copies of it to all but the last).
-fn send_all(waiters: Vec<Waiter>, reply: Outgoing) {
+fn send_all(waiters: impl IntoIterator<Item = Waiter>, reply: Outgoing) {
     let mut waiters = waiters.into_iter().peekable();
     while let Some(w) = waiters.next() {
         if waiters.peek().is_some() {
