@@ -419,34 +419,3 @@ impl Core {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn out(s: &'static str) -> Outgoing {
-        Message::from(Bytes::from_static(s.as_bytes())).into()
-    }
-
-    #[test]
-    fn answers_to_the_running_connection_skip_its_channel() {
-        let (own, mut own_rx) = mpsc::channel(4);
-        let (other, mut other_rx) = mpsc::channel(4);
-        let mut queued = Vec::new();
-        collect_inline(&own, &mut queued, || {
-            try_answer(&own, out("a")).unwrap();
-            try_answer(&other, out("b")).unwrap();
-            try_answer(&own.clone(), out("c")).unwrap();
-        });
-        assert_eq!(queued, vec![out("a"), out("c")]);
-        assert!(
-            own_rx.try_recv().is_err(),
-            "nothing went through the channel"
-        );
-        assert_eq!(other_rx.try_recv().unwrap(), out("b"));
-        // Outside the scope, answers take the channel again.
-        try_answer(&own, out("d")).unwrap();
-        assert_eq!(own_rx.try_recv().unwrap(), out("d"));
-        assert_eq!(queued.len(), 2);
-    }
-}
