@@ -300,7 +300,7 @@ impl Waiter {
     /// send to a task, a closed one means the client is gone and the reply is dropped.
     fn send(self, reply: Outgoing) {
         let msg = reply.behind(self.envelope);
-        match crate::socket::core::try_answer(&self.conn, msg) {
+        match self.conn.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 let conn = self.conn.clone();

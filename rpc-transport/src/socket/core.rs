@@ -27,53 +27,6 @@ pub(crate) struct Inbound {
     pub reply: mpsc::Sender<Outgoing>,
 }
 
-thread_local! {
-    /// While a connection task hands messages to a direct sink: its own send queue,
-    /// and the answers sent to it meanwhile (taken by the task, not by the channel).
-    static INLINE: std::cell::RefCell<Option<(mpsc::Sender<Outgoing>, Vec<Outgoing>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` (which calls a direct sink) with answers to the connection `own` collected
-/// into `queued` instead of going through its channel: no channel round trip and no
-/// wake-up of the running task for a request answered at once.
-pub(crate) fn collect_inline<R>(
-    own: &mpsc::Sender<Outgoing>,
-    queued: &mut Vec<Outgoing>,
-    f: impl FnOnce() -> R,
-) -> R {
-    struct Restore<'a>(&'a mut Vec<Outgoing>);
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            if let Some((_, q)) = INLINE.with(|c| c.borrow_mut().take()) {
-                *self.0 = q;
-            }
-        }
-    }
-    INLINE.with(|c| *c.borrow_mut() = Some((own.clone(), std::mem::take(queued))));
-    let _restore = Restore(queued);
-    f()
-}
-
-/// Sends an answer on a connection's queue without waiting: straight to the
-/// connection task when it is the one running (see [`collect_inline`]).
-pub(crate) fn try_answer(
-    tx: &mpsc::Sender<Outgoing>,
-    msg: Outgoing,
-) -> Result<(), mpsc::error::TrySendError<Outgoing>> {
-    let msg = INLINE.with(|c| match &mut *c.borrow_mut() {
-        Some((own, q)) if own.same_channel(tx) => {
-            q.push(msg);
-            None
-        }
-        _ => Some(msg),
-    });
-    match msg {
-        None => Ok(()),
-        Some(m) => tx.try_send(m),
-    }
-}
-
 /// Receives messages straight from the connection tasks instead of the socket's
 /// queue: the reliable client and the server use it to save a task hop per message.
 /// It must not block.

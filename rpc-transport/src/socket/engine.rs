@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::core::{collect_inline, Core, Inbound, PeerGuard};
+use super::core::{Core, Inbound, PeerGuard};
 use super::endpoint::Io;
 use super::recv_buf::RecvBuf;
 use crate::message::Outgoing;
@@ -82,7 +82,6 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
     let mut guard: Option<PeerGuard> = None;
     let mut pending: Option<Inbound> = None;
     let mut rbuf = RecvBuf::new();
-    let mut answered: Vec<Outgoing> = Vec::new();
     // One timer for the connection's life, moved when the state machine's next
     // deadline changes (not a new timer registration per loop turn).
     let far = Instant::now() + Duration::from_secs(86400 * 365);
@@ -114,34 +113,16 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
                     let (Some(g), Some(reply)) = (&guard, &reply_tx) else {
                         continue;
                     };
-                    let inbound = |msg| Inbound {
+                    let inbound = Inbound {
                         peer: id,
                         routing_id: g.routing_id.clone(),
                         msg,
                         reply: reply.clone(),
                     };
                     if let Some(sink) = core.direct.get() {
-                        // This message and every other one decoded, with the answers
-                        // given at once collected here rather than sent to ourselves.
-                        collect_inline(reply, &mut answered, || {
-                            sink(inbound(msg));
-                            while let Some(event) = conn.poll_event() {
-                                match event {
-                                    Event::Message(msg) => sink(inbound(msg)),
-                                    // Never after a message: a second READY fails
-                                    // the connection instead of being an event.
-                                    Event::Ready(_) => {}
-                                }
-                            }
-                        });
-                        for m in answered.drain(..) {
-                            if conn.send_frames(&m.frames, m.joined).is_err() {
-                                break;
-                            }
-                        }
+                        sink(inbound);
                         continue;
                     }
-                    let inbound = inbound(msg);
                     match core.inbound_tx.try_send(inbound) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(i)) => pending = Some(i),
