@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`envelope`]: [`RequestHeader`] and [`ReplyHeader`], the MessagePack frames after
 //!   the ZeroMQ envelope; [`RequestId`]; [`PROTOCOL_VERSION`]. The full wire format is
-//!   in `docs/PROTOCOL.md`.
+//!   in `docs/PROTOCOL.md`. `header_codec.rs` writes and reads them by hand (the same
+//!   bytes as serde, serde as the fallback reader).
 //! - [`status`]: [`Status`], the small stable integers of a reply.
 //! - [`error`]: [`RpcError`], what a call can fail with.
 //! - [`codec`]: MessagePack encoding of arguments and results, with limits.
@@ -22,6 +23,7 @@ pub mod blob;
 pub mod codec;
 pub mod envelope;
 pub mod error;
+mod header_codec;
 pub mod method;
 pub mod payload;
 pub mod service;

@@ -33,7 +33,7 @@ fn classify(id: RequestId, mut reply: Message) -> Verdict<Reply> {
     }
     let header = reply.pop_front().unwrap_or_default();
     let body = reply.pop_front().unwrap_or_default();
-    let header: ReplyHeader = match codec::decode(&header) {
+    let header = match ReplyHeader::from_bytes(&header) {
         Ok(h) => h,
         Err(e) => return Verdict::Fail(e),
     };
@@ -82,8 +82,7 @@ impl Client {
                 attempt,
                 meta: opts.metadata.clone(),
             };
-            // A header of plain fields always encodes.
-            let h = codec::encode(&header).unwrap_or_default();
+            let h = header.to_bytes();
             // Room for the envelope the attempt loop puts in front.
             let mut head = Vec::with_capacity(3 + args.parts().len());
             head.push(Bytes::from(h));

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_core::{
-    codec, Dispatch, Reply, ReplyHeader, RequestHeader, RequestId, ServiceRequest, Status,
+    Dispatch, Reply, ReplyHeader, RequestHeader, RequestId, ServiceRequest, Status,
     PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -358,7 +358,7 @@ fn reply_frames(id: RequestId, reply: Reply) -> Outgoing {
         status: reply.status,
         message: reply.message,
     };
-    let h = codec::encode(&header).unwrap_or_default();
+    let h = header.to_bytes();
     // Room for an envelope of a routing id, a request id and the delimiter.
     let mut head = Vec::with_capacity(4 + reply.body.parts().len());
     head.push(Bytes::from(h));
@@ -388,7 +388,7 @@ impl Shared {
         };
         let nil = RequestId(uuid::Uuid::nil());
         let header: RequestHeader = match &body[..] {
-            [h, _] => match codec::decode(h) {
+            [h, _] => match RequestHeader::from_bytes(h) {
                 Ok(h) => h,
                 Err(e) => {
                     bump(&self.counters.rejected);

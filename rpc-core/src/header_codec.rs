@@ -1,0 +1,373 @@
+//! Headers written and read by hand: the same MessagePack bytes as the serde encoding
+//! of [`RequestHeader`] and [`ReplyHeader`] (maps with named keys, smallest integer
+//! forms), without serde's two passes. Reading takes a fast path for headers laid out
+//! the way this crate writes them and hands anything else (other key orders, extra
+//! keys, other integer forms: what another implementation may send) to serde.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::envelope::{ReplyHeader, RequestHeader, RequestId};
+use crate::error::RpcError;
+use crate::status::Status;
+
+fn put_uint(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else if v <= u8::MAX as u64 {
+        out.extend_from_slice(&[0xcc, v as u8]);
+    } else if v <= u16::MAX as u64 {
+        out.push(0xcd);
+        out.extend_from_slice(&(v as u16).to_be_bytes());
+    } else if v <= u32::MAX as u64 {
+        out.push(0xce);
+        out.extend_from_slice(&(v as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize, fix: u8, fix_max: usize, m8: Option<u8>, m16: u8) {
+    if n <= fix_max {
+        out.push(fix | n as u8);
+    } else if let (Some(m8), true) = (m8, n <= u8::MAX as usize) {
+        out.extend_from_slice(&[m8, n as u8]);
+    } else if n <= u16::MAX as usize {
+        out.push(m16);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(m16 + 1);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len(), 0xa0, 31, Some(0xd9), 0xda);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_map_len(out: &mut Vec<u8>, n: usize) {
+    put_len(out, n, 0x80, 15, None, 0xde);
+}
+
+fn put_id(out: &mut Vec<u8>, id: &RequestId) {
+    out.extend_from_slice(&[0xc4, 16]);
+    out.extend_from_slice(id.as_bytes());
+}
+
+impl RequestHeader {
+    /// The header's MessagePack bytes (those of `codec::encode(self)`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        let mut out = Vec::with_capacity(64 + self.method.len() + meta);
+        put_map_len(&mut out, 6);
+        put_str(&mut out, "v");
+        put_uint(&mut out, self.v.into());
+        put_str(&mut out, "id");
+        put_id(&mut out, &self.id);
+        put_str(&mut out, "method");
+        put_str(&mut out, &self.method);
+        put_str(&mut out, "timeout_ms");
+        put_uint(&mut out, self.timeout_ms);
+        put_str(&mut out, "attempt");
+        put_uint(&mut out, self.attempt.into());
+        put_str(&mut out, "meta");
+        put_map_len(&mut out, self.meta.len());
+        for (k, v) in &self.meta {
+            put_str(&mut out, k);
+            put_str(&mut out, v);
+        }
+        out
+    }
+
+    /// Reads a header from a frame.
+    pub fn from_bytes(b: &[u8]) -> Result<RequestHeader, RpcError> {
+        match Reader(b).request() {
+            Some(h) => Ok(h),
+            None => crate::codec::decode(b),
+        }
+    }
+}
+
+impl ReplyHeader {
+    /// The header's MessagePack bytes (those of `codec::encode(self)`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.message.len());
+        put_map_len(&mut out, 4);
+        put_str(&mut out, "v");
+        put_uint(&mut out, self.v.into());
+        put_str(&mut out, "id");
+        put_id(&mut out, &self.id);
+        put_str(&mut out, "status");
+        put_uint(&mut out, (self.status as u8).into());
+        put_str(&mut out, "message");
+        put_str(&mut out, &self.message);
+        out
+    }
+
+    /// Reads a header from a frame.
+    pub fn from_bytes(b: &[u8]) -> Result<ReplyHeader, RpcError> {
+        match Reader(b).reply() {
+            Some(h) => Ok(h),
+            None => crate::codec::decode(b),
+        }
+    }
+}
+
+/// The fast path: `None` for anything not laid out as this crate writes it.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u64, |a, b| a << 8 | u64::from(*b)),
+        )
+    }
+
+    fn uint(&mut self) -> Option<u64> {
+        match self.byte()? {
+            m @ 0x00..=0x7f => Some(m.into()),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            0xcf => self.be(8),
+            _ => None,
+        }
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let n = match self.byte()? {
+            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+            0xd9 => self.be(1)? as usize,
+            0xda => self.be(2)? as usize,
+            0xdb => self.be(4)? as usize,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+
+    fn map_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            m @ 0x80..=0x8f => Some(usize::from(m & 0x0f)),
+            0xde => Some(self.be(2)? as usize),
+            0xdf => Some(self.be(4)? as usize),
+            _ => None,
+        }
+    }
+
+    fn key(&mut self, name: &str) -> Option<()> {
+        (self.str()? == name).then_some(())
+    }
+
+    fn id(&mut self) -> Option<RequestId> {
+        if self.take(2)? != [0xc4, 16] {
+            return None;
+        }
+        RequestId::from_slice(self.take(16)?)
+    }
+
+    fn request(&mut self) -> Option<RequestHeader> {
+        (self.map_len()? == 6).then_some(())?;
+        self.key("v")?;
+        let v = u8::try_from(self.uint()?).ok()?;
+        self.key("id")?;
+        let id = self.id()?;
+        self.key("method")?;
+        let method = Cow::Owned(self.str()?.to_owned());
+        self.key("timeout_ms")?;
+        let timeout_ms = self.uint()?;
+        self.key("attempt")?;
+        let attempt = u32::try_from(self.uint()?).ok()?;
+        self.key("meta")?;
+        let n = self.map_len()?;
+        let mut meta = BTreeMap::new();
+        for _ in 0..n {
+            // Each entry takes at least two bytes: a hostile count ends here.
+            let k = self.str()?.to_owned();
+            let v = self.str()?.to_owned();
+            // A repeated key is for serde to judge.
+            meta.insert(k, v).is_none().then_some(())?;
+        }
+        Some(RequestHeader {
+            v,
+            id,
+            method,
+            timeout_ms,
+            attempt,
+            meta,
+        })
+    }
+
+    fn reply(&mut self) -> Option<ReplyHeader> {
+        (self.map_len()? == 4).then_some(())?;
+        self.key("v")?;
+        let v = u8::try_from(self.uint()?).ok()?;
+        self.key("id")?;
+        let id = self.id()?;
+        self.key("status")?;
+        let status = Status::try_from(u8::try_from(self.uint()?).ok()?).ok()?;
+        self.key("message")?;
+        let message = self.str()?.to_owned();
+        Some(ReplyHeader {
+            v,
+            id,
+            status,
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn requests() -> Vec<RequestHeader> {
+        let mut out = Vec::new();
+        let long = "m".repeat(300);
+        let longer = "x".repeat(70_000);
+        for (i, method) in ["a.b", "calc.add", &"s".repeat(31), &"s".repeat(32), &long]
+            .into_iter()
+            .enumerate()
+        {
+            for n in [
+                0u64,
+                1,
+                127,
+                128,
+                255,
+                256,
+                65535,
+                65536,
+                u32::MAX as u64,
+                u32::MAX as u64 + 1,
+                u64::MAX,
+            ] {
+                let mut meta = BTreeMap::new();
+                for k in 0..(n % 20) {
+                    meta.insert(format!("k{k}"), format!("value {k}"));
+                }
+                if n == 65536 {
+                    meta.insert("big".into(), longer.clone());
+                }
+                out.push(RequestHeader {
+                    v: (n % 256) as u8,
+                    id: RequestId(uuid::Uuid::from_bytes([i as u8; 16])),
+                    method: method.to_string().into(),
+                    timeout_ms: n,
+                    attempt: n.min(u32::MAX as u64) as u32,
+                    meta,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn request_headers_are_the_serde_bytes_and_read_back() {
+        for h in requests() {
+            let bytes = h.to_bytes();
+            assert_eq!(bytes, codec::encode(&h).unwrap(), "{h:?}");
+            assert_eq!(Reader(&bytes).request().as_ref(), Some(&h), "fast path");
+            assert_eq!(RequestHeader::from_bytes(&bytes).unwrap(), h);
+        }
+    }
+
+    #[test]
+    fn reply_headers_are_the_serde_bytes_and_read_back() {
+        for (i, status) in [
+            Status::Ok,
+            Status::AppError,
+            Status::Overloaded,
+            Status::Internal,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for message in [String::new(), "why".into(), "w".repeat(40), "w".repeat(300)] {
+                let h = ReplyHeader {
+                    v: 1,
+                    id: RequestId(uuid::Uuid::from_bytes([i as u8; 16])),
+                    status,
+                    message,
+                };
+                let bytes = h.to_bytes();
+                assert_eq!(bytes, codec::encode(&h).unwrap());
+                assert_eq!(Reader(&bytes).reply().as_ref(), Some(&h));
+                assert_eq!(ReplyHeader::from_bytes(&bytes).unwrap(), h);
+            }
+        }
+    }
+
+    #[test]
+    fn other_layouts_go_to_serde_with_the_same_result() {
+        #[derive(serde::Serialize)]
+        struct Reordered<'a> {
+            attempt: i64,
+            #[serde(with = "serde_bytes_16")]
+            id: [u8; 16],
+            method: &'a str,
+            timeout_ms: i64,
+            v: u8,
+            extra: u8,
+        }
+        mod serde_bytes_16 {
+            pub fn serialize<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(b)
+            }
+        }
+        let bytes = codec::encode(&Reordered {
+            attempt: 2,
+            id: [3; 16],
+            method: "a.b",
+            timeout_ms: 9,
+            v: 1,
+            extra: 7,
+        })
+        .unwrap();
+        assert!(Reader(&bytes).request().is_none());
+        let h = RequestHeader::from_bytes(&bytes).unwrap();
+        assert_eq!((h.attempt, h.timeout_ms, &*h.method), (2, 9, "a.b"));
+        // Broken input: an error either way, never a panic.
+        let good = requests()[3].to_bytes();
+        for cut in 0..good.len() {
+            assert!(
+                RequestHeader::from_bytes(&good[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut bad_status = ReplyHeader {
+            v: 1,
+            id: RequestId::new(),
+            status: Status::Ok,
+            message: String::new(),
+        }
+        .to_bytes();
+        let at = bad_status.len() - 10; // the status, before "message" and ""
+        assert_eq!(bad_status[at], Status::Ok as u8);
+        bad_status[at] = 0x7f;
+        assert!(ReplyHeader::from_bytes(&bad_status).is_err());
+        // A meta count far beyond the input.
+        let mut huge = requests()[0].to_bytes();
+        let meta_at = huge.len() - 1;
+        huge[meta_at] = 0xdf;
+        huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(RequestHeader::from_bytes(&huge).is_err());
+    }
+}
