@@ -151,7 +151,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn str(&mut self) -> Option<&'a str> {
+    fn raw_str(&mut self) -> Option<&'a [u8]> {
         let n = match self.byte()? {
             m @ 0xa0..=0xbf => usize::from(m & 0x1f),
             0xd9 => self.be(1)? as usize,
@@ -159,7 +159,11 @@ impl<'a> Reader<'a> {
             0xdb => self.be(4)? as usize,
             _ => return None,
         };
-        std::str::from_utf8(self.take(n)?).ok()
+        self.take(n)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.raw_str()?).ok()
     }
 
     fn map_len(&mut self) -> Option<usize> {
@@ -172,7 +176,7 @@ impl<'a> Reader<'a> {
     }
 
     fn key(&mut self, name: &str) -> Option<()> {
-        (self.str()? == name).then_some(())
+        (self.raw_str()? == name.as_bytes()).then_some(())
     }
 
     fn id(&mut self) -> Option<RequestId> {
