@@ -2,8 +2,11 @@
 //! [`Connection`], writes what it queues, hands messages to the socket and takes the
 //! messages the socket routes to this peer. One task per connection, no other hop.
 
+use std::future::Future;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -65,134 +68,215 @@ fn connection_config(core: &Core) -> ConnectionConfig {
     }
 }
 
-async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End {
-    let Io {
-        mut read,
-        mut write,
-        ..
-    } = io;
-    let mut stop = core.shutdown_signal();
-    if *stop.borrow_and_update() {
-        return End::Shutdown;
-    }
-    let mut conn = Connection::new(connection_config(core), Instant::now().into_std());
-    let (out_tx, mut out_rx) = mpsc::channel(core.opts.send_hwm.max(1));
-    let mut out_tx = Some(out_tx);
-    let mut reply_tx: Option<mpsc::Sender<Outgoing>> = None;
-    let mut guard: Option<PeerGuard> = None;
-    let mut pending: Option<Inbound> = None;
-    let mut rbuf = RecvBuf::new();
-    // One timer for the connection's life, moved when the state machine's next
-    // deadline changes (not a new timer registration per loop turn).
-    let far = Instant::now() + Duration::from_secs(86400 * 365);
-    let timer = tokio::time::sleep_until(far);
-    tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
-    // Registered once, not at every loop turn (it takes the watch's lock to register).
-    let stopped = stop.changed();
-    tokio::pin!(stopped);
+/// What one pass of [`Engine::poll`] ends with.
+enum Exit {
+    /// Stop signal: linger, then close.
+    Stop,
+    /// The connection failed the protocol: send the queued ERROR, then close.
+    Failed(ZmtpError),
+    /// Closed for this reason.
+    End(End),
+}
 
-    loop {
-        // Hand over what the connection decoded, until the socket's queue is full.
-        while pending.is_none() {
-            match conn.poll_event() {
+/// The state of one connection's task, driven by one poll function: each wake-up
+/// polls every source once (and again only while one of them makes progress),
+/// instead of re-arming a `select!` of freshly made futures per event.
+struct Engine<'a> {
+    core: &'a Arc<Core>,
+    id: u64,
+    conn: Connection,
+    read: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    write: Writer,
+    out_rx: mpsc::Receiver<Outgoing>,
+    out_tx: Option<mpsc::Sender<Outgoing>>,
+    reply_tx: Option<mpsc::Sender<Outgoing>>,
+    guard: Option<PeerGuard>,
+    pending: Option<Inbound>,
+    rbuf: RecvBuf,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    armed: Option<Instant>,
+    far: Instant,
+    handshaken: bool,
+}
+
+impl Engine<'_> {
+    /// Hands over what the connection decoded, until the socket's queue is full.
+    fn deliver(&mut self) -> Result<(), End> {
+        while self.pending.is_none() {
+            match self.conn.poll_event() {
                 None => break,
                 Some(Event::Ready(info)) => {
-                    let Some(tx) = out_tx.take() else { break };
-                    reply_tx = Some(tx.clone());
-                    match core.add_peer(id, &info, tx) {
+                    let Some(tx) = self.out_tx.take() else { break };
+                    self.reply_tx = Some(tx.clone());
+                    match self.core.add_peer(self.id, &info, tx) {
                         Ok(g) => {
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");
-                            guard = Some(g);
-                            *handshaken = true;
+                            self.guard = Some(g);
+                            self.handshaken = true;
                         }
-                        Err(e) => return End::Rejected(e),
+                        Err(e) => return Err(End::Rejected(e)),
                     }
                 }
                 Some(Event::Message(msg)) => {
-                    let (Some(g), Some(reply)) = (&guard, &reply_tx) else {
+                    let (Some(g), Some(reply)) = (&self.guard, &self.reply_tx) else {
                         continue;
                     };
                     let inbound = Inbound {
-                        peer: id,
+                        peer: self.id,
                         routing_id: g.routing_id.clone(),
                         msg,
                         reply: reply.clone(),
                     };
-                    if let Some(sink) = core.direct.get() {
+                    if let Some(sink) = self.core.direct.get() {
                         sink(inbound);
                         continue;
                     }
-                    match core.inbound_tx.try_send(inbound) {
+                    match self.core.inbound_tx.try_send(inbound) {
                         Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(i)) => pending = Some(i),
-                        Err(mpsc::error::TrySendError::Closed(_)) => return End::Shutdown,
+                        Err(mpsc::error::TrySendError::Full(i)) => self.pending = Some(i),
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Shutdown),
                     }
                 }
             }
         }
+        Ok(())
+    }
 
-        let deadline = conn.poll_timeout().map(Instant::from_std);
-        if deadline != armed {
-            timer.as_mut().reset(deadline.unwrap_or(far));
-            armed = deadline;
+    fn poll(&mut self, cx: &mut Context<'_>, stopped: Pin<&mut impl Future>) -> Poll<Exit> {
+        if stopped.poll(cx).is_ready() {
+            return Poll::Ready(Exit::Stop);
         }
-        let want_write = !conn.transmit().is_empty();
-        let take_more = guard.is_some() && conn.transmit().len() < TX_HIGH;
-        let mut room = 0;
-        if pending.is_none() {
-            let need = conn.read_hint(rbuf.current());
-            let want = rbuf.plan(need, || Instant::now().into_std());
-            let buf = rbuf.current();
-            buf.reserve(want);
-            room = buf.capacity() - buf.len();
-        }
-        tokio::select! {
-            biased;
-            _ = &mut stopped => {
-                linger(core, &mut conn, &mut out_rx, &mut write).await;
-                return End::Shutdown;
+        loop {
+            if let Err(end) = self.deliver() {
+                return Poll::Ready(Exit::End(end));
             }
-            r = write_some(&mut write, conn.transmit()), if want_write => match r {
-                Ok(0) => return End::Eof,
-                Ok(n) => conn.transmit().advance(n),
-                Err(e) => return End::Io(e),
-            },
-            permit = core.inbound_tx.reserve(), if pending.is_some() => match permit {
-                Ok(permit) => permit.send(pending.take().expect("guarded by the branch condition")),
-                Err(_) => return End::Shutdown,
-            },
-            r = read.read_buf(rbuf.current()), if pending.is_none() => match r {
-                Ok(0) => return End::Eof,
-                Ok(n) => {
-                    rbuf.on_read(n, room);
-                    if let Err(e) = conn.handle_input(rbuf.current(), Instant::now().into_std()) {
-                        flush_error(&mut conn, &mut write).await;
-                        return End::Protocol(e);
+            let mut progress = false;
+
+            // A message waiting for room in the socket's queue.
+            if self.pending.is_some() {
+                let reserve = std::pin::pin!(self.core.inbound_tx.reserve());
+                match reserve.poll(cx) {
+                    Poll::Ready(Ok(permit)) => {
+                        permit.send(self.pending.take().expect("checked above"));
+                        progress = true;
                     }
-                    rbuf.after_decode();
-                }
-                Err(e) => return End::Io(e),
-            },
-            m = out_rx.recv(), if take_more => {
-                let Some(m) = m else { return End::Shutdown };
-                // Take everything already queued: one write for the whole batch.
-                let mut next = Some(m);
-                while let Some(m) = next {
-                    if conn.send_frames(&m.frames, m.joined).is_err() {
-                        break;
-                    }
-                    next = if conn.transmit().len() < TX_HIGH { out_rx.try_recv().ok() } else { None };
+                    Poll::Ready(Err(_)) => return Poll::Ready(Exit::End(End::Shutdown)),
+                    Poll::Pending => {}
                 }
             }
-            _ = &mut timer, if deadline.is_some() => {
-                armed = None;
-                if let Err(e) = conn.handle_timeout(Instant::now().into_std()) {
-                    flush_error(&mut conn, &mut write).await;
-                    return End::Protocol(e);
+
+            // Everything the socket queued for this peer, while the backlog allows.
+            while self.guard.is_some() && self.conn.transmit().len() < TX_HIGH {
+                match self.out_rx.poll_recv(cx) {
+                    Poll::Ready(Some(m)) => {
+                        if self.conn.send_frames(&m.frames, m.joined).is_err() {
+                            break;
+                        }
+                    }
+                    Poll::Ready(None) => return Poll::Ready(Exit::End(End::Shutdown)),
+                    Poll::Pending => break,
                 }
+            }
+
+            // One vectored write of the whole batch.
+            while !self.conn.transmit().is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let tx = self.conn.transmit();
+                let n = tx.io_slices(&mut slices);
+                match Pin::new(&mut self.write).poll_write_vectored(cx, &slices[..n]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Exit::End(End::Eof)),
+                    Poll::Ready(Ok(n)) => self.conn.transmit().advance(n),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::End(End::Io(e))),
+                    Poll::Pending => break,
+                }
+            }
+
+            // What arrived.
+            if self.pending.is_none() {
+                let need = self.conn.read_hint(self.rbuf.current());
+                let want = self.rbuf.plan(need, || Instant::now().into_std());
+                let buf = self.rbuf.current();
+                buf.reserve(want);
+                let room = buf.capacity() - buf.len();
+                let read = std::pin::pin!(self.read.read_buf(buf));
+                match read.poll(cx) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Exit::End(End::Eof)),
+                    Poll::Ready(Ok(n)) => {
+                        self.rbuf.on_read(n, room);
+                        let now = Instant::now().into_std();
+                        if let Err(e) = self.conn.handle_input(self.rbuf.current(), now) {
+                            return Poll::Ready(Exit::Failed(e));
+                        }
+                        self.rbuf.after_decode();
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::End(End::Io(e))),
+                    Poll::Pending => {}
+                }
+            }
+
+            // The one timer of the connection, moved when the deadline changes.
+            let deadline = self.conn.poll_timeout().map(Instant::from_std);
+            if deadline != self.armed {
+                self.timer.as_mut().reset(deadline.unwrap_or(self.far));
+                self.armed = deadline;
+            }
+            if self.armed.is_some() && self.timer.as_mut().poll(cx).is_ready() {
+                self.armed = None;
+                if let Err(e) = self.conn.handle_timeout(Instant::now().into_std()) {
+                    return Poll::Ready(Exit::Failed(e));
+                }
+                progress = true;
+            }
+
+            if !progress {
+                return Poll::Pending;
             }
         }
+    }
+}
+
+async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End {
+    let Io { read, write, .. } = io;
+    let mut stop = core.shutdown_signal();
+    if *stop.borrow_and_update() {
+        return End::Shutdown;
+    }
+    let (out_tx, out_rx) = mpsc::channel(core.opts.send_hwm.max(1));
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let mut e = Engine {
+        core,
+        id,
+        conn: Connection::new(connection_config(core), Instant::now().into_std()),
+        read,
+        write,
+        out_rx,
+        out_tx: Some(out_tx),
+        reply_tx: None,
+        guard: None,
+        pending: None,
+        rbuf: RecvBuf::new(),
+        // One timer for the connection's life (not a registration per loop turn).
+        timer: Box::pin(tokio::time::sleep_until(far)),
+        armed: None,
+        far,
+        handshaken: false,
+    };
+    // Registered once (it takes the watch's lock to register).
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let exit = std::future::poll_fn(|cx| e.poll(cx, stopped.as_mut())).await;
+    *handshaken = e.handshaken;
+    match exit {
+        Exit::Stop => {
+            linger(core, &mut e.conn, &mut e.out_rx, &mut e.write).await;
+            End::Shutdown
+        }
+        Exit::Failed(err) => {
+            flush_error(&mut e.conn, &mut e.write).await;
+            End::Protocol(err)
+        }
+        Exit::End(end) => end,
     }
 }
 
