@@ -1,7 +1,7 @@
 //! The reply cache: a retried request id gets the first execution's reply, and an id
 //! still running is not started again. Bounded in entries, in bytes and in age.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{hash_map, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rpc_core::RequestId;
@@ -85,20 +85,19 @@ impl<W> ReplyCache<W> {
     /// Looks `id` up for a request from `waiter` arriving at `now`.
     pub fn begin(&mut self, id: RequestId, waiter: W, now: Instant) -> Lookup<W> {
         self.evict(now);
-        match self.map.get_mut(&id) {
-            Some(Entry::Running { more, .. }) => {
-                more.push(waiter);
-                Lookup::Joined
-            }
-            Some(Entry::Done { reply, .. }) => Lookup::Cached(reply.clone(), waiter),
-            None => {
-                self.map.insert(
-                    id,
-                    Entry::Running {
-                        first: waiter,
-                        more: Vec::new(),
-                    },
-                );
+        match self.map.entry(id) {
+            hash_map::Entry::Occupied(mut e) => match e.get_mut() {
+                Entry::Running { more, .. } => {
+                    more.push(waiter);
+                    Lookup::Joined
+                }
+                Entry::Done { reply, .. } => Lookup::Cached(reply.clone(), waiter),
+            },
+            hash_map::Entry::Vacant(e) => {
+                e.insert(Entry::Running {
+                    first: waiter,
+                    more: Vec::new(),
+                });
                 Lookup::Run
             }
         }
