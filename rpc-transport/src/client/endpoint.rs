@@ -10,7 +10,7 @@ use super::health::Health;
 use super::stats::EndpointCounters;
 use super::Inner;
 use crate::message::Outgoing;
-use crate::socket::core::Core;
+use crate::socket::core::{Core, Direct};
 use crate::socket::DealerSocket;
 
 /// The live connection of an endpoint.
@@ -73,13 +73,15 @@ impl Endpoint {
         let core = sock.core().clone();
         // Replies go straight from the connection task to the waiting call.
         let weak = Arc::downgrade(inner);
-        let _ = core
-            .direct
-            .set(Arc::new(move |inbound: crate::socket::core::Inbound| {
+        let _ = core.direct.set(Direct {
+            sink: Arc::new(move |inbound: crate::socket::core::Inbound| {
                 if let Some(inner) = weak.upgrade() {
                     inner.on_reply(idx, inbound.msg);
                 }
-            }));
+            }),
+            // Handing replies over in groups gained nothing on the client side.
+            batch: usize::MAX,
+        });
         let mut st = ep.lock();
         st.generation += 1;
         let generation = st.generation;

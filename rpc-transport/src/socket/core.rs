@@ -32,6 +32,14 @@ pub(crate) struct Inbound {
 /// It must not block.
 pub(crate) type DirectSink = Arc<dyn Fn(Inbound) + Send + Sync>;
 
+/// A direct sink, and how many messages it takes per pass of the connection task
+/// before the task writes what is queued (answers given at once leave early, so the
+/// peer works on them while the rest of a read batch is handled).
+pub(crate) struct Direct {
+    pub sink: DirectSink,
+    pub batch: usize,
+}
+
 struct PeerEntry {
     id: PeerId,
     routing_id: Bytes,
@@ -58,7 +66,7 @@ pub(crate) struct Core {
     peers: Mutex<Peers>,
     peer_count: watch::Sender<usize>,
     pub inbound_tx: mpsc::Sender<Inbound>,
-    pub direct: OnceLock<DirectSink>,
+    pub direct: OnceLock<Direct>,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
     endpoints: Mutex<Vec<EndpointTask>>,

@@ -100,9 +100,14 @@ struct Engine<'a> {
 }
 
 impl Engine<'_> {
-    /// Hands over what the connection decoded, until the socket's queue is full.
-    fn deliver(&mut self) -> Result<(), End> {
+    /// Hands over what the connection decoded, until the socket's queue is full or a
+    /// direct sink had its batch; true when decoded messages are left.
+    fn deliver(&mut self) -> Result<bool, End> {
+        let mut budget = self.core.direct.get().map_or(usize::MAX, |d| d.batch);
         while self.pending.is_none() {
+            if budget == 0 {
+                return Ok(true);
+            }
             match self.conn.poll_event() {
                 None => break,
                 Some(Event::Ready(info)) => {
@@ -127,8 +132,9 @@ impl Engine<'_> {
                         msg,
                         reply: reply.clone(),
                     };
-                    if let Some(sink) = self.core.direct.get() {
-                        sink(inbound);
+                    if let Some(direct) = self.core.direct.get() {
+                        (direct.sink)(inbound);
+                        budget -= 1;
                         continue;
                     }
                     match self.core.inbound_tx.try_send(inbound) {
@@ -139,7 +145,7 @@ impl Engine<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, stopped: Pin<&mut impl Future>) -> Poll<Exit> {
@@ -147,10 +153,13 @@ impl Engine<'_> {
             return Poll::Ready(Exit::Stop);
         }
         loop {
-            if let Err(end) = self.deliver() {
-                return Poll::Ready(Exit::End(end));
-            }
-            let mut progress = false;
+            let left = match self.deliver() {
+                Err(end) => return Poll::Ready(Exit::End(end)),
+                Ok(left) => left,
+            };
+            // Decoded messages left: write the answers so far, then come back to them
+            // before reading more.
+            let mut progress = left;
 
             // A message waiting for room in the socket's queue.
             if self.pending.is_some() {
@@ -192,7 +201,7 @@ impl Engine<'_> {
             }
 
             // What arrived.
-            if self.pending.is_none() {
+            if self.pending.is_none() && !left {
                 let need = self.conn.read_hint(self.rbuf.current());
                 let want = self.rbuf.plan(need, || Instant::now().into_std());
                 let buf = self.rbuf.current();
