@@ -532,3 +532,77 @@ async fn calls_spread_over_the_connections_of_an_endpoint() {
     assert_eq!(client.stats().endpoints.len(), 1, "still one endpoint");
     server.abort();
 }
+
+#[tokio::test]
+async fn a_burst_of_pipelined_requests_is_answered_in_full() {
+    use zmtp_rpc::transport::DealerSocket;
+    // 64 requests written before any answer is read: the server hands them over and
+    // answers in groups; every one must come back, each with its own result.
+    let (server, ep) = start().await;
+    let mut dealer = DealerSocket::new();
+    dealer.connect(&ep).await.unwrap();
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..64i64 {
+        let id = *uuid::Uuid::new_v4().as_bytes();
+        let header = rmp_serde::to_vec_named(&Hdr {
+            v: 1,
+            id,
+            method: "calc.add",
+            timeout_ms: 5000,
+            attempt: 1,
+        })
+        .unwrap();
+        let args = rmp_serde::to_vec_named(&serde_json_like_args(i, 1000)).unwrap();
+        dealer
+            .send(Message::from(vec![
+                Bytes::new(),
+                Bytes::from(header),
+                Bytes::from(args),
+            ]))
+            .await
+            .unwrap();
+        expected.insert(id.to_vec(), i + 1000);
+    }
+    for _ in 0..64 {
+        let m = tokio::time::timeout(Duration::from_secs(5), dealer.recv())
+            .await
+            .expect("every request answered")
+            .unwrap();
+        #[derive(Deserialize)]
+        struct H {
+            #[serde(with = "serde_bytes_vec")]
+            id: Vec<u8>,
+            status: u8,
+        }
+        let h: H = rmp_serde::from_slice(&m.frames()[1]).unwrap();
+        assert_eq!(h.status, 0);
+        let sum: i64 = rmp_serde::from_slice(&m.frames()[2]).unwrap();
+        assert_eq!(
+            expected.remove(&h.id),
+            Some(sum),
+            "answer matches its request"
+        );
+    }
+    assert!(expected.is_empty());
+    server.shutdown().await;
+}
+
+fn serde_json_like_args(a: i64, b: i64) -> std::collections::BTreeMap<&'static str, i64> {
+    [("a", a), ("b", b)].into_iter().collect()
+}
+
+mod serde_bytes_vec {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
