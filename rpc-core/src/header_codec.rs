@@ -374,4 +374,30 @@ mod tests {
         huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
         assert!(RequestHeader::from_bytes(&huge).is_err());
     }
+
+    #[test]
+    fn mutated_headers_read_or_fail_but_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid = [requests()[7].to_bytes(), requests()[20].to_bytes()];
+        for round in 0..20_000 {
+            let mut b = valid[round % 2].clone();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % b.len();
+                b[at] = next() as u8;
+            }
+            b.truncate((next() as usize) % (b.len() + 1));
+            if let Ok(h) = RequestHeader::from_bytes(&b) {
+                assert_eq!(RequestHeader::from_bytes(&h.to_bytes()).unwrap(), h);
+            }
+            if let Ok(h) = ReplyHeader::from_bytes(&b) {
+                assert_eq!(ReplyHeader::from_bytes(&h.to_bytes()).unwrap(), h);
+            }
+        }
+    }
 }
