@@ -60,7 +60,7 @@ impl Endpoint {
     pub fn try_send(&self, msg: Outgoing) -> Result<u64, Outgoing> {
         let st = self.lock();
         match &st.conn {
-            Some(c) => c.core.try_send(msg).map(|_| st.generation),
+            Some(c) => c.core.try_send_direct(msg).map(|_| st.generation),
             None => Err(msg),
         }
     }

@@ -11,6 +11,7 @@ use tokio::task::AbortHandle;
 use super::backoff::{Backoff, SplitMix64};
 use super::endpoint::{self, Endpoint, Listener};
 use super::engine;
+use super::outbox::Outbox;
 use super::{SocketError, SocketOptions};
 use crate::message::{Message, Outgoing};
 use crate::zmtp::{PeerInfo, SocketType};
@@ -44,6 +45,7 @@ struct PeerEntry {
     id: PeerId,
     routing_id: Bytes,
     tx: mpsc::Sender<Outgoing>,
+    out: Arc<Outbox>,
 }
 
 struct Peers {
@@ -142,6 +144,7 @@ impl Core {
         id: PeerId,
         info: &PeerInfo,
         tx: mpsc::Sender<Outgoing>,
+        out: Arc<Outbox>,
     ) -> Result<PeerGuard, SocketError> {
         let mut peers = lock(&self.peers);
         let routing_id = if self.kind == SocketType::Router && !info.identity.is_empty() {
@@ -166,6 +169,7 @@ impl Core {
             id,
             routing_id: routing_id.clone(),
             tx,
+            out,
         });
         let n = peers.list.len();
         drop(peers);
@@ -237,6 +241,27 @@ impl Core {
             }
         }
         Err(msg)
+    }
+
+    /// [`Core::try_send`] for messages whose order relative to each other does not
+    /// matter (the reliable client's requests): written straight to the next peer's
+    /// socket from the caller's task when nobody else is writing there.
+    pub fn try_send_direct(&self, msg: Outgoing) -> Result<PeerId, Outgoing> {
+        let (id, out) = {
+            let mut peers = lock(&self.peers);
+            let n = peers.list.len();
+            if n == 0 {
+                return Err(msg);
+            }
+            let idx = peers.rr % n;
+            peers.rr = idx + 1;
+            let p = &peers.list[idx];
+            (p.id, p.out.clone())
+        };
+        match out.try_send(msg) {
+            Ok(()) => Ok(id),
+            Err(msg) => self.try_send(msg),
+        }
     }
 
     /// Sends to one peer by connection id; `Ok(false)` when that peer is gone.

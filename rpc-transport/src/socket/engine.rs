@@ -3,27 +3,25 @@
 //! messages the socket routes to this peer. One task per connection, no other hop.
 
 use std::future::Future;
-use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::core::{Core, Inbound, PeerGuard};
 use super::endpoint::Io;
+use super::outbox::Outbox;
 use super::recv_buf::RecvBuf;
 use crate::message::Outgoing;
-use crate::zmtp::{Connection, ConnectionConfig, Event, TxQueue, ZmtpError};
+use crate::zmtp::{Connection, ConnectionConfig, Event, ZmtpError};
 
 /// Stop taking messages from the socket while this much waits to be written.
 const TX_HIGH: usize = 256 * 1024;
-/// IoSlices per vectored write.
-const MAX_SLICES: usize = 64;
 /// Time allowed to deliver an ERROR command before closing.
 const ERROR_FLUSH: Duration = Duration::from_millis(100);
 
@@ -86,7 +84,9 @@ struct Engine<'a> {
     id: u64,
     conn: Connection,
     read: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-    write: Writer,
+    out: Arc<Outbox>,
+    /// Bytes the outbox held after the last flush.
+    backlog: usize,
     out_rx: mpsc::Receiver<Outgoing>,
     out_tx: Option<mpsc::Sender<Outgoing>>,
     reply_tx: Option<mpsc::Sender<Outgoing>>,
@@ -113,8 +113,9 @@ impl Engine<'_> {
                 Some(Event::Ready(info)) => {
                     let Some(tx) = self.out_tx.take() else { break };
                     self.reply_tx = Some(tx.clone());
-                    match self.core.add_peer(self.id, &info, tx) {
+                    match self.core.add_peer(self.id, &info, tx, self.out.clone()) {
                         Ok(g) => {
+                            self.out.set_open(true);
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");
                             self.guard = Some(g);
                             self.handshaken = true;
@@ -175,7 +176,7 @@ impl Engine<'_> {
             }
 
             // Everything the socket queued for this peer, while the backlog allows.
-            while self.guard.is_some() && self.conn.transmit().len() < TX_HIGH {
+            while self.guard.is_some() && self.backlog + self.conn.transmit().len() < TX_HIGH {
                 match self.out_rx.poll_recv(cx) {
                     Poll::Ready(Some(m)) => {
                         if self.conn.send_frames(&m.frames, m.joined).is_err() {
@@ -187,17 +188,12 @@ impl Engine<'_> {
                 }
             }
 
-            // One vectored write of the whole batch.
-            while !self.conn.transmit().is_empty() {
-                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-                let tx = self.conn.transmit();
-                let n = tx.io_slices(&mut slices);
-                match Pin::new(&mut self.write).poll_write_vectored(cx, &slices[..n]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Exit::End(End::Eof)),
-                    Poll::Ready(Ok(n)) => self.conn.transmit().advance(n),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::End(End::Io(e))),
-                    Poll::Pending => break,
-                }
+            // One vectored write of the whole batch (with whatever callers of the
+            // reliable client left in the outbox).
+            match self.out.poll_flush(cx, self.conn.transmit()) {
+                Poll::Ready(Ok(())) => self.backlog = 0,
+                Poll::Ready(Err(e)) => return Poll::Ready(Exit::End(End::Io(e))),
+                Poll::Pending => self.backlog = self.out.backlog(),
             }
 
             // What arrived.
@@ -247,6 +243,7 @@ impl Engine<'_> {
 
 async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End {
     let Io { read, write, .. } = io;
+    let out = Arc::new(Outbox::new(write, TX_HIGH));
     let mut stop = core.shutdown_signal();
     if *stop.borrow_and_update() {
         return End::Shutdown;
@@ -258,7 +255,8 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         id,
         conn: Connection::new(connection_config(core), Instant::now().into_std()),
         read,
-        write,
+        out,
+        backlog: 0,
         out_rx,
         out_tx: Some(out_tx),
         reply_tx: None,
@@ -276,41 +274,29 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
     tokio::pin!(stopped);
     let exit = std::future::poll_fn(|cx| e.poll(cx, stopped.as_mut())).await;
     *handshaken = e.handshaken;
+    // No more writes from callers: what is left goes through this task.
+    e.out.set_open(false);
     match exit {
         Exit::Stop => {
-            linger(core, &mut e.conn, &mut e.out_rx, &mut e.write).await;
+            linger(core, &mut e.conn, &mut e.out_rx, &e.out).await;
             End::Shutdown
         }
         Exit::Failed(err) => {
-            flush_error(&mut e.conn, &mut e.write).await;
+            flush_error(&mut e.conn, &e.out).await;
             End::Protocol(err)
         }
         Exit::End(end) => end,
     }
 }
 
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
-
-async fn write_some(w: &mut Writer, tx: &mut TxQueue) -> std::io::Result<usize> {
-    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-    let n = tx.io_slices(&mut slices);
-    w.write_vectored(&slices[..n]).await
-}
-
-async fn flush_all(w: &mut Writer, conn: &mut Connection) -> std::io::Result<()> {
-    while !conn.transmit().is_empty() {
-        let n = write_some(w, conn.transmit()).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        conn.transmit().advance(n);
-    }
-    w.flush().await
+/// Writes everything queued.
+async fn flush_all(out: &Outbox, conn: &mut Connection) -> std::io::Result<()> {
+    std::future::poll_fn(|cx| out.poll_flush(cx, conn.transmit())).await
 }
 
 /// Best effort: deliver the ERROR command the connection queued, briefly.
-async fn flush_error(conn: &mut Connection, w: &mut Writer) {
-    let _ = tokio::time::timeout(ERROR_FLUSH, flush_all(w, conn)).await;
+async fn flush_error(conn: &mut Connection, out: &Outbox) {
+    let _ = tokio::time::timeout(ERROR_FLUSH, flush_all(out, conn)).await;
 }
 
 /// On close: send what the socket queued for this peer, for at most the linger time.
@@ -318,7 +304,7 @@ async fn linger(
     core: &Core,
     conn: &mut Connection,
     out_rx: &mut mpsc::Receiver<Outgoing>,
-    w: &mut Writer,
+    out: &Outbox,
 ) {
     out_rx.close();
     if conn.is_active() {
@@ -331,5 +317,5 @@ async fn linger(
     if core.opts.linger.is_zero() {
         return;
     }
-    let _ = tokio::time::timeout(core.opts.linger, flush_all(w, conn)).await;
+    let _ = tokio::time::timeout(core.opts.linger, flush_all(out, conn)).await;
 }

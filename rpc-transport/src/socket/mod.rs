@@ -14,7 +14,8 @@
 //! - `endpoint.rs`: [`Endpoint`] parsing, listeners, connecting, the inproc registry.
 //! - `options.rs`: [`SocketOptions`].
 //! - `core.rs`: the peer table, round-robin, binds and connect loops.
-//! - `engine.rs`: the per-connection task; `recv_buf.rs`: its receive buffers.
+//! - `engine.rs`: the per-connection task; `recv_buf.rs`: its receive buffers;
+//!   `outbox.rs`: its sending side, which the reliable client may write to directly.
 //! - `backoff.rs`: [`Backoff`] with a seedable RNG.
 //! - `req.rs`, `rep.rs`, `dealer.rs`, `router.rs`: the semantics of 28/REQREP.
 
@@ -24,6 +25,7 @@ mod dealer;
 mod endpoint;
 mod engine;
 mod options;
+mod outbox;
 mod recv_buf;
 mod rep;
 mod req;

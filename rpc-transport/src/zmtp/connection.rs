@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::command::{Command, Metadata};
-use super::frame::{Frame, FrameDecoder, TxQueue, FLAG_MORE, MAX_FRAMES};
+use super::frame::{Frame, FrameDecoder, TxQueue, MAX_FRAMES};
 use super::greeting::{Greeting, GREETING_LEN};
 use super::heartbeat::{Heartbeat, HeartbeatConfig};
 use super::socket_type::SocketType;
@@ -295,15 +295,7 @@ impl Connection {
         if self.phase != Phase::Active {
             return Err(ZmtpError::NotActive);
         }
-        let joined = joined.clamp(1, frames.len().max(1));
-        let (head, last) = frames.split_at(frames.len().saturating_sub(joined));
-        for (i, f) in head.iter().enumerate() {
-            let more = i + 1 < head.len() || !last.is_empty();
-            self.tx.push_frame(if more { FLAG_MORE } else { 0 }, f);
-        }
-        if !last.is_empty() {
-            self.tx.push_parts(0, last);
-        }
+        self.tx.push_message(frames, joined);
         Ok(())
     }
 
@@ -353,7 +345,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zmtp::frame::FLAG_COMMAND;
+    use crate::zmtp::frame::{FLAG_COMMAND, FLAG_MORE};
 
     /// Two connections wired back to back in memory.
     struct Pair {

@@ -226,6 +226,36 @@ impl TxQueue {
         }
     }
 
+    /// Moves everything queued in `other` to the end of this queue.
+    pub fn append(&mut self, other: &mut TxQueue) {
+        if other.is_empty() {
+            return;
+        }
+        if self.is_empty() {
+            std::mem::swap(self, other);
+            return;
+        }
+        self.seal();
+        other.seal();
+        self.chunks.append(&mut other.chunks);
+        self.len += other.len;
+        other.len = 0;
+    }
+
+    /// Queues a message given as frames, the last `joined` of which (when two or more)
+    /// are the parts of one frame.
+    pub fn push_message(&mut self, frames: &[Bytes], joined: usize) {
+        let joined = joined.clamp(1, frames.len().max(1));
+        let (head, last) = frames.split_at(frames.len().saturating_sub(joined));
+        for (i, f) in head.iter().enumerate() {
+            let more = i + 1 < head.len() || !last.is_empty();
+            self.push_frame(if more { FLAG_MORE } else { 0 }, f);
+        }
+        if !last.is_empty() {
+            self.push_parts(0, last);
+        }
+    }
+
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
         self.len

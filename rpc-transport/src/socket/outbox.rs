@@ -1,0 +1,255 @@
+//! The sending side of one connection, shared by its task and the reliable client.
+//!
+//! The connection task writes what the protocol and the socket queue for it, as
+//! before. A call of the reliable client may also write its request itself, from its
+//! own task, when nobody else is writing: the request then leaves without waking the
+//! connection task (a task hop and, across threads, a wake-up per request). When the
+//! socket cannot take everything at once, the rest stays queued and the connection
+//! task is woken to finish it.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::AsyncWrite;
+
+use crate::message::Outgoing;
+use crate::zmtp::TxQueue;
+
+/// IoSlices per vectored write.
+const MAX_SLICES: usize = 64;
+
+pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+pub(crate) struct Outbox {
+    inner: Mutex<Inner>,
+    /// Most bytes queued before senders must go through the connection task.
+    high: usize,
+}
+
+struct Inner {
+    write: Writer,
+    queue: TxQueue,
+    /// The connection task, to wake when bytes are left for it.
+    task: Option<Waker>,
+    /// Messages may be written (handshake done, not closing).
+    open: bool,
+}
+
+impl Outbox {
+    pub fn new(write: Writer, high: usize) -> Outbox {
+        Outbox {
+            inner: Mutex::new(Inner {
+                write,
+                queue: TxQueue::new(),
+                task: None,
+                open: false,
+            }),
+            high,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets senders write messages (after the handshake), or stops them (closing).
+    pub fn set_open(&self, open: bool) {
+        self.lock().open = open;
+    }
+
+    /// Bytes waiting to be written.
+    pub fn backlog(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// The connection task: queues `from` and writes as much as the socket takes,
+    /// with the task's own context. Ready(Ok) once everything is written.
+    pub fn poll_flush(
+        &self,
+        cx: &mut Context<'_>,
+        from: &mut TxQueue,
+    ) -> Poll<std::io::Result<()>> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        inner.queue.append(from);
+        if !inner.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            inner.task = Some(cx.waker().clone());
+        }
+        while !inner.queue.is_empty() {
+            match write_some(&mut inner.write, &mut inner.queue, cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A sender: queues `msg` and writes what the socket takes now, without waiting.
+    /// Gives the message back when the outbox is busy, closed or full (then the
+    /// socket's queue and the connection task take it).
+    pub fn try_send(&self, msg: Outgoing) -> Result<(), Outgoing> {
+        let mut g = match self.inner.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(msg),
+        };
+        let inner = &mut *g;
+        if !inner.open || inner.queue.len() >= self.high {
+            return Err(msg);
+        }
+        let waiting = !inner.queue.is_empty();
+        inner.queue.push_message(&msg.frames, msg.joined);
+        if waiting {
+            // Bytes were already left for the connection task: it writes these too.
+            return Ok(());
+        }
+        // A context that wakes nobody: what cannot be written now is the connection
+        // task's, which is woken to take over (its own waker is the one that must be
+        // registered with the socket).
+        let mut cx = Context::from_waker(Waker::noop());
+        while !inner.queue.is_empty() {
+            match write_some(&mut inner.write, &mut inner.queue, &mut cx) {
+                Poll::Ready(Ok(())) => {}
+                // An error or a full socket: the connection task sees it again.
+                _ => {
+                    if let Some(t) = &inner.task {
+                        t.wake_by_ref();
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One vectored write from the front of `queue`.
+fn write_some(
+    w: &mut Writer,
+    queue: &mut TxQueue,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    let n = queue.io_slices(&mut slices);
+    match Pin::new(w).poll_write_vectored(cx, &slices[..n]) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+        Poll::Ready(Ok(n)) => {
+            queue.advance(n);
+            Poll::Ready(Ok(()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Message;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    /// A socket that takes at most `room` bytes, then would block.
+    #[derive(Clone, Default)]
+    struct Sock {
+        got: Arc<Mutex<Vec<u8>>>,
+        room: Arc<AtomicUsize>,
+    }
+
+    impl AsyncWrite for Sock {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.room.load(Ordering::SeqCst));
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.room.fetch_sub(n, Ordering::SeqCst);
+            self.got.lock().unwrap().extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn msg(s: &'static str) -> Outgoing {
+        Message::from(Bytes::from_static(s.as_bytes())).into()
+    }
+
+    fn wire(s: &str) -> Vec<u8> {
+        let mut v = vec![0u8, s.len() as u8];
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    #[test]
+    fn callers_write_straight_to_the_socket_and_hand_the_rest_to_the_task() {
+        let sock = Sock::default();
+        let out = Outbox::new(Box::new(sock.clone()), 64);
+        // Before the handshake nothing is written by callers.
+        assert!(out.try_send(msg("early")).is_err());
+        // The task registers (nothing to write), then opens the outbox.
+        let task = Arc::new(Flag::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(out.poll_flush(&mut cx, &mut TxQueue::new()).is_ready());
+        out.set_open(true);
+
+        sock.room.store(1000, Ordering::SeqCst);
+        out.try_send(msg("hello")).unwrap();
+        assert_eq!(
+            *sock.got.lock().unwrap(),
+            wire("hello"),
+            "written by the caller"
+        );
+        assert_eq!(out.backlog(), 0);
+        assert!(!task.0.load(Ordering::SeqCst), "the task was not needed");
+
+        // The socket takes 3 bytes: the rest waits, and the task is woken for it.
+        sock.room.store(3, Ordering::SeqCst);
+        out.try_send(msg("world")).unwrap();
+        assert_eq!(out.backlog(), 4);
+        assert!(task.0.load(Ordering::SeqCst));
+        // Further messages queue behind it without writing out of order.
+        out.try_send(msg("!")).unwrap();
+        assert_eq!(out.backlog(), 7);
+        sock.room.store(1000, Ordering::SeqCst);
+        assert!(out.poll_flush(&mut cx, &mut TxQueue::new()).is_ready());
+        let mut expect = wire("hello");
+        expect.extend(wire("world"));
+        expect.extend(wire("!"));
+        assert_eq!(*sock.got.lock().unwrap(), expect);
+
+        // Past the high-water mark, or closed: the message is given back.
+        sock.room.store(0, Ordering::SeqCst);
+        let mut taken = 0;
+        while out.try_send(msg("0123456789")).is_ok() {
+            taken += 1;
+            assert!(taken < 100);
+        }
+        assert_eq!(taken, 6, "12 bytes each, refused from 64 on");
+        assert!(out.backlog() >= 64);
+        out.set_open(false);
+        sock.room.store(1000, Ordering::SeqCst);
+        assert!(out.poll_flush(&mut cx, &mut TxQueue::new()).is_ready());
+        assert!(out.try_send(msg("closed")).is_err());
+    }
+}
