@@ -13,7 +13,8 @@
 //! (bytes), BENCH_WARMUP, BENCH_WARMUP_SECS, BENCH_COUNT, BENCH_SECS, BENCH_CONC,
 //! BENCH_CONNS (connections of the typed RPC client, default 1),
 //! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3).
-//! `rpc` servers: BENCH_NO_HEARTBEAT, BENCH_NO_CACHE (no reply cache) to measure those.
+//! BENCH_PAYLOADS, BENCH_CONCS (suite: comma-separated lists, default 64,4096,1048576 and
+//! 1,16), BENCH_KINDS (reqrep,dealer,rpc; raw TCP always runs). `rpc` servers: BENCH_NO_HEARTBEAT, BENCH_NO_CACHE (no reply cache) to measure those.
 //! Every server and client are separate processes on 127.0.0.1; callers run
 //! in spawned tasks; each call is timed on its own; percentiles are nearest-rank.
 

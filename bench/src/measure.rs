@@ -161,6 +161,47 @@ pub fn mode(conc: usize, conns: usize) -> String {
 }
 
 /// `| name | mode | rt/s | p50 µs | p99 µs |`
+/// A row's figures, as read back from a client process.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    /// Round trips per second.
+    pub rate: f64,
+    /// Median latency, µs.
+    pub p50: f64,
+    /// 99th percentile, µs.
+    pub p99: f64,
+}
+
+impl Measured {
+    /// Reads `| name | mode | rt/s | p50 | p99 |`; the connection count from the mode.
+    pub fn parse(line: &str) -> Option<(Measured, usize)> {
+        let cols: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let [_, mode, rate, p50, p99] = cols[..] else {
+            return None;
+        };
+        let conns = mode
+            .split_once('/')
+            .and_then(|(_, c)| c.trim_end_matches("conn").parse().ok())
+            .unwrap_or(1);
+        let m = Measured {
+            rate: rate.parse().ok()?,
+            p50: p50.parse().ok()?,
+            p99: p99.parse().ok()?,
+        };
+        Some((m, conns))
+    }
+}
+
+impl From<&Sample> for Measured {
+    fn from(s: &Sample) -> Measured {
+        Measured {
+            rate: s.rate(),
+            p50: s.pct_us(50.0),
+            p99: s.pct_us(99.0),
+        }
+    }
+}
+
 pub fn row(name: &str, mode: &str, s: &Sample) -> String {
     format!(
         "| {name} | {mode} | {:.0} | {:.1} | {:.1} |",

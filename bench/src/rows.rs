@@ -215,6 +215,32 @@ fn name(kind: &str) -> &'static str {
     }
 }
 
+/// Runs `zmtp-bench client KIND ADDR` as a process of its own (as the anchors harness
+/// does) and reads its row back: the measuring process is then a fresh one, not the
+/// one that started the server and ran the rows before.
+async fn client_process(kind: &str, addr: &str, k: &Knobs) -> (crate::measure::Measured, usize) {
+    let out = tokio::process::Command::new(std::env::current_exe().expect("own path"))
+        .args(["client", kind, addr])
+        .env("BENCH_PAYLOAD", k.payload.to_string())
+        .env("BENCH_WARMUP", k.warmup.to_string())
+        .env("BENCH_WARMUP_SECS", k.warmup_secs.to_string())
+        .env("BENCH_COUNT", k.count.to_string())
+        .env("BENCH_SECS", k.secs.to_string())
+        .env("BENCH_CONC", k.conc.to_string())
+        .env("BENCH_CONNS", k.conns.to_string())
+        .env_remove("BENCH_TAG")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("client process");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("| "))
+        .unwrap_or_else(|| panic!("no row from the client: {text}"));
+    crate::measure::Measured::parse(line).unwrap_or_else(|| panic!("bad row: {line}"))
+}
+
 /// One row from the environment's knobs (the anchors contender mode).
 pub async fn client_row(kind: &str, addr: &str) {
     let k = Knobs::from_env();
@@ -240,22 +266,41 @@ pub async fn suite() {
     println!("medians of {rounds} rounds");
     println!("| name | mode | payload | rt/s | p50 µs | p99 µs | vs raw TCP | MB/s |");
     println!("|---|---|---|---|---|---|---|---|");
-    for payload in [64usize, 4096, 1 << 20] {
+    // BENCH_PAYLOADS (comma-separated bytes) and BENCH_CONCS narrow the suite down.
+    let list = |var: &str, all: &[usize]| -> Vec<usize> {
+        std::env::var(var)
+            .ok()
+            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+            .unwrap_or_else(|| all.to_vec())
+    };
+    for payload in list("BENCH_PAYLOADS", &[64, 4096, 1 << 20]) {
         let mut k = base.clone();
         k.payload = payload;
         if payload >= 1 << 20 {
             k.count = k.count.min(1000);
             k.warmup = k.warmup.min(50);
         }
-        for conc in [1usize, 16] {
+        for conc in list("BENCH_CONCS", &[1, 16]) {
             k.conc = conc;
             // (kind, connections of the typed client): 16 callers share one client,
             // with one connection and with two.
-            let kinds: &[(&str, usize)] = if conc == 1 {
+            let all: &[(&str, usize)] = if conc == 1 {
                 &[("tcp", 1), ("reqrep", 1), ("dealer", 1), ("rpc", 1)]
             } else {
                 &[("tcp", 1), ("rpc", 1), ("rpc", 2)]
             };
+            // BENCH_KINDS (comma-separated) keeps some rows; raw TCP always runs.
+            let keep = std::env::var("BENCH_KINDS").ok();
+            let kinds: Vec<(&str, usize)> = all
+                .iter()
+                .copied()
+                .filter(|(kind, _)| {
+                    *kind == "tcp"
+                        || keep
+                            .as_deref()
+                            .is_none_or(|k| k.split(',').any(|x| x == *kind))
+                })
+                .collect();
             // results[kind] = per round (rate, p50, p99, ratio); `used`: connections per kind.
             let mut results = vec![Vec::new(); kinds.len()];
             let mut used = vec![1; kinds.len()];
@@ -264,24 +309,15 @@ pub async fn suite() {
                 for (i, &(kind, conns)) in kinds.iter().enumerate() {
                     let server = crate::spawn_server(kind, &[]).await;
                     let addr = format!("127.0.0.1:{}", server.port);
-                    let (s, c) = tokio::spawn({
-                        let (kind, mut k) = (kind.to_string(), k.clone());
-                        k.conns = conns;
-                        async move { measure(&kind, &addr, &k).await }
-                    })
-                    .await
-                    .unwrap();
+                    let mut k = k.clone();
+                    k.conns = conns;
+                    let (s, c) = client_process(kind, &addr, &k).await;
                     drop(server);
                     if kind == "tcp" {
-                        baseline = s.rate();
+                        baseline = s.rate;
                     }
                     used[i] = c;
-                    results[i].push([
-                        s.rate(),
-                        s.pct_us(50.0),
-                        s.pct_us(99.0),
-                        s.rate() / baseline,
-                    ]);
+                    results[i].push([s.rate, s.p50, s.p99, s.rate / baseline]);
                 }
             }
             for (i, (kind, _)) in kinds.iter().enumerate() {
