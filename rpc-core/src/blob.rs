@@ -67,7 +67,7 @@ impl Serialize for Blob {
     }
 }
 
-/// Runs `f` with large blobs announced to [`pending`] (restored afterwards, even when
+/// Runs `f` with large blobs announced to [`take_pending`] (restored afterwards, even when
 /// `f` unwinds).
 pub(crate) fn gathering<R>(f: impl FnOnce() -> R) -> R {
     struct Reset(bool);
@@ -82,17 +82,17 @@ pub(crate) fn gathering<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// When `buf` is exactly the announced blob's bytes (same address and length): that
-/// blob's buffer, taken if `take`.
-pub(crate) fn pending(buf: &[u8], take: bool) -> Option<Bytes> {
+/// blob's buffer, taken.
+pub(crate) fn take_pending(buf: &[u8]) -> Option<Bytes> {
     PENDING.with(|p| {
         let mut p = p.borrow_mut();
         let hit = p
             .as_ref()
             .is_some_and(|b| b.as_ptr() == buf.as_ptr() && b.len() == buf.len());
-        match (hit, take) {
-            (false, _) => None,
-            (true, true) => p.take(),
-            (true, false) => p.clone(),
+        if hit {
+            p.take()
+        } else {
+            None
         }
     })
 }

@@ -10,15 +10,12 @@ use serde::Serialize;
 use crate::error::RpcError;
 use crate::payload::Payload;
 
-/// Counts bytes written: the first pass of [`encode`] and [`encode_payload`] (which
-/// does not count the blobs it will keep by reference).
+/// Counts bytes written: the first pass of [`encode`].
 struct Counter(usize);
 
 impl std::io::Write for Counter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.len() < crate::blob::GATHER_MIN || crate::blob::pending(buf, false).is_none() {
-            self.0 += buf.len();
-        }
+        self.0 += buf.len();
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -53,7 +50,7 @@ impl std::io::Write for Gather {
         let announced = if data.len() < crate::blob::GATHER_MIN {
             None
         } else {
-            crate::blob::pending(data, true)
+            crate::blob::take_pending(data)
         };
         match announced {
             Some(blob) => {
@@ -71,28 +68,40 @@ impl std::io::Write for Gather {
     }
 }
 
+/// First buffer of [`encode_payload`]: most arguments and results fit.
+const PAYLOAD_START: usize = 256;
+
 /// Encodes a value like [`encode`], but keeps every [`crate::Blob`] of at least
 /// [`crate::blob::GATHER_MIN`] bytes by reference: the result is cut around them, and
-/// the transport writes it without copying their bytes.
+/// the transport writes it without copying their bytes. One serialization pass into a
+/// buffer that grows as needed (a value is walked once; large binary data belongs in a
+/// `Blob`, which is not copied at all).
 pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Payload, RpcError> {
     crate::blob::gathering(|| {
-        let mut count = Counter(0);
-        value
-            .serialize(&mut rmp_serde::Serializer::new(&mut count).with_struct_map())
-            .map_err(RpcError::Encode)?;
         let mut out = Gather {
-            buf: bytes::BytesMut::with_capacity(count.0),
+            buf: bytes::BytesMut::with_capacity(PAYLOAD_START),
             parts: Vec::new(),
         };
         value
             .serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
             .map_err(RpcError::Encode)?;
+        let last = compact(out.buf);
         if out.parts.is_empty() {
-            return Ok(Payload::from(out.buf.freeze()));
+            return Ok(Payload::from(last));
         }
-        out.parts.push(out.buf.freeze());
+        out.parts.push(last);
         Ok(Payload::from_parts(out.parts))
     })
+}
+
+/// The buffer as `Bytes`, copied to its size when growing left much unused room (an
+/// answer may be kept a while by the reply cache, which counts its length).
+fn compact(buf: bytes::BytesMut) -> bytes::Bytes {
+    if buf.capacity() - buf.len() > (buf.len() / 2).max(PAYLOAD_START) {
+        bytes::Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
+    }
 }
 
 /// Deepest nesting of arrays and maps accepted in a decoded value. rmp-serde's own
