@@ -9,6 +9,7 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 
@@ -24,9 +25,16 @@ pub(crate) type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
+    /// Messages handed in while somebody else was writing: whoever holds `inner`
+    /// next writes them along (one `writev` for several callers).
+    handed: Mutex<Vec<Outgoing>>,
+    handed_n: AtomicUsize,
     /// Most bytes queued before senders must go through the connection task.
     high: usize,
 }
+
+/// Most messages waiting in `handed`.
+const HANDED_MAX: usize = 1024;
 
 struct Inner {
     write: Writer,
@@ -46,6 +54,8 @@ impl Outbox {
                 task: None,
                 open: false,
             }),
+            handed: Mutex::new(Vec::new()),
+            handed_n: AtomicUsize::new(0),
             high,
         }
     }
@@ -74,6 +84,7 @@ impl Outbox {
         let mut g = self.lock();
         let inner = &mut *g;
         inner.queue.append(from);
+        self.take_handed(&mut inner.queue);
         if !inner.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             inner.task = Some(cx.waker().clone());
         }
@@ -86,42 +97,99 @@ impl Outbox {
         Poll::Ready(Ok(()))
     }
 
+    /// Moves the handed-in messages to `queue`.
+    fn take_handed(&self, queue: &mut TxQueue) {
+        if self.handed_n.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut h = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        for m in h.drain(..) {
+            queue.push_message(&m.frames, m.joined);
+        }
+        self.handed_n.store(0, Ordering::Release);
+    }
+
     /// A sender: queues `msg` and writes what the socket takes now, without waiting.
-    /// Gives the message back when the outbox is busy, closed or full (then the
-    /// socket's queue and the connection task take it).
+    /// While another sender writes, the message is handed to it. Gives the message
+    /// back when the outbox is closed or full (then the socket's queue and the
+    /// connection task take it).
     pub fn try_send(&self, msg: Outgoing) -> Result<(), Outgoing> {
-        let mut g = match self.inner.try_lock() {
+        let g = match self.inner.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(msg),
-        };
-        let inner = &mut *g;
-        if !inner.open || inner.queue.len() >= self.high {
-            return Err(msg);
-        }
-        let waiting = !inner.queue.is_empty();
-        inner.queue.push_message(&msg.frames, msg.joined);
-        if waiting {
-            // Bytes were already left for the connection task: it writes these too.
-            return Ok(());
-        }
-        // A context that wakes nobody: what cannot be written now is the connection
-        // task's, which is woken to take over (its own waker is the one that must be
-        // registered with the socket).
-        let mut cx = Context::from_waker(Waker::noop());
-        while !inner.queue.is_empty() {
-            match write_some(&mut inner.write, &mut inner.queue, &mut cx) {
-                Poll::Ready(Ok(())) => {}
-                // An error or a full socket: the connection task sees it again.
-                _ => {
-                    if let Some(t) = &inner.task {
-                        t.wake_by_ref();
+            Err(TryLockError::WouldBlock) => {
+                {
+                    let mut h = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+                    if h.len() >= HANDED_MAX {
+                        return Err(msg);
                     }
-                    break;
+                    h.push(msg);
+                    self.handed_n.store(h.len(), Ordering::Release);
+                }
+                // Either the writer, after letting go, sees the message, or this sees
+                // the writer gone (a store then a load on each side: SeqCst fences).
+                fence(Ordering::SeqCst);
+                // The writer may have let go before seeing it: then write it here.
+                if let Ok(g) = self.inner.try_lock() {
+                    // Nothing of ours can come back: `first` is None.
+                    let _ = self.write_held(g, None);
+                }
+                return Ok(());
+            }
+        };
+        self.write_held(g, Some(msg))
+    }
+
+    /// Writes `first` and what was handed in, holding the writer; after letting go,
+    /// looks again for messages handed in meanwhile (nobody else may have seen them).
+    fn write_held<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Inner>,
+        mut first: Option<Outgoing>,
+    ) -> Result<(), Outgoing> {
+        loop {
+            let inner = &mut *g;
+            if !inner.open || inner.queue.len() >= self.high {
+                // Handed messages stay for the connection task (or die with a closing
+                // connection, as queued ones do).
+                return first.map_or(Ok(()), Err);
+            }
+            let waiting = !inner.queue.is_empty();
+            if let Some(m) = first.take() {
+                inner.queue.push_message(&m.frames, m.joined);
+            }
+            self.take_handed(&mut inner.queue);
+            // Bytes already left for the connection task: it writes these too.
+            if !waiting {
+                // A context that wakes nobody: what cannot be written now is the
+                // connection task's, woken to take over (its own waker is the one that
+                // must be registered with the socket).
+                let mut cx = Context::from_waker(Waker::noop());
+                while !inner.queue.is_empty() {
+                    match write_some(&mut inner.write, &mut inner.queue, &mut cx) {
+                        Poll::Ready(Ok(())) => {}
+                        // An error or a full socket: the connection task sees it again.
+                        _ => {
+                            if let Some(t) = &inner.task {
+                                t.wake_by_ref();
+                            }
+                            break;
+                        }
+                    }
                 }
             }
+            drop(g);
+            fence(Ordering::SeqCst);
+            if self.handed_n.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            g = match self.inner.try_lock() {
+                Ok(g) => g,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // Somebody else holds it now, and sees them.
+                Err(TryLockError::WouldBlock) => return Ok(()),
+            };
         }
-        Ok(())
     }
 }
 
@@ -251,5 +319,45 @@ mod tests {
         sock.room.store(1000, Ordering::SeqCst);
         assert!(out.poll_flush(&mut cx, &mut TxQueue::new()).is_ready());
         assert!(out.try_send(msg("closed")).is_err());
+    }
+
+    #[test]
+    fn concurrent_callers_lose_nothing_and_strand_nothing() {
+        // Senders on four threads at once, a socket that takes everything: whoever
+        // writes takes the others' messages along, and when all have returned, every
+        // message is on the wire without the connection task's help.
+        let sock = Sock::default();
+        sock.room.store(usize::MAX / 2, Ordering::SeqCst);
+        let out = Arc::new(Outbox::new(Box::new(sock.clone()), usize::MAX));
+        out.set_open(true);
+        let per = 2000;
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let out = out.clone();
+                s.spawn(move || {
+                    for i in 0..per {
+                        let body = Bytes::from(format!("{t}:{i:05}").into_bytes());
+                        let mut m: Outgoing = Message::from(body).into();
+                        // Given back when many wait for a descheduled writer (the
+                        // client then uses the connection task's queue): try again.
+                        while let Err(back) = out.try_send(m) {
+                            m = back;
+                            std::thread::yield_now();
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(out.handed_n.load(Ordering::SeqCst), 0, "nothing stranded");
+        let got = sock.got.lock().unwrap().clone();
+        let mut seen = std::collections::HashSet::new();
+        let mut at = 0;
+        while at < got.len() {
+            assert_eq!(got[at], 0, "one-frame messages");
+            let n = usize::from(got[at + 1]);
+            seen.insert(got[at + 2..at + 2 + n].to_vec());
+            at += 2 + n;
+        }
+        assert_eq!(seen.len(), 4 * per, "every message once, whole");
     }
 }
