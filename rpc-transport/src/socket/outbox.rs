@@ -50,7 +50,8 @@ impl Outbox {
         Outbox {
             inner: Mutex::new(Inner {
                 write,
-                queue: TxQueue::new(),
+                // Empty until used: an idle connection holds no buffer here.
+                queue: TxQueue::default(),
                 task: None,
                 open: false,
             }),
