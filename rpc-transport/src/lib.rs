@@ -9,8 +9,11 @@
 //!   heartbeat state machines. Deterministic; time is passed in.
 //! - [`socket`]: `ReqSocket`, `RepSocket`, `DealerSocket`, `RouterSocket` over
 //!   `tcp://`, `ipc://` and `inproc://` endpoints; the one tokio task per connection
-//!   that drives a [`zmtp::Connection`] lives in `socket/engine.rs`.
-//! - [`message`]: [`Message`], a multipart message of shared `Bytes` frames.
+//!   that drives a [`zmtp::Connection`] lives in `socket/engine.rs`, its receive
+//!   buffers in `socket/recv_buf.rs`, its sending side (which the reliable client
+//!   writes to directly) in `socket/outbox.rs`.
+//! - [`message`]: [`Message`], a multipart message of shared `Bytes` frames (and the
+//!   crate's `Outgoing`, a message whose last frame may be several buffers).
 //! - [`client`]: the reliable client: one DEALER connection per server endpoint,
 //!   deadlines, Lazy Pirate recreation, failover, endpoint health (`health.rs`), typed
 //!   calls (`call.rs`).
