@@ -1,11 +1,11 @@
 //! The sending side of one connection, shared by its task and the reliable client.
 //!
-//! The connection task writes what the protocol and the socket queue for it, as
-//! before. A call of the reliable client may also write its request itself, from its
-//! own task, when nobody else is writing: the request then leaves without waking the
-//! connection task (a task hop and, across threads, a wake-up per request). When the
-//! socket cannot take everything at once, the rest stays queued and the connection
-//! task is woken to finish it.
+//! The connection task writes what the protocol and the socket's channel queue for it.
+//! A call of the reliable client writes its request itself, from its own task, when
+//! nobody else is writing (a `try_lock`), or hands it to the one who is: the request
+//! leaves without waking the connection task. When the socket does not take everything
+//! at once, the rest stays queued and the connection task is woken to finish it (its
+//! waker is the one registered with the socket).
 
 use std::io::IoSlice;
 use std::pin::Pin;
