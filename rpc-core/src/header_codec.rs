@@ -61,18 +61,18 @@ impl RequestHeader {
     pub fn to_bytes(&self) -> Vec<u8> {
         let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
         let mut out = Vec::with_capacity(64 + self.method.len() + meta);
-        put_map_len(&mut out, 6);
-        put_str(&mut out, "v");
+        // The map header and keys are constants: fixmap of 6, fixstr keys.
+        out.extend_from_slice(b"\x86\xa1v");
         put_uint(&mut out, self.v.into());
-        put_str(&mut out, "id");
+        out.extend_from_slice(b"\xa2id");
         put_id(&mut out, &self.id);
-        put_str(&mut out, "method");
+        out.extend_from_slice(b"\xa6method");
         put_str(&mut out, &self.method);
-        put_str(&mut out, "timeout_ms");
+        out.extend_from_slice(b"\xaatimeout_ms");
         put_uint(&mut out, self.timeout_ms);
-        put_str(&mut out, "attempt");
+        out.extend_from_slice(b"\xa7attempt");
         put_uint(&mut out, self.attempt.into());
-        put_str(&mut out, "meta");
+        out.extend_from_slice(b"\xa4meta");
         put_map_len(&mut out, self.meta.len());
         for (k, v) in &self.meta {
             put_str(&mut out, k);
@@ -94,14 +94,13 @@ impl ReplyHeader {
     /// The header's MessagePack bytes (those of `codec::encode(self)`).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(48 + self.message.len());
-        put_map_len(&mut out, 4);
-        put_str(&mut out, "v");
+        out.extend_from_slice(b"\x84\xa1v");
         put_uint(&mut out, self.v.into());
-        put_str(&mut out, "id");
+        out.extend_from_slice(b"\xa2id");
         put_id(&mut out, &self.id);
-        put_str(&mut out, "status");
+        out.extend_from_slice(b"\xa6status");
         put_uint(&mut out, (self.status as u8).into());
-        put_str(&mut out, "message");
+        out.extend_from_slice(b"\xa7message");
         put_str(&mut out, &self.message);
         out
     }
