@@ -468,7 +468,7 @@ impl Shared {
         let span = tracing::debug_span!("rpc.request", method = %header.method, request_id = %id, attempt = header.attempt);
         let ctx = RequestContext {
             request_id: id,
-            method: header.method.to_string(),
+            method: header.method.into_owned(),
             attempt: header.attempt,
             deadline: now + remaining,
             metadata: header.meta,
