@@ -192,16 +192,6 @@ impl Measured {
     }
 }
 
-impl From<&Sample> for Measured {
-    fn from(s: &Sample) -> Measured {
-        Measured {
-            rate: s.rate(),
-            p50: s.pct_us(50.0),
-            p99: s.pct_us(99.0),
-        }
-    }
-}
-
 pub fn row(name: &str, mode: &str, s: &Sample) -> String {
     format!(
         "| {name} | {mode} | {:.0} | {:.1} | {:.1} |",

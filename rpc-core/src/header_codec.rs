@@ -51,8 +51,11 @@ fn put_map_len(out: &mut Vec<u8>, n: usize) {
     put_len(out, n, 0x80, 15, None, 0xde);
 }
 
-fn put_id(out: &mut Vec<u8>, id: &RequestId) {
-    out.extend_from_slice(&[0xc4, 16]);
+/// The start both headers share: a fixmap of `fields` entries, then `v` and `id`.
+fn put_head(out: &mut Vec<u8>, fields: u8, v: u8, id: &RequestId) {
+    out.extend_from_slice(&[0x80 | fields, 0xa1, b'v']);
+    put_uint(out, v.into());
+    out.extend_from_slice(b"\xa2id\xc4\x10");
     out.extend_from_slice(id.as_bytes());
 }
 
@@ -61,11 +64,8 @@ impl RequestHeader {
     pub fn to_bytes(&self) -> Vec<u8> {
         let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
         let mut out = Vec::with_capacity(64 + self.method.len() + meta);
-        // The map header and keys are constants: fixmap of 6, fixstr keys.
-        out.extend_from_slice(b"\x86\xa1v");
-        put_uint(&mut out, self.v.into());
-        out.extend_from_slice(b"\xa2id");
-        put_id(&mut out, &self.id);
+        // Keys are constants (fixstr).
+        put_head(&mut out, 6, self.v, &self.id);
         out.extend_from_slice(b"\xa6method");
         put_str(&mut out, &self.method);
         out.extend_from_slice(b"\xaatimeout_ms");
@@ -94,10 +94,7 @@ impl ReplyHeader {
     /// The header's MessagePack bytes (those of `codec::encode(self)`).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(48 + self.message.len());
-        out.extend_from_slice(b"\x84\xa1v");
-        put_uint(&mut out, self.v.into());
-        out.extend_from_slice(b"\xa2id");
-        put_id(&mut out, &self.id);
+        put_head(&mut out, 4, self.v, &self.id);
         out.extend_from_slice(b"\xa6status");
         put_uint(&mut out, (self.status as u8).into());
         out.extend_from_slice(b"\xa7message");
@@ -185,12 +182,17 @@ impl<'a> Reader<'a> {
         RequestId::from_slice(self.take(16)?)
     }
 
-    fn request(&mut self) -> Option<RequestHeader> {
-        (self.map_len()? == 6).then_some(())?;
+    /// A map of `fields` entries starting with `v` and `id`, as both headers do.
+    fn head(&mut self, fields: usize) -> Option<(u8, RequestId)> {
+        (self.map_len()? == fields).then_some(())?;
         self.key("v")?;
         let v = u8::try_from(self.uint()?).ok()?;
         self.key("id")?;
-        let id = self.id()?;
+        Some((v, self.id()?))
+    }
+
+    fn request(&mut self) -> Option<RequestHeader> {
+        let (v, id) = self.head(6)?;
         self.key("method")?;
         let method = Cow::Owned(self.str()?.to_owned());
         self.key("timeout_ms")?;
@@ -218,11 +220,7 @@ impl<'a> Reader<'a> {
     }
 
     fn reply(&mut self) -> Option<ReplyHeader> {
-        (self.map_len()? == 4).then_some(())?;
-        self.key("v")?;
-        let v = u8::try_from(self.uint()?).ok()?;
-        self.key("id")?;
-        let id = self.id()?;
+        let (v, id) = self.head(4)?;
         self.key("status")?;
         let status = Status::try_from(u8::try_from(self.uint()?).ok()?).ok()?;
         self.key("message")?;

@@ -190,10 +190,9 @@ impl Engine<'_> {
 
             // One vectored write of the whole batch (with whatever callers of the
             // reliable client left in the outbox).
-            match self.out.poll_flush(cx, self.conn.transmit()) {
-                Poll::Ready(Ok(())) => self.backlog = 0,
-                Poll::Ready(Err(e)) => return Poll::Ready(Exit::End(End::Io(e))),
-                Poll::Pending => self.backlog = self.out.backlog(),
+            match self.out.flush(cx, self.conn.transmit()) {
+                Ok(left) => self.backlog = left,
+                Err(e) => return Poll::Ready(Exit::End(End::Io(e))),
             }
 
             // What arrived.
@@ -291,7 +290,12 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
 
 /// Writes everything queued.
 async fn flush_all(out: &Outbox, conn: &mut Connection) -> std::io::Result<()> {
-    std::future::poll_fn(|cx| out.poll_flush(cx, conn.transmit())).await
+    std::future::poll_fn(|cx| match out.flush(cx, conn.transmit()) {
+        Ok(0) => Poll::Ready(Ok(())),
+        Ok(_) => Poll::Pending,
+        Err(e) => Poll::Ready(Err(e)),
+    })
+    .await
 }
 
 /// Best effort: deliver the ERROR command the connection queued, briefly.
