@@ -606,3 +606,90 @@ mod serde_bytes_vec {
         d.deserialize_bytes(V)
     }
 }
+
+/// Reads the request context from inside handlers, before and after they wait.
+#[rpc_service(name = "ctx")]
+pub trait Ctx {
+    async fn whoami(&self, wait_ms: u64) -> (String, u32, bool);
+    async fn boom_later(&self);
+}
+
+struct MyCtx;
+impl Ctx for MyCtx {
+    async fn whoami(&self, wait_ms: u64) -> (String, u32, bool) {
+        let before = zmtp_rpc::RequestContext::current().expect("context in a handler");
+        if wait_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        }
+        let after = zmtp_rpc::RequestContext::current().expect("context after waiting");
+        let same = before.request_id == after.request_id && before.method == after.method;
+        (after.method.into_owned(), after.attempt, same)
+    }
+    async fn boom_later(&self) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        panic!("boom after waiting, on purpose");
+    }
+}
+
+#[tokio::test]
+async fn handlers_see_their_context_and_panics_after_waiting_answer_internal() {
+    let server = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(CtxServer::new(MyCtx))
+        .start()
+        .await
+        .unwrap();
+    let ctx = CtxClient::connect([server.endpoints()[0].to_string()])
+        .await
+        .unwrap();
+    // At once (polled in the connection task) and after waiting (its own task),
+    // several at a time: each sees its own context, never another's.
+    let calls = (0..8u64).map(|i| std::future::IntoFuture::into_future(ctx.whoami(i % 2 * 20)));
+    for got in futures_join(calls).await {
+        assert_eq!(got.unwrap(), ("ctx.whoami".to_string(), 1, true));
+    }
+    assert!(
+        zmtp_rpc::RequestContext::current().is_none(),
+        "none outside"
+    );
+    let e = ctx.boom_later().await.unwrap_err();
+    assert!(
+        matches!(&e, RpcError::Internal(m) if m.contains("boom after waiting")),
+        "{e:?}"
+    );
+    assert_eq!(server.stats().panics, 1);
+    assert_eq!(
+        ctx.whoami(0).await.unwrap().0,
+        "ctx.whoami",
+        "still serving"
+    );
+    server.shutdown().await;
+}
+
+/// Runs futures concurrently on this task, results in order.
+async fn futures_join<F: std::future::Future>(fs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = fs.into_iter().map(|f| Box::pin(f)).collect();
+    let mut out: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    let mut handles: Vec<_> = handles.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (h, o) in handles.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = h {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *o = Some(v);
+                        *h = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.expect("done")).collect()
+}

@@ -83,9 +83,25 @@ impl RequestHeader {
 
     /// Reads a header from a frame.
     pub fn from_bytes(b: &[u8]) -> Result<RequestHeader, RpcError> {
-        match Reader(b).request() {
+        RequestHeader::from_bytes_known(b, |_| None)
+    }
+
+    /// Reads a header like [`from_bytes`](Self::from_bytes); when `known` returns the
+    /// static copy of the method name (a server's method table), the header borrows
+    /// it instead of allocating one.
+    pub fn from_bytes_known(
+        b: &[u8],
+        known: impl Fn(&str) -> Option<&'static str>,
+    ) -> Result<RequestHeader, RpcError> {
+        match Reader(b).request(&known) {
             Some(h) => Ok(h),
-            None => crate::codec::decode(b),
+            None => {
+                let mut h: RequestHeader = crate::codec::decode(b)?;
+                if let Some(m) = known(&h.method) {
+                    h.method = Cow::Borrowed(m);
+                }
+                Ok(h)
+            }
         }
     }
 }
@@ -191,10 +207,11 @@ impl<'a> Reader<'a> {
         Some((v, self.id()?))
     }
 
-    fn request(&mut self) -> Option<RequestHeader> {
+    fn request(&mut self, known: impl Fn(&str) -> Option<&'static str>) -> Option<RequestHeader> {
         let (v, id) = self.head(6)?;
         self.key("method")?;
-        let method = Cow::Owned(self.str()?.to_owned());
+        let method = self.str()?;
+        let method = known(method).map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed);
         self.key("timeout_ms")?;
         let timeout_ms = self.uint()?;
         self.key("attempt")?;
@@ -285,9 +302,63 @@ mod tests {
         for h in requests() {
             let bytes = h.to_bytes();
             assert_eq!(bytes, codec::encode(&h).unwrap(), "{h:?}");
-            assert_eq!(Reader(&bytes).request().as_ref(), Some(&h), "fast path");
+            assert_eq!(
+                Reader(&bytes).request(|_| None).as_ref(),
+                Some(&h),
+                "fast path"
+            );
             assert_eq!(RequestHeader::from_bytes(&bytes).unwrap(), h);
         }
+    }
+
+    #[test]
+    fn a_known_method_name_is_borrowed_not_copied() {
+        static NAME: &str = "calc.add";
+        let all = requests();
+        let h = all
+            .iter()
+            .find(|h| h.method == NAME && !h.meta.is_empty())
+            .unwrap();
+        let known = |m: &str| (m == NAME).then_some(NAME);
+        // Fast path and serde path (a header with its keys out of order).
+        let mut odd = h.to_bytes();
+        let serde_only = {
+            #[derive(serde::Serialize)]
+            struct Reordered<'a> {
+                id: RequestId,
+                v: u8,
+                method: &'a str,
+                timeout_ms: u64,
+                attempt: u32,
+                meta: &'a BTreeMap<String, String>,
+            }
+            codec::encode(&Reordered {
+                id: h.id,
+                v: h.v,
+                method: &h.method,
+                timeout_ms: h.timeout_ms,
+                attempt: h.attempt,
+                meta: &h.meta,
+            })
+            .unwrap()
+        };
+        assert!(Reader(&serde_only).request(|_| None).is_none());
+        for bytes in [&odd, &serde_only] {
+            let got = RequestHeader::from_bytes_known(bytes, known).unwrap();
+            assert_eq!(&got, h);
+            assert!(
+                matches!(&got.method, Cow::Borrowed(m) if std::ptr::eq(*m, NAME)),
+                "borrowed from the table"
+            );
+        }
+        // An unknown name is read as usual, owned.
+        odd = RequestHeader {
+            method: "calc.sub".into(),
+            ..h.clone()
+        }
+        .to_bytes();
+        let got = RequestHeader::from_bytes_known(&odd, known).unwrap();
+        assert!(matches!(got.method, Cow::Owned(ref m) if m == "calc.sub"));
     }
 
     #[test]
@@ -342,7 +413,7 @@ mod tests {
             extra: 7,
         })
         .unwrap();
-        assert!(Reader(&bytes).request().is_none());
+        assert!(Reader(&bytes).request(|_| None).is_none());
         let h = RequestHeader::from_bytes(&bytes).unwrap();
         assert_eq!((h.attempt, h.timeout_ms, &*h.method), (2, 9, "a.b"));
         // Broken input: an error either way, never a panic.

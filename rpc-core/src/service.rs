@@ -15,8 +15,9 @@ use crate::status::Status;
 /// A decoded request, as the dispatcher sees it.
 #[derive(Debug, Clone)]
 pub struct ServiceRequest {
-    /// The method part of the wire name (after the service name and dot).
-    pub method: String,
+    /// The method part of the wire name (after the service name and dot), borrowed
+    /// from the service's method table when the server found it there.
+    pub method: std::borrow::Cow<'static, str>,
     /// The MessagePack arguments frame.
     pub args: Bytes,
 }

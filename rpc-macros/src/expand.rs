@@ -184,7 +184,7 @@ pub fn expand(s: &Service) -> TokenStream {
 
             fn dispatch(&self, __req: #p::ServiceRequest) -> #p::BoxFuture<#p::Reply> {
                 let __inner = ::core::clone::Clone::clone(&self.inner);
-                match __req.method.as_str() {
+                match &*__req.method {
                     #(#arms)*
                     __other => {
                         let __m = ::std::format!("unknown method {:?} of service {:?}", __other, #service_name);

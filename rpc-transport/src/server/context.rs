@@ -1,7 +1,8 @@
 //! [`RequestContext`]: the request a handler is running for, readable from inside it.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::future::Future;
 
 use rpc_core::RequestId;
 use tokio::time::Instant;
@@ -12,8 +13,8 @@ use tokio::time::Instant;
 pub struct RequestContext {
     /// The request id (the same for every attempt of one call).
     pub request_id: RequestId,
-    /// `"service.method"`.
-    pub method: String,
+    /// `"service.method"` (borrowed from the service's method table when known).
+    pub method: Cow<'static, str>,
     /// Attempt number of the request as sent by the client (from 1).
     pub attempt: u32,
     /// When the caller stops waiting; the handler is cancelled then.
@@ -22,18 +23,34 @@ pub struct RequestContext {
     pub metadata: BTreeMap<String, String>,
 }
 
-tokio::task_local! {
-    static CURRENT: RequestContext;
+thread_local! {
+    /// The context of the handler being polled on this thread (moved in for the
+    /// length of each poll by [`Handler`](super::handler::Handler)).
+    static CURRENT: RefCell<Option<RequestContext>> = const { RefCell::new(None) };
 }
 
 impl RequestContext {
-    /// The context of the request this task is handling, if any.
+    /// The context of the request whose handler is running, if any. Handler code
+    /// sees it, also inside futures it awaits; a task it spawns does not.
     pub fn current() -> Option<RequestContext> {
-        CURRENT.try_with(Clone::clone).ok()
+        CURRENT.with(|c| c.borrow().clone())
     }
 }
 
-/// Runs `f` with `ctx` as the current request context.
-pub(crate) fn scope<F: Future>(ctx: RequestContext, f: F) -> impl Future<Output = F::Output> {
-    CURRENT.scope(ctx, f)
+/// Makes `slot` the current context until the guard drops, then moves it back.
+pub(crate) fn enter(slot: &mut Option<RequestContext>) -> Entered<'_> {
+    let prev = CURRENT.with(|c| c.replace(slot.take()));
+    Entered { slot, prev }
+}
+
+/// Restores the previous context, and gives the handler's back to its slot.
+pub(crate) struct Entered<'a> {
+    slot: &'a mut Option<RequestContext>,
+    prev: Option<RequestContext>,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        *self.slot = CURRENT.with(|c| c.replace(self.prev.take()));
+    }
 }

@@ -10,21 +10,22 @@
 //! - `mod.rs`: [`Server`], [`ServerBuilder`], [`ServerHandle`], the receive loop.
 //! - `dedup.rs`: the reply cache (bounded in entries, bytes and age).
 //! - `context.rs`: [`RequestContext`], what a handler can learn about its request.
-//! - `unwind.rs`: catching handler panics.
+//! - `handler.rs`: a handler's future, with its context and its panics caught.
 
 mod context;
 mod dedup;
-mod unwind;
+mod handler;
 
 pub use context::RequestContext;
 use dedup::{Lookup, ReplyCache};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,12 +33,12 @@ use rpc_core::{
     Dispatch, Reply, ReplyHeader, RequestHeader, RequestId, ServiceRequest, Status,
     PROTOCOL_VERSION,
 };
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use self::unwind::CatchUnwind;
+use self::handler::Handler;
 use crate::counter::{bump, read};
 use crate::message::Outgoing;
 use crate::socket::core::{Direct, Inbound};
@@ -155,8 +156,20 @@ impl ServerBuilder {
         for ep in &self.endpoints {
             bound.push(router.bind(ep).await?);
         }
+        let mut routes = HashMap::new();
+        for svc in self.services.values() {
+            for m in svc.methods() {
+                let route = Route {
+                    svc: svc.clone(),
+                    name: m.name,
+                    method: m.method(),
+                };
+                routes.insert(m.name, route);
+            }
+        }
         let shared = Arc::new(Shared {
             services: self.services,
+            routes,
             limit: Arc::new(Semaphore::new(self.max_concurrency)),
             max_concurrency: self.max_concurrency,
             cache: Mutex::new(ReplyCache::new(
@@ -324,8 +337,19 @@ impl Waiter {
     }
 }
 
+/// Where a method's requests go: filled from each service's method table.
+struct Route {
+    svc: Arc<dyn Dispatch>,
+    /// `"service.method"`.
+    name: &'static str,
+    /// `"method"`.
+    method: &'static str,
+}
+
 struct Shared {
     services: HashMap<&'static str, Arc<dyn Dispatch>>,
+    /// Every method of the method tables, by wire name.
+    routes: HashMap<&'static str, Route>,
     limit: Arc<Semaphore>,
     max_concurrency: usize,
     cache: Mutex<ReplyCache<Waiter>>,
@@ -396,15 +420,17 @@ impl Shared {
             envelope: frames,
         };
         let nil = RequestId(uuid::Uuid::nil());
-        let header: RequestHeader = match &body[..] {
-            [h, _] => match RequestHeader::from_bytes(h) {
-                Ok(h) => h,
-                Err(e) => {
-                    bump(&self.counters.rejected);
-                    let why = format!("bad request header: {}", error_chain(&e));
-                    return self.refuse(waiter, nil, Status::BadRequest, why);
+        let header = match &body[..] {
+            [h, _] => {
+                match RequestHeader::from_bytes_known(h, |m| self.routes.get(m).map(|r| r.name)) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        bump(&self.counters.rejected);
+                        let why = format!("bad request header: {}", error_chain(&e));
+                        return self.refuse(waiter, nil, Status::BadRequest, why);
+                    }
                 }
-            },
+            }
             _ => {
                 bump(&self.counters.rejected);
                 let why = format!("expected 2 frames after the envelope, got {}", body.len());
@@ -426,14 +452,23 @@ impl Shared {
             bump(&self.counters.rejected);
             return self.refuse(waiter, id, Status::DeadlineExceeded, "no time left".into());
         }
-        let (service, method) = header
-            .method
-            .rsplit_once('.')
-            .unwrap_or(("", &header.method));
-        let Some(svc) = self.services.get(service).cloned() else {
-            bump(&self.counters.rejected);
-            let why = format!("unknown service {service:?}");
-            return self.refuse(waiter, id, Status::UnknownMethod, why);
+        // A method of a table borrows its names; any other goes to its service by
+        // name (a hand-written dispatcher may serve methods it does not list; the
+        // generated ones answer UNKNOWN_METHOD).
+        let (svc, method) = match self.routes.get(&*header.method) {
+            Some(r) => (r.svc.clone(), Cow::Borrowed(r.method)),
+            None => {
+                let (service, method) = header
+                    .method
+                    .rsplit_once('.')
+                    .unwrap_or(("", &header.method));
+                let Some(svc) = self.services.get(service).cloned() else {
+                    bump(&self.counters.rejected);
+                    let why = format!("unknown service {service:?}");
+                    return self.refuse(waiter, id, Status::UnknownMethod, why);
+                };
+                (svc, Cow::Owned(method.to_owned()))
+            }
         };
         let now = Instant::now();
         let lookup = self.cache().begin(id, waiter, now.into_std());
@@ -460,52 +495,61 @@ impl Shared {
             return;
         };
         bump(&self.counters.executed);
-        let remaining = Duration::from_millis(header.timeout_ms);
+        let deadline = now + Duration::from_millis(header.timeout_ms);
         let request = ServiceRequest {
-            method: method.to_string(),
+            method,
             args: body[1].clone(),
         };
         let span = tracing::debug_span!("rpc.request", method = %header.method, request_id = %id, attempt = header.attempt);
         let ctx = RequestContext {
             request_id: id,
-            method: header.method.into_owned(),
+            method: header.method,
             attempt: header.attempt,
-            deadline: now + remaining,
+            deadline,
             metadata: header.meta,
         };
+        let mut handler = Handler::new(ctx, svc.dispatch(request));
+        // Fast path: most handlers finish without waiting. One poll with a no-op
+        // waker, here; if it has to wait, a task of its own polls it again at once
+        // and registers its real waker, so no wake-up is lost.
+        let first = {
+            let _entered = span.enter();
+            let mut cx = Context::from_waker(Waker::noop());
+            Pin::new(&mut handler).poll(&mut cx)
+        };
+        if let Poll::Ready(outcome) = first {
+            return self.finish(id, outcome, permit);
+        }
         let shared = self.clone();
-        let mut run: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(
+        tokio::spawn(
             async move {
-                let run = context::scope(ctx, CatchUnwind::new(svc.dispatch(request)));
-                let outcome = tokio::time::timeout(remaining, run).await;
-                let reply = match outcome {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(panic)) => {
-                        bump(&shared.counters.panics);
-                        tracing::error!(panic, "handler panicked");
-                        Reply::status(Status::Internal, format!("handler panicked: {panic}"))
-                    }
-                    Err(_) => {
-                        Reply::status(Status::DeadlineExceeded, "deadline passed while running")
-                    }
+                let outcome = match tokio::time::timeout_at(deadline, handler).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Ok(Reply::status(
+                        Status::DeadlineExceeded,
+                        "deadline passed while running",
+                    )),
                 };
-                let frames = reply_frames(id, reply);
-                let waiters =
-                    shared
-                        .cache()
-                        .finish(id, frames.for_keeping(), Instant::now().into_std());
-                send_all(waiters, frames);
-                drop(permit);
+                shared.finish(id, outcome, permit);
             }
             .instrument(span),
         );
-        // Fast path: most handlers finish without waiting. One poll with a no-op waker;
-        // if it has to wait, the spawned task polls it again at once and registers
-        // its real waker, so no wake-up is lost.
-        let mut cx = Context::from_waker(Waker::noop());
-        if run.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(run);
-        }
+    }
+
+    /// Answers a handler's outcome to everyone waiting for it, and keeps it in the
+    /// reply cache.
+    fn finish(&self, id: RequestId, outcome: Result<Reply, String>, permit: OwnedSemaphorePermit) {
+        let reply = outcome.unwrap_or_else(|panic| {
+            bump(&self.counters.panics);
+            tracing::error!(panic, "handler panicked");
+            Reply::status(Status::Internal, format!("handler panicked: {panic}"))
+        });
+        let frames = reply_frames(id, reply);
+        let waiters = self
+            .cache()
+            .finish(id, frames.for_keeping(), Instant::now().into_std());
+        send_all(waiters, frames);
+        drop(permit);
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, ReplyCache<Waiter>> {
