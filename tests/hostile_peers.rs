@@ -216,3 +216,121 @@ async fn read_message(s: &mut TcpStream) -> Option<Vec<Vec<u8>>> {
     .await
     .expect("reply or close in time")
 }
+
+/// Answers `n` bytes per request: large answers fill a connection's send side fast.
+#[zmtp_rpc::rpc_service(name = "fill")]
+pub trait Fill {
+    async fn fill(&self, n: u64) -> zmtp_rpc::Blob;
+}
+
+struct MyFill;
+impl Fill for MyFill {
+    async fn fill(&self, n: u64) -> zmtp_rpc::Blob {
+        zmtp_rpc::Blob::from(vec![7u8; n as usize])
+    }
+}
+
+/// A request as our client writes it: `[empty][header][args]`, after a DEALER's
+/// routing.
+fn fill_request(i: u32, n: u64) -> Vec<bytes::Bytes> {
+    #[derive(serde::Serialize)]
+    struct Header {
+        v: u8,
+        id: zmtp_rpc::RequestId,
+        method: &'static str,
+        timeout_ms: u64,
+        attempt: u32,
+        meta: std::collections::BTreeMap<String, String>,
+    }
+    #[derive(serde::Serialize)]
+    struct Args {
+        n: u64,
+    }
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&i.to_le_bytes());
+    let header = Header {
+        v: 1,
+        id: zmtp_rpc::RequestId(uuid::Uuid::from_bytes(id)),
+        method: "fill.fill",
+        timeout_ms: 60_000,
+        attempt: 1,
+        meta: Default::default(),
+    };
+    let enc = |v: &dyn erased::Enc| bytes::Bytes::from(v.enc());
+    vec![bytes::Bytes::new(), enc(&header), enc(&Args { n })]
+}
+
+mod erased {
+    /// MessagePack with named fields, as the framework writes it.
+    pub trait Enc {
+        fn enc(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Enc for T {
+        fn enc(&self) -> Vec<u8> {
+            zmtp_rpc::__private::codec::encode(self).unwrap()
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_its_answers_is_not_served_without_limit() {
+    const REQUESTS: u32 = 2000;
+    const ANSWER: u64 = 32 * 1024;
+    let server = zmtp_rpc::Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(FillServer::new(MyFill))
+        .start()
+        .await
+        .unwrap();
+    let port = server.endpoints()[0].port().unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let now = std::time::Instant::now;
+    let mut c = Connection::new(ConnectionConfig::new(SocketType::Dealer), now());
+    let mut buf = BytesMut::new();
+    // Handshake.
+    while !c.is_active() {
+        let out = c.transmit().take_all();
+        s.write_all(&out).await.unwrap();
+        s.read_buf(&mut buf).await.unwrap();
+        c.handle_input(&mut buf, now()).unwrap();
+    }
+    // Every request written (64 MiB of answers asked for), none read.
+    for i in 0..REQUESTS {
+        c.send_frames(&fill_request(i, ANSWER), 0).unwrap();
+    }
+    let out = c.transmit().take_all();
+    s.write_all(&out).await.unwrap();
+    // The server stops reading once its answers pile up: the count settles far
+    // below what was asked.
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let done = server.stats().executed;
+        if done == last {
+            break;
+        }
+        last = done;
+    }
+    assert!(last > 0, "served at first");
+    assert!(
+        last < u64::from(REQUESTS) / 2,
+        "{last} of {REQUESTS} executed for a peer that reads nothing"
+    );
+    // Once it reads, it is served in full.
+    let mut got = 0;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while got < REQUESTS {
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "server closed");
+            c.handle_input(&mut buf, now()).unwrap();
+            while let Some(ev) = c.poll_event() {
+                if let Event::Message(m) = ev {
+                    assert_eq!(m.frames().len(), 3, "[empty][header][body]");
+                    got += 1;
+                }
+            }
+        }
+    })
+    .await
+    .expect("every answer arrives once read");
+    assert_eq!(server.stats().executed, u64::from(REQUESTS));
+}

@@ -74,13 +74,16 @@ impl Endpoint {
         // Replies go straight from the connection task to the waiting call.
         let weak = Arc::downgrade(inner);
         let _ = core.direct.set(Direct {
-            sink: Arc::new(move |inbound: crate::socket::core::Inbound| {
-                if let Some(inner) = weak.upgrade() {
-                    inner.on_reply(idx, inbound.msg);
-                }
-            }),
+            sink: Arc::new(
+                move |inbound: crate::socket::core::Inbound, _: &mut Vec<Outgoing>| {
+                    if let Some(inner) = weak.upgrade() {
+                        inner.on_reply(idx, inbound.msg);
+                    }
+                },
+            ),
             // Handing replies over in groups gained nothing on the client side.
             batch: usize::MAX,
+            answers: false,
         });
         let mut st = ep.lock();
         st.generation += 1;

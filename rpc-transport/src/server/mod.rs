@@ -41,7 +41,7 @@ use tracing::Instrument;
 use self::handler::Handler;
 use crate::counter::{bump, read};
 use crate::message::Outgoing;
-use crate::socket::core::{Direct, Inbound};
+use crate::socket::core::{Direct, Inbound, PeerId};
 use crate::socket::{Endpoint, RouterSocket, SocketError, SocketOptions};
 use crate::zmtp::HeartbeatConfig;
 
@@ -183,12 +183,13 @@ impl ServerBuilder {
         // Requests are handled in the connection's own task: no hop to a server loop.
         let weak = Arc::downgrade(&shared);
         let _ = router.core().direct.set(Direct {
-            sink: Arc::new(move |inbound: Inbound| {
+            sink: Arc::new(move |inbound: Inbound, answers: &mut Vec<Outgoing>| {
                 if let Some(shared) = weak.upgrade() {
-                    shared.handle(inbound);
+                    shared.handle(inbound, answers);
                 }
             }),
             batch: ANSWER_BATCH,
+            answers: true,
         });
         let (stop, stop_rx) = watch::channel(false);
         let drain = self.drain_timeout;
@@ -300,19 +301,32 @@ const ANSWER_BATCH: usize = 4;
 
 /// Who waits for a reply: the connection's queue and the request's envelope.
 struct Waiter {
+    /// The connection (for answers given in its own task).
+    peer: PeerId,
     conn: mpsc::Sender<Outgoing>,
     envelope: Vec<Bytes>,
 }
 
-/// Sends `reply` to every waiter (copies of it to all but the last).
-fn send_all(waiters: impl IntoIterator<Item = Waiter>, reply: Outgoing) {
+/// Sends `reply` to every waiter (copies of it to all but the last); to those on the
+/// connection `here` runs for, through its answers.
+fn send_all(
+    waiters: impl IntoIterator<Item = Waiter>,
+    reply: Outgoing,
+    mut here: Option<(PeerId, &mut Vec<Outgoing>)>,
+) {
     let mut waiters = waiters.into_iter().peekable();
+    let mut reply = Some(reply);
     while let Some(w) = waiters.next() {
-        if waiters.peek().is_some() {
-            w.send(reply.clone());
-        } else {
-            w.send(reply);
-            return;
+        let r = match waiters.peek() {
+            Some(_) => reply.clone(),
+            None => reply.take(),
+        };
+        let Some(r) = r else { return };
+        match &mut here {
+            Some((peer, answers)) if w.peer == *peer => {
+                answers.push(r.behind(w.envelope));
+            }
+            _ => w.send(r),
         }
     }
 }
@@ -406,7 +420,7 @@ impl Shared {
 
     /// Handles one request, in the connection's task. Never blocks: the handler is
     /// polled once here and only becomes a task of its own if it has to wait.
-    fn handle(self: &Arc<Self>, inbound: Inbound) {
+    fn handle(self: &Arc<Self>, inbound: Inbound, answers: &mut Vec<Outgoing>) {
         bump(&self.counters.requests);
         let mut frames = inbound.msg.into_frames();
         // Envelope: everything up to and including the first empty frame.
@@ -415,7 +429,9 @@ impl Shared {
             return;
         };
         let body = frames.split_off(d + 1);
+        let here = inbound.peer;
         let waiter = Waiter {
+            peer: here,
             conn: inbound.reply,
             envelope: frames,
         };
@@ -491,7 +507,7 @@ impl Shared {
                 Reply::status(Status::Overloaded, "concurrency limit reached"),
             );
             let waiters = self.cache().abandon(id);
-            send_all(waiters, frames);
+            send_all(waiters, frames, None);
             return;
         };
         bump(&self.counters.executed);
@@ -518,7 +534,7 @@ impl Shared {
             Pin::new(&mut handler).poll(&mut cx)
         };
         if let Poll::Ready(outcome) = first {
-            return self.finish(id, outcome, permit);
+            return self.finish(id, outcome, permit, Some((here, answers)));
         }
         let shared = self.clone();
         tokio::spawn(
@@ -530,15 +546,22 @@ impl Shared {
                         "deadline passed while running",
                     )),
                 };
-                shared.finish(id, outcome, permit);
+                shared.finish(id, outcome, permit, None);
             }
             .instrument(span),
         );
     }
 
     /// Answers a handler's outcome to everyone waiting for it, and keeps it in the
-    /// reply cache.
-    fn finish(&self, id: RequestId, outcome: Result<Reply, String>, permit: OwnedSemaphorePermit) {
+    /// reply cache. `here`: the connection task running this, and its answers, which
+    /// it writes without a trip through its own queue.
+    fn finish(
+        &self,
+        id: RequestId,
+        outcome: Result<Reply, String>,
+        permit: OwnedSemaphorePermit,
+        here: Option<(PeerId, &mut Vec<Outgoing>)>,
+    ) {
         let reply = outcome.unwrap_or_else(|panic| {
             bump(&self.counters.panics);
             tracing::error!(panic, "handler panicked");
@@ -548,7 +571,7 @@ impl Shared {
         let waiters = self
             .cache()
             .finish(id, frames.for_keeping(), Instant::now().into_std());
-        send_all(waiters, frames);
+        send_all(waiters, frames, here);
         drop(permit);
     }
 

@@ -30,8 +30,9 @@ pub(crate) struct Inbound {
 
 /// Receives messages straight from the connection tasks instead of the socket's
 /// queue: the reliable client and the server use it to save a task hop per message.
-/// It must not block.
-pub(crate) type DirectSink = Arc<dyn Fn(Inbound) + Send + Sync>;
+/// It must not block. What it pushes to the `Vec` (answers it has at once, for the
+/// same peer) the connection task writes without a trip through its own queue.
+pub(crate) type DirectSink = Arc<dyn Fn(Inbound, &mut Vec<Outgoing>) + Send + Sync>;
 
 /// A direct sink, and how many messages it takes per pass of the connection task
 /// before the task writes what is queued (answers given at once leave early, so the
@@ -39,6 +40,11 @@ pub(crate) type DirectSink = Arc<dyn Fn(Inbound) + Send + Sync>;
 pub(crate) struct Direct {
     pub sink: DirectSink,
     pub batch: usize,
+    /// The sink answers what it receives (a server): while this peer's answers wait
+    /// to be written, its connection reads no more, so that a peer that does not read
+    /// them is not served without limit. Never for a client: its reads must go on
+    /// while its own requests wait, or two full connections would wait on each other.
+    pub answers: bool,
 }
 
 struct PeerEntry {

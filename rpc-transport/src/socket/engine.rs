@@ -97,13 +97,28 @@ struct Engine<'a> {
     armed: Option<Instant>,
     far: Instant,
     handshaken: bool,
+    /// Answers a direct sink gave at once (reused; empty between calls).
+    answers: Vec<Outgoing>,
+    /// Answers written from `answers` in this poll.
+    answered: usize,
 }
 
 impl Engine<'_> {
+    /// A direct sink that answers has this peer's answers piling up (see
+    /// [`Direct::answers`](super::core::Direct)): take nothing more from the peer.
+    fn answers_wait(&self) -> bool {
+        self.core.direct.get().is_some_and(|d| d.answers)
+            && self.backlog + self.conn.transmit_len() >= TX_HIGH
+    }
+
     /// Hands over what the connection decoded, until the socket's queue is full or a
     /// direct sink had its batch; true when decoded messages are left.
     fn deliver(&mut self) -> Result<bool, End> {
-        let mut budget = self.core.direct.get().map_or(usize::MAX, |d| d.batch);
+        let mut budget = match self.core.direct.get() {
+            _ if self.answers_wait() => 0,
+            Some(d) => d.batch,
+            None => usize::MAX,
+        };
         while self.pending.is_none() {
             if budget == 0 {
                 return Ok(true);
@@ -134,8 +149,14 @@ impl Engine<'_> {
                         reply: reply.clone(),
                     };
                     if let Some(direct) = self.core.direct.get() {
-                        (direct.sink)(inbound);
+                        (direct.sink)(inbound, &mut self.answers);
                         budget -= 1;
+                        for m in self.answers.drain(..) {
+                            self.answered += 1;
+                            if self.conn.send_frames(&m.frames, m.joined).is_err() {
+                                break;
+                            }
+                        }
                         continue;
                     }
                     match self.core.inbound_tx.try_send(inbound) {
@@ -153,14 +174,13 @@ impl Engine<'_> {
         if stopped.poll(cx).is_ready() {
             return Poll::Ready(Exit::Stop);
         }
+        self.answered = 0;
         loop {
             let left = match self.deliver() {
                 Err(end) => return Poll::Ready(Exit::End(end)),
                 Ok(left) => left,
             };
-            // Decoded messages left: write the answers so far, then come back to them
-            // before reading more.
-            let mut progress = left;
+            let mut progress = false;
 
             // A message waiting for room in the socket's queue.
             if self.pending.is_some() {
@@ -176,7 +196,7 @@ impl Engine<'_> {
             }
 
             // Everything the socket queued for this peer, while the backlog allows.
-            while self.guard.is_some() && self.backlog + self.conn.transmit().len() < TX_HIGH {
+            while self.guard.is_some() && self.backlog + self.conn.transmit_len() < TX_HIGH {
                 match self.out_rx.poll_recv(cx) {
                     Poll::Ready(Some(m)) => {
                         if self.conn.send_frames(&m.frames, m.joined).is_err() {
@@ -195,8 +215,15 @@ impl Engine<'_> {
                 Err(e) => return Poll::Ready(Exit::End(End::Io(e))),
             }
 
+            // Decoded messages left: the answers so far are written; back to them
+            // before reading more (unless answers pile up: the flush above registered
+            // to be woken once the socket takes more).
+            let answers_wait = self.answers_wait();
+            if left && !answers_wait {
+                progress = true;
+            }
             // What arrived.
-            if self.pending.is_none() && !left {
+            if self.pending.is_none() && !left && !answers_wait {
                 let need = self.conn.read_hint(self.rbuf.current());
                 let want = self.rbuf.plan(need, || Instant::now().into_std());
                 let buf = self.rbuf.current();
@@ -234,6 +261,12 @@ impl Engine<'_> {
             }
 
             if !progress {
+                if self.answered > 0 {
+                    // One more pass, as an answer through the queue would cause: it
+                    // often finds the peer's next message, and the thread busy, not
+                    // parked (waking a halted vCPU costs tens of microseconds).
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
             }
         }
@@ -267,6 +300,8 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         armed: None,
         far,
         handshaken: false,
+        answers: Vec::new(),
+        answered: 0,
     };
     // Registered once (it takes the watch's lock to register).
     let stopped = stop.changed();

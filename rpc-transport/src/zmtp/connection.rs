@@ -309,6 +309,11 @@ impl Connection {
         &mut self.tx
     }
 
+    /// How many bytes wait to be written.
+    pub fn transmit_len(&self) -> usize {
+        self.tx.len()
+    }
+
     /// When [`Connection::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
