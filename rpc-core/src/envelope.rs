@@ -16,9 +16,16 @@ use crate::status::Status;
 pub const PROTOCOL_VERSION: u8 = 1;
 
 /// A request id: 16 random bytes (a UUID v4), the same for every attempt of a call.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RequestId(pub uuid::Uuid);
+
+impl std::hash::Hash for RequestId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // One 128-bit word: what `IdHasher` takes in one step.
+        state.write_u128(self.0.as_u128());
+    }
+}
 
 impl RequestId {
     /// A fresh random id.

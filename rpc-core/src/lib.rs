@@ -7,6 +7,7 @@
 //!   the ZeroMQ envelope; [`RequestId`]; [`PROTOCOL_VERSION`]. The full wire format is
 //!   in `docs/PROTOCOL.md`. `header_codec.rs` writes and reads them by hand (the same
 //!   bytes as serde, serde as the fallback reader).
+//! - [`id_map`]: [`IdMap`], a hash map keyed by request ids with a cheap keyed hash.
 //! - [`status`]: [`Status`], the small stable integers of a reply.
 //! - [`error`]: [`RpcError`], what a call can fail with.
 //! - [`codec`]: MessagePack encoding of arguments and results, with limits.
@@ -24,6 +25,7 @@ pub mod codec;
 pub mod envelope;
 pub mod error;
 mod header_codec;
+pub mod id_map;
 pub mod method;
 pub mod payload;
 pub mod service;
@@ -32,6 +34,7 @@ pub mod status;
 pub use blob::Blob;
 pub use envelope::{ReplyHeader, RequestHeader, RequestId, PROTOCOL_VERSION};
 pub use error::RpcError;
+pub use id_map::IdMap;
 pub use method::{MethodInfo, RetryPolicy};
 pub use payload::Payload;
 pub use service::{Dispatch, Reply, ServiceRequest};

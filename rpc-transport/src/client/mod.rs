@@ -29,13 +29,12 @@ pub use call::{decode_result, decode_value, Call, CallOptions};
 pub use health::{Health, HealthState};
 pub use stats::{ClientStats, EndpointStats};
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpc_core::{RequestId, RetryPolicy, RpcError};
+use rpc_core::{IdMap, RequestId, RetryPolicy, RpcError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -194,7 +193,7 @@ impl ClientBuilder {
         }
         let inner = Arc::new(Inner {
             endpoints: self.endpoints.into_iter().map(Endpoint::new).collect(),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(IdMap::default()),
             rr: AtomicUsize::new(0),
             changed: watch::channel(()).0,
             counters: Counters::default(),
@@ -235,7 +234,7 @@ pub(crate) enum Verdict<T> {
 
 pub(crate) struct Inner {
     endpoints: Vec<Endpoint>,
-    pending: Mutex<HashMap<RequestId, Pending>>,
+    pending: Mutex<IdMap<Pending>>,
     rr: AtomicUsize,
     /// Bumped whenever an endpoint's eligibility may have changed.
     changed: watch::Sender<()>,
@@ -248,7 +247,7 @@ fn now_std() -> std::time::Instant {
 }
 
 impl Inner {
-    fn pending(&self) -> MutexGuard<'_, HashMap<RequestId, Pending>> {
+    fn pending(&self) -> MutexGuard<'_, IdMap<Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -1,10 +1,10 @@
 //! The reply cache: a retried request id gets the first execution's reply, and an id
 //! still running is not started again. Bounded in entries, in bytes and in age.
 
-use std::collections::{hash_map, HashMap, VecDeque};
+use std::collections::{hash_map, VecDeque};
 use std::time::{Duration, Instant};
 
-use rpc_core::RequestId;
+use rpc_core::{IdMap, RequestId};
 
 use crate::message::Outgoing;
 
@@ -58,7 +58,7 @@ impl<W> IntoIterator for Waiters<W> {
 /// Bounded reply cache keyed by request id. `W` is whatever identifies a caller waiting
 /// for the reply (its envelope and connection).
 pub(crate) struct ReplyCache<W> {
-    map: HashMap<RequestId, Entry<W>>,
+    map: IdMap<Entry<W>>,
     /// Finished ids, oldest first, for eviction.
     order: VecDeque<(RequestId, Instant)>,
     max_entries: usize,
@@ -73,7 +73,7 @@ impl<W> ReplyCache<W> {
     /// holding at most `max_bytes` of reply data (a larger single reply is not kept).
     pub fn new(max_entries: usize, max_age: Duration, max_bytes: usize) -> ReplyCache<W> {
         ReplyCache {
-            map: HashMap::new(),
+            map: IdMap::default(),
             order: VecDeque::new(),
             max_entries,
             max_age,

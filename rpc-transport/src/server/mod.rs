@@ -436,17 +436,22 @@ impl Shared {
             envelope: frames,
         };
         let nil = RequestId(uuid::Uuid::nil());
+        // The method's route, found while reading the header.
+        let route = std::cell::Cell::new(None);
+        let known = |m: &str| {
+            let r = self.routes.get(m)?;
+            route.set(Some(r));
+            Some(r.name)
+        };
         let header = match &body[..] {
-            [h, _] => {
-                match RequestHeader::from_bytes_known(h, |m| self.routes.get(m).map(|r| r.name)) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        bump(&self.counters.rejected);
-                        let why = format!("bad request header: {}", error_chain(&e));
-                        return self.refuse(waiter, nil, Status::BadRequest, why);
-                    }
+            [h, _] => match RequestHeader::from_bytes_known(h, known) {
+                Ok(h) => h,
+                Err(e) => {
+                    bump(&self.counters.rejected);
+                    let why = format!("bad request header: {}", error_chain(&e));
+                    return self.refuse(waiter, nil, Status::BadRequest, why);
                 }
-            }
+            },
             _ => {
                 bump(&self.counters.rejected);
                 let why = format!("expected 2 frames after the envelope, got {}", body.len());
@@ -471,7 +476,7 @@ impl Shared {
         // A method of a table borrows its names; any other goes to its service by
         // name (a hand-written dispatcher may serve methods it does not list; the
         // generated ones answer UNKNOWN_METHOD).
-        let (svc, method) = match self.routes.get(&*header.method) {
+        let (svc, method) = match route.get() {
             Some(r) => (r.svc.clone(), Cow::Borrowed(r.method)),
             None => {
                 let (service, method) = header

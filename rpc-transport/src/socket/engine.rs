@@ -5,11 +5,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -101,6 +101,11 @@ struct Engine<'a> {
     answers: Vec<Outgoing>,
     /// Answers written from `answers` in this poll.
     answered: usize,
+    /// A second receiver of the stop signal, read without a lock on each pass; the
+    /// stop future is polled (it locks to look at its waker) only when it fires or
+    /// the task's waker is not the one it holds.
+    stop_check: watch::Receiver<bool>,
+    stop_waker: Option<Waker>,
 }
 
 impl Engine<'_> {
@@ -171,8 +176,15 @@ impl Engine<'_> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, stopped: Pin<&mut impl Future>) -> Poll<Exit> {
-        if stopped.poll(cx).is_ready() {
-            return Poll::Ready(Exit::Stop);
+        let registered = self
+            .stop_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if !registered || self.stop_check.has_changed().unwrap_or(true) {
+            if stopped.poll(cx).is_ready() {
+                return Poll::Ready(Exit::Stop);
+            }
+            self.stop_waker = Some(cx.waker().clone());
         }
         self.answered = 0;
         loop {
@@ -302,6 +314,8 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         handshaken: false,
         answers: Vec::new(),
         answered: 0,
+        stop_check: stop.clone(),
+        stop_waker: None,
     };
     // Registered once (it takes the watch's lock to register).
     let stopped = stop.changed();
