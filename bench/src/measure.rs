@@ -60,6 +60,80 @@ pub struct Sample {
     pub lat_ns: Vec<u64>,
     /// Wall time of the measured phase.
     pub elapsed: Duration,
+    /// CPU time used during the measured phase: this process, and the server's when
+    /// BENCH_SERVER_PID names it.
+    pub cpu: Option<CpuUse>,
+}
+
+/// CPU time (user, system) of a process, from `/proc/<pid>/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    /// User time.
+    pub user: Duration,
+    /// System time.
+    pub sys: Duration,
+}
+
+impl Cpu {
+    /// The process's CPU time so far; None when it cannot be read (not Linux).
+    pub fn of(pid: u32) -> Option<Cpu> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces): state is the 3rd
+        // field, utime the 14th, stime the 15th, in USER_HZ (100) ticks.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| {
+            f.get(i)?
+                .parse::<u64>()
+                .ok()
+                .map(|t| Duration::from_millis(t * 10))
+        };
+        Some(Cpu {
+            user: tick(11)?,
+            sys: tick(12)?,
+        })
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            user: self.user.saturating_sub(before.user),
+            sys: self.sys.saturating_sub(before.sys),
+        }
+    }
+}
+
+/// CPU used by the client and the server during a measured phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    /// This (client) process.
+    pub client: Cpu,
+    /// The server process, when known.
+    pub server: Option<Cpu>,
+}
+
+impl CpuUse {
+    /// `client_user client_sys server_user server_sys`, µs per call (server -1 when
+    /// unknown): the line a client process prints to stderr after `CPU-PER-CALL `.
+    pub fn per_call(&self, calls: usize) -> String {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / calls.max(1) as f64;
+        let (su, ss) = self
+            .server
+            .map_or((-1.0, -1.0), |s| (us(s.user), us(s.sys)));
+        format!(
+            "{:.2} {:.2} {su:.2} {ss:.2}",
+            us(self.client.user),
+            us(self.client.sys)
+        )
+    }
+}
+
+/// Snapshots of this process and the server (BENCH_SERVER_PID).
+fn snapshot() -> Option<(Cpu, Option<Cpu>)> {
+    let server = std::env::var("BENCH_SERVER_PID")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .and_then(Cpu::of);
+    Some((Cpu::of(std::process::id())?, server))
 }
 
 impl Sample {
@@ -114,10 +188,13 @@ where
     Fut: Future<Output = S> + Send + 'static,
 {
     let barrier = Arc::new(tokio::sync::Barrier::new(states.len()));
+    // CPU counters when the measured phase starts (taken by the barrier's leader).
+    let start_cpu = Arc::new(std::sync::Mutex::new(None));
     let mut handles = Vec::new();
     let n = states.len();
     for st in states {
         let (barrier, call, k) = (barrier.clone(), call.clone(), k.clone());
+        let start_cpu = start_cpu.clone();
         handles.push(tokio::spawn(async move {
             let mut warm = Vec::new();
             let warmup = if n > 1 {
@@ -126,7 +203,9 @@ where
                 k.warmup
             };
             let (st, _, _) = phase(st, &call, warmup, k.warmup_secs, &mut warm).await;
-            barrier.wait().await;
+            if barrier.wait().await.is_leader() {
+                *start_cpu.lock().unwrap() = snapshot();
+            }
             let mut lat = Vec::with_capacity(k.count.min(1 << 22));
             let (_st, start, end) = phase(st, &call, k.count, k.secs, &mut lat).await;
             (lat, start, end)
@@ -140,10 +219,19 @@ where
         first = Some(first.map_or(s, |f| f.min(s)));
         last = Some(last.map_or(e, |l| l.max(e)));
     }
+    let cpu = start_cpu
+        .lock()
+        .unwrap()
+        .zip(snapshot())
+        .map(|((c0, s0), (c1, s1))| CpuUse {
+            client: c1.since(c0),
+            server: s1.zip(s0).map(|(s1, s0)| s1.since(s0)),
+        });
     all.sort_unstable();
     Sample {
         lat_ns: all,
         elapsed: last.zip(first).map(|(l, f)| l - f).unwrap_or_default(),
+        cpu,
     }
 }
 

@@ -218,9 +218,18 @@ fn name(kind: &str) -> &'static str {
 /// Runs `zmtp-bench client KIND ADDR` as a process of its own (as the anchors harness
 /// does) and reads its row back: the measuring process is then a fresh one, not the
 /// one that started the server and ran the rows before.
-async fn client_process(kind: &str, addr: &str, k: &Knobs) -> (crate::measure::Measured, usize) {
-    let out = tokio::process::Command::new(std::env::current_exe().expect("own path"))
-        .args(["client", kind, addr])
+async fn client_process(
+    kind: &str,
+    server: &crate::ServerProc,
+    k: &Knobs,
+) -> (crate::measure::Measured, usize, Option<[f64; 4]>) {
+    let addr = format!("127.0.0.1:{}", server.port);
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().expect("own path"));
+    if let Some(pid) = server.child.id() {
+        cmd.env("BENCH_SERVER_PID", pid.to_string());
+    }
+    let out = cmd
+        .args(["client", kind, &addr])
         .env("BENCH_PAYLOAD", k.payload.to_string())
         .env("BENCH_WARMUP", k.warmup.to_string())
         .env("BENCH_WARMUP_SECS", k.warmup_secs.to_string())
@@ -238,8 +247,22 @@ async fn client_process(kind: &str, addr: &str, k: &Knobs) -> (crate::measure::M
         .lines()
         .find(|l| l.starts_with("| "))
         .unwrap_or_else(|| panic!("no row from the client: {text}"));
-    crate::measure::Measured::parse(line).unwrap_or_else(|| panic!("bad row: {line}"))
+    let (m, conns) =
+        crate::measure::Measured::parse(line).unwrap_or_else(|| panic!("bad row: {line}"));
+    // `CPU-PER-CALL client_user client_sys server_user server_sys` (µs), on stderr.
+    let cpu = String::from_utf8_lossy(&out.stderr).lines().find_map(|l| {
+        let v: Vec<f64> = l
+            .strip_prefix(CPU_LINE)?
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        <[f64; 4]>::try_from(v).ok().filter(|v| v[2] >= 0.0)
+    });
+    (m, conns, cpu)
 }
+
+/// Prefix of the CPU figures a client process prints to stderr.
+const CPU_LINE: &str = "CPU-PER-CALL ";
 
 /// One row from the environment's knobs (the anchors contender mode).
 pub async fn client_row(kind: &str, addr: &str) {
@@ -251,6 +274,9 @@ pub async fn client_row(kind: &str, addr: &str) {
     .await
     .unwrap();
     println!("{}", row(name(kind), &mode(k.conc, conns), &s));
+    if let Some(cpu) = s.cpu {
+        eprintln!("{CPU_LINE}{}", cpu.per_call(s.lat_ns.len()));
+    }
 }
 
 /// Every round-trip row for 64 B, 4 KiB and 1 MiB, with ratios to raw TCP: rounds
@@ -264,8 +290,10 @@ pub async fn suite() {
         .unwrap_or(3)
         .max(1);
     println!("medians of {rounds} rounds");
-    println!("| name | mode | payload | rt/s | p50 µs | p99 µs | vs raw TCP | MB/s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| name | mode | payload | rt/s | p50 µs | p99 µs | vs raw TCP | MB/s | CPU µs/call server+client | CPU vs raw TCP |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // BENCH_PAYLOADS (comma-separated bytes) and BENCH_CONCS narrow the suite down.
     let list = |var: &str, all: &[usize]| -> Vec<usize> {
         std::env::var(var)
@@ -301,29 +329,40 @@ pub async fn suite() {
                             .is_none_or(|k| k.split(',').any(|x| x == *kind))
                 })
                 .collect();
-            // results[kind] = per round (rate, p50, p99, ratio); `used`: connections per kind.
+            // results[kind] = per round (rate, p50, p99, ratio, server CPU, client CPU,
+            // CPU ratio); `used`: connections per kind.
             let mut results = vec![Vec::new(); kinds.len()];
             let mut used = vec![1; kinds.len()];
             for _ in 0..rounds {
-                let mut baseline = f64::NAN;
+                let (mut baseline, mut base_cpu) = (f64::NAN, f64::NAN);
                 for (i, &(kind, conns)) in kinds.iter().enumerate() {
                     let server = crate::spawn_server(kind, &[]).await;
-                    let addr = format!("127.0.0.1:{}", server.port);
                     let mut k = k.clone();
                     k.conns = conns;
-                    let (s, c) = client_process(kind, &addr, &k).await;
+                    let (s, c, cpu) = client_process(kind, &server, &k).await;
                     drop(server);
+                    let [cu, cs, su, ss] = cpu.unwrap_or([f64::NAN; 4]);
+                    let (server_cpu, client_cpu) = (su + ss, cu + cs);
                     if kind == "tcp" {
                         baseline = s.rate;
+                        base_cpu = server_cpu + client_cpu;
                     }
                     used[i] = c;
-                    results[i].push([s.rate, s.p50, s.p99, s.rate / baseline]);
+                    results[i].push([
+                        s.rate,
+                        s.p50,
+                        s.p99,
+                        s.rate / baseline,
+                        server_cpu,
+                        client_cpu,
+                        (server_cpu + client_cpu) / base_cpu,
+                    ]);
                 }
             }
             for (i, (kind, _)) in kinds.iter().enumerate() {
                 let col = |j: usize| median(results[i].iter().map(|r| r[j]).collect());
                 println!(
-                    "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} |",
+                    "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1}+{:.1} | {:.2} |",
                     name(kind),
                     mode(conc, used[i]),
                     human(payload),
@@ -332,6 +371,9 @@ pub async fn suite() {
                     col(2),
                     col(3),
                     col(0) * payload as f64 / 1e6,
+                    col(4),
+                    col(5),
+                    col(6),
                 );
             }
         }
