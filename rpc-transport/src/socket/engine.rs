@@ -106,6 +106,10 @@ struct Engine<'a> {
     /// the task's waker is not the one it holds.
     stop_check: watch::Receiver<bool>,
     stop_waker: Option<Waker>,
+    /// The socket's queue for this peer last answered Pending to this task's waker:
+    /// while it stays empty, it will wake the task, and polling it (a waker
+    /// registration each time) can wait.
+    rx_armed: bool,
 }
 
 impl Engine<'_> {
@@ -180,6 +184,9 @@ impl Engine<'_> {
             .stop_waker
             .as_ref()
             .is_some_and(|w| w.will_wake(cx.waker()));
+        if !registered {
+            self.rx_armed = false;
+        }
         if !registered || self.stop_check.has_changed().unwrap_or(true) {
             if stopped.poll(cx).is_ready() {
                 return Poll::Ready(Exit::Stop);
@@ -209,14 +216,21 @@ impl Engine<'_> {
 
             // Everything the socket queued for this peer, while the backlog allows.
             while self.guard.is_some() && self.backlog + self.conn.transmit_len() < TX_HIGH {
+                if self.rx_armed && self.out_rx.is_empty() {
+                    break;
+                }
                 match self.out_rx.poll_recv(cx) {
                     Poll::Ready(Some(m)) => {
+                        self.rx_armed = false;
                         if self.conn.send_frames(&m.frames, m.joined).is_err() {
                             break;
                         }
                     }
                     Poll::Ready(None) => return Poll::Ready(Exit::End(End::Shutdown)),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        self.rx_armed = true;
+                        break;
+                    }
                 }
             }
 
@@ -316,6 +330,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         answered: 0,
         stop_check: stop.clone(),
         stop_waker: None,
+        rx_armed: false,
     };
     // Registered once (it takes the watch's lock to register).
     let stopped = stop.changed();
