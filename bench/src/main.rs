@@ -73,9 +73,15 @@ fn main() {
     let what = args.first().map(String::as_str).unwrap_or("all");
     match what {
         "server" => {
-            let kind = args.get(1).expect("server KIND ADDR");
-            let addr = args.get(2).expect("server KIND ADDR");
-            rt.block_on(rows::serve(kind, addr));
+            let kind = args.get(1).expect("server KIND ADDR").clone();
+            let addr = args.get(2).expect("server KIND ADDR").clone();
+            // The serving loop runs on a worker, as the callers do (not on the thread
+            // blocked in `block_on`, which would add a thread hop per message).
+            rt.block_on(async move {
+                tokio::spawn(async move { rows::serve(&kind, &addr).await })
+                    .await
+                    .expect("server task")
+            });
         }
         "client" => {
             let kind = args.get(1).expect("client KIND ADDR");
