@@ -68,6 +68,10 @@ impl RecvBuf {
             self.large.reserve(body);
             self.large.extend_from_slice(&self.small);
             self.small.clear();
+            // Large frames come in runs: the next one's start should be read into
+            // a small reservation, not a grown one (what `small` read of a large body
+            // is copied here: up to READ_MAX a frame otherwise).
+            self.chunk = READ_MIN;
             self.large_body = Some(body);
             self.large_used = Some(now());
             return need;
@@ -181,5 +185,32 @@ mod tests {
         // Released after a quiet second.
         rb.plan(2, || t0 + LARGE_KEEP);
         assert_eq!(rb.large.capacity(), 0);
+    }
+
+    #[test]
+    fn after_a_large_frame_the_next_start_is_read_small() {
+        let t0 = Instant::now();
+        let mut rb = RecvBuf::new();
+        // Busy small traffic grows the reservation to its maximum.
+        for _ in 0..8 {
+            let room = rb.plan(2, || t0);
+            rb.current().put_bytes(0, room);
+            rb.on_read(room, room);
+            rb.current().clear();
+        }
+        assert_eq!(rb.plan(2, || t0), READ_MAX);
+        // A large frame's start arrives in that big read: moved (copied) once...
+        rb.current().put_bytes(7, READ_MAX);
+        rb.on_read(READ_MAX, READ_MAX);
+        rb.after_decode();
+        rb.plan(1 << 20, || t0);
+        assert_eq!(rb.current().len(), READ_MAX);
+        rb.current().put_bytes(7, 1 << 20);
+        rb.on_read(1 << 20, 1 << 20);
+        take(rb.current(), READ_MAX + (1 << 20)).unwrap();
+        rb.after_decode();
+        // ...but the next frame's start is read into a small reservation, so that
+        // at most that much is moved again.
+        assert_eq!(rb.plan(2, || t0), READ_MIN);
     }
 }
