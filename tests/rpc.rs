@@ -154,6 +154,53 @@ async fn per_call_deadline_is_enforced() {
 }
 
 #[tokio::test]
+async fn a_short_deadline_behind_a_long_one_still_ends_on_time() {
+    // Deadlines are the client's own: the server is a ROUTER that takes requests and
+    // never answers. A call with an earlier deadline than one already in flight ends
+    // at its own deadline, and so does the long one.
+    let router = zmtp_rpc::transport::RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let swallow = tokio::spawn(async move {
+        let mut router = router;
+        while router.recv().await.is_ok() {}
+    });
+    let client = zmtp_rpc::Client::builder()
+        .endpoint(ep)
+        .attempt_timeout(Duration::from_secs(20))
+        .call_timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap();
+    assert!(client.wait_healthy(1, Duration::from_secs(5)).await);
+    let calc = CalcClient::new(client);
+    let long = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.add(1, 2).timeout(Duration::from_secs(3)).await }
+    });
+    // The long call is in flight (the task sleeps until its deadline, 3 s away).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        let e = calc
+            .add(3, 4)
+            .timeout(Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(matches!(e, RpcError::DeadlineExceeded), "{e:?}");
+        assert!(took < Duration::from_millis(600), "{took:?}");
+    }
+    let t0 = std::time::Instant::now();
+    let e = long.await.unwrap().unwrap_err();
+    assert!(matches!(e, RpcError::DeadlineExceeded), "{e:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the long call ended at its own deadline"
+    );
+    swallow.abort();
+}
+
+#[tokio::test]
 async fn unknown_service_and_method() {
     #[rpc_service(name = "calc")]
     #[allow(dead_code)] // client side only
