@@ -287,10 +287,12 @@ impl Engine<'_> {
             }
 
             if !progress {
-                if self.answered > 0 {
-                    // One more pass, as an answer through the queue would cause: it
-                    // often finds the peer's next message, and the thread busy, not
-                    // parked (waking a halted vCPU costs tens of microseconds).
+                if self.answered == 1 {
+                    // One request answered (a quiet connection): one more pass, as an
+                    // answer through the queue would cause. It keeps the thread from
+                    // parking at once, and often finds the peer's next message (waking
+                    // a halted vCPU costs tens of microseconds). Under load the pass
+                    // is wasted: 16 callers at 4 KiB, 3-10% more calls without it.
                     cx.waker().wake_by_ref();
                 }
                 return Poll::Pending;
