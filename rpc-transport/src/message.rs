@@ -148,6 +148,18 @@ impl Outgoing {
         Outgoing { frames, joined: 1 }
     }
 
+    /// This message as the reply cache keeps it: itself, or the compact copy of
+    /// [`for_keeping`](Self::for_keeping) when it has one.
+    pub fn into_keeping(self) -> Outgoing {
+        let cut = self.frames.len().saturating_sub(self.joined);
+        let size: usize = self.frames[cut..].iter().map(Bytes::len).sum();
+        if self.joined < 2 || size > KEEP_COPY_MAX {
+            self
+        } else {
+            self.for_keeping()
+        }
+    }
+
     /// Payload bytes over all frames.
     pub fn byte_len(&self) -> usize {
         self.frames.iter().map(Bytes::len).sum()

@@ -75,7 +75,8 @@ impl Endpoint {
         let weak = Arc::downgrade(inner);
         let _ = core.direct.set(Direct {
             sink: Arc::new(
-                move |inbound: crate::socket::core::Inbound, _: &mut Vec<Outgoing>| {
+                move |inbound: crate::socket::core::Inbound,
+                      _: &mut crate::socket::core::Answers<'_>| {
                     if let Some(inner) = weak.upgrade() {
                         inner.on_reply(idx, inbound.msg);
                     }

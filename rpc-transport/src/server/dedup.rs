@@ -84,7 +84,7 @@ impl<W> ReplyCache<W> {
 
     /// Looks `id` up for a request from `waiter` arriving at `now`.
     pub fn begin(&mut self, id: RequestId, waiter: W, now: Instant) -> Lookup<W> {
-        self.evict(now);
+        self.evict(now, None);
         match self.map.entry(id) {
             hash_map::Entry::Occupied(mut e) => match e.get_mut() {
                 Entry::Running { more, .. } => {
@@ -103,35 +103,66 @@ impl<W> ReplyCache<W> {
         }
     }
 
-    /// Records the reply of `id`; returns the callers waiting for it.
-    pub fn finish(&mut self, id: RequestId, reply: Outgoing, now: Instant) -> Waiters<W> {
+    /// Records the reply of `id`; returns the callers waiting for it, and the reply to
+    /// send them: the kept one, or the reply given back when it is not kept.
+    pub fn finish(
+        &mut self,
+        id: RequestId,
+        reply: Outgoing,
+        now: Instant,
+    ) -> (Waiters<W>, Result<&Outgoing, Outgoing>) {
         let size = reply.byte_len();
-        let keep = self.max_entries > 0 && size <= self.max_bytes;
-        // The entry is replaced in place (one lookup), or taken out if not kept.
-        let old = match self.map.get_mut(&id) {
-            Some(slot) if keep => Some(std::mem::replace(slot, Entry::Done { reply, at: now })),
-            Some(_) => self.map.remove(&id),
-            None if keep => self.map.insert(id, Entry::Done { reply, at: now }),
-            None => None,
-        };
-        if keep {
-            self.bytes += size;
-            self.order.push_back((id, now));
+        if self.max_entries == 0 || size > self.max_bytes {
+            self.evict(now, None);
+            let waiters = match self.map.remove(&id) {
+                Some(old) => self.waiters_of(old),
+                None => Waiters::none(),
+            };
+            return (waiters, Err(reply));
         }
+        // Room first, so that the entry made now stays until the next look.
+        self.evict(now, Some(size));
+        self.bytes += size;
+        self.order.push_back((id, now));
+        let done = Entry::Done { reply, at: now };
+        // The entry is replaced in place (one lookup).
+        let (old, slot) = match self.map.entry(id) {
+            hash_map::Entry::Occupied(e) => {
+                let slot = e.into_mut();
+                (Some(std::mem::replace(slot, done)), slot)
+            }
+            hash_map::Entry::Vacant(e) => (None, e.insert(done)),
+        };
+        let Entry::Done { reply, .. } = slot else {
+            unreachable!("just stored")
+        };
+        let reply: &Outgoing = reply;
         let waiters = match old {
             Some(Entry::Running { first, more }) => Waiters {
                 first: Some(first),
                 more,
             },
-            Some(Entry::Done { reply, .. }) => {
+            Some(Entry::Done { reply: twice, .. }) => {
                 // Finished twice (cannot happen: an id runs once); keep the count right.
-                self.bytes -= reply.byte_len();
+                self.bytes -= twice.byte_len();
                 Waiters::none()
             }
             None => Waiters::none(),
         };
-        self.evict(now);
-        waiters
+        (waiters, Ok(reply))
+    }
+
+    fn waiters_of(&mut self, old: Entry<W>) -> Waiters<W> {
+        match old {
+            Entry::Running { first, more } => Waiters {
+                first: Some(first),
+                more,
+            },
+            Entry::Done { reply, .. } => {
+                self.bytes -= reply.byte_len();
+                Waiters::none()
+            }
+        }
     }
 
     /// Forgets a running id that will not run after all (refused for overload);
@@ -150,9 +181,13 @@ impl<W> ReplyCache<W> {
         }
     }
 
-    fn evict(&mut self, now: Instant) {
+    /// Drops the oldest replies while over a bound (leaving room for one more reply
+    /// of that many bytes, when `room` says so) or too old.
+    fn evict(&mut self, now: Instant, room: Option<usize>) {
+        let (slot, incoming) = room.map_or((0, 0), |n| (1, n));
         while let Some(&(id, at)) = self.order.front() {
-            let over = self.order.len() > self.max_entries || self.bytes > self.max_bytes;
+            let over = self.order.len() + slot > self.max_entries
+                || self.bytes + incoming > self.max_bytes;
             if !over && now.duration_since(at) < self.max_age {
                 break;
             }
@@ -207,7 +242,9 @@ mod tests {
         assert_eq!(c.begin(id, env(1), t0), Lookup::Run);
         assert_eq!(c.begin(id, env(2), t0), Lookup::Joined);
         let reply = out(vec![Bytes::from_static(b"h"), Bytes::from_static(b"b")]);
-        assert_eq!(all(c.finish(id, reply.clone(), t0)), vec![env(1), env(2)]);
+        let (waiters, sent) = c.finish(id, reply.clone(), t0);
+        assert_eq!(sent, Ok(&reply), "the kept reply is the one to send");
+        assert_eq!(all(waiters), vec![env(1), env(2)]);
         assert_eq!(c.begin(id, env(3), t0), Lookup::Cached(reply, env(3)));
     }
 
@@ -218,7 +255,7 @@ mod tests {
         let ids: Vec<RequestId> = (0..5).map(|_| RequestId::new()).collect();
         for id in &ids {
             assert_eq!(c.begin(*id, env(0), t0), Lookup::Run);
-            c.finish(*id, out(vec![]), t0);
+            assert!(c.finish(*id, out(vec![]), t0).1.is_ok(), "kept");
         }
         assert_eq!(c.len(), 3);
         assert_eq!(c.begin(ids[0], env(0), t0), Lookup::Run, "oldest evicted");
@@ -235,7 +272,7 @@ mod tests {
         let ids: Vec<RequestId> = (0..4).map(|_| RequestId::new()).collect();
         for id in &ids[..3] {
             c.begin(*id, env(0), t0);
-            c.finish(*id, big(400), t0);
+            assert!(c.finish(*id, big(400), t0).1.is_ok(), "kept");
         }
         assert_eq!(
             (c.len(), c.bytes()),
@@ -243,7 +280,9 @@ mod tests {
             "oldest evicted to stay under 1000 bytes"
         );
         c.begin(ids[3], env(0), t0);
-        c.finish(ids[3], big(5000), t0);
+        let (waiters, sent) = c.finish(ids[3], big(5000), t0);
+        assert_eq!(sent, Err(big(5000)), "not kept: given back to be sent");
+        assert_eq!(all(waiters), vec![env(0)]);
         assert_eq!(c.bytes(), 800, "a reply larger than the bound is not kept");
         assert_eq!(c.begin(ids[3], env(0), t0), Lookup::Run);
     }

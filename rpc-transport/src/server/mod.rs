@@ -41,7 +41,7 @@ use tracing::Instrument;
 use self::handler::Handler;
 use crate::counter::{bump, read};
 use crate::message::Outgoing;
-use crate::socket::core::{Direct, Inbound, PeerId};
+use crate::socket::core::{Answers, Direct, Inbound, PeerId};
 use crate::socket::{Endpoint, RouterSocket, SocketError, SocketOptions};
 use crate::zmtp::HeartbeatConfig;
 
@@ -183,7 +183,7 @@ impl ServerBuilder {
         // Requests are handled in the connection's own task: no hop to a server loop.
         let weak = Arc::downgrade(&shared);
         let _ = router.core().direct.set(Direct {
-            sink: Arc::new(move |inbound: Inbound, answers: &mut Vec<Outgoing>| {
+            sink: Arc::new(move |inbound: Inbound, answers: &mut Answers<'_>| {
                 if let Some(shared) = weak.upgrade() {
                     shared.handle(inbound, answers);
                 }
@@ -307,26 +307,18 @@ struct Waiter {
     envelope: Vec<Bytes>,
 }
 
-/// Sends `reply` to every waiter (copies of it to all but the last); to those on the
-/// connection `here` runs for, through its answers.
+/// Sends `reply` to every waiter: to those on the connection `here` runs for, queued
+/// there at once (nothing copied but small frames); to others, a copy through their
+/// connection's channel.
 fn send_all(
     waiters: impl IntoIterator<Item = Waiter>,
-    reply: Outgoing,
-    mut here: Option<(PeerId, &mut Vec<Outgoing>)>,
+    reply: &Outgoing,
+    mut here: Option<(PeerId, &mut Answers<'_>)>,
 ) {
-    let mut waiters = waiters.into_iter().peekable();
-    let mut reply = Some(reply);
-    while let Some(w) = waiters.next() {
-        let r = match waiters.peek() {
-            Some(_) => reply.clone(),
-            None => reply.take(),
-        };
-        let Some(r) = r else { return };
+    for w in waiters {
         match &mut here {
-            Some((peer, answers)) if w.peer == *peer => {
-                answers.push(r.behind(w.envelope));
-            }
-            _ => w.send(r),
+            Some((peer, answers)) if w.peer == *peer => answers.send(&w.envelope, reply),
+            _ => w.send(reply.clone()),
         }
     }
 }
@@ -420,7 +412,7 @@ impl Shared {
 
     /// Handles one request, in the connection's task. Never blocks: the handler is
     /// polled once here and only becomes a task of its own if it has to wait.
-    fn handle(self: &Arc<Self>, inbound: Inbound, answers: &mut Vec<Outgoing>) {
+    fn handle(self: &Arc<Self>, inbound: Inbound, answers: &mut Answers<'_>) {
         bump(&self.counters.requests);
         let mut frames = inbound.msg.into_frames();
         // Envelope: everything up to and including the first empty frame.
@@ -512,7 +504,7 @@ impl Shared {
                 Reply::status(Status::Overloaded, "concurrency limit reached"),
             );
             let waiters = self.cache().abandon(id);
-            send_all(waiters, frames, None);
+            send_all(waiters, &frames, None);
             return;
         };
         bump(&self.counters.executed);
@@ -565,7 +557,7 @@ impl Shared {
         id: RequestId,
         outcome: Result<Reply, String>,
         permit: OwnedSemaphorePermit,
-        here: Option<(PeerId, &mut Vec<Outgoing>)>,
+        here: Option<(PeerId, &mut Answers<'_>)>,
     ) {
         let reply = outcome.unwrap_or_else(|panic| {
             bump(&self.counters.panics);
@@ -573,10 +565,15 @@ impl Shared {
             Reply::status(Status::Internal, format!("handler panicked: {panic}"))
         });
         let frames = reply_frames(id, reply);
-        let waiters = self
-            .cache()
-            .finish(id, frames.for_keeping(), Instant::now().into_std());
-        send_all(waiters, frames, here);
+        // Sent under the cache's lock, from the copy it keeps (no second copy to make;
+        // sending queues or hands over, it never waits).
+        let mut cache = self.cache();
+        let (waiters, sent) = cache.finish(id, frames.into_keeping(), Instant::now().into_std());
+        match &sent {
+            Ok(kept) => send_all(waiters, kept, here),
+            Err(given) => send_all(waiters, given, here),
+        }
+        drop(cache);
         drop(permit);
     }
 

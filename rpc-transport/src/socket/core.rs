@@ -30,9 +30,30 @@ pub(crate) struct Inbound {
 
 /// Receives messages straight from the connection tasks instead of the socket's
 /// queue: the reliable client and the server use it to save a task hop per message.
-/// It must not block. What it pushes to the `Vec` (answers it has at once, for the
-/// same peer) the connection task writes without a trip through its own queue.
-pub(crate) type DirectSink = Arc<dyn Fn(Inbound, &mut Vec<Outgoing>) + Send + Sync>;
+/// It must not block. Answers it has at once for the same peer go to [`Answers`],
+/// which queues them in the connection without a trip through its channel.
+pub(crate) type DirectSink = Arc<dyn Fn(Inbound, &mut Answers<'_>) + Send + Sync>;
+
+/// The connection whose task runs a direct sink: answers to its peer are queued
+/// there at once (small frames copied, large ones shared).
+pub(crate) struct Answers<'a> {
+    pub(crate) conn: &'a mut crate::zmtp::Connection,
+    /// Answers queued so far in this pass.
+    pub(crate) count: &'a mut usize,
+}
+
+impl Answers<'_> {
+    /// Queues `msg` behind `envelope` for this connection's peer.
+    pub fn send(&mut self, envelope: &[Bytes], msg: &Outgoing) {
+        if self
+            .conn
+            .send_behind(envelope, &msg.frames, msg.joined)
+            .is_ok()
+        {
+            *self.count += 1;
+        }
+    }
+}
 
 /// A direct sink, and how many messages it takes per pass of the connection task
 /// before the task writes what is queued (answers given at once leave early, so the

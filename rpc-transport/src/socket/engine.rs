@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::core::{Core, Inbound, PeerGuard};
+use super::core::{Answers, Core, Inbound, PeerGuard};
 use super::endpoint::Io;
 use super::outbox::Outbox;
 use super::recv_buf::RecvBuf;
@@ -97,9 +97,7 @@ struct Engine<'a> {
     armed: Option<Instant>,
     far: Instant,
     handshaken: bool,
-    /// Answers a direct sink gave at once (reused; empty between calls).
-    answers: Vec<Outgoing>,
-    /// Answers written from `answers` in this poll.
+    /// Answers a direct sink gave at once in this poll.
     answered: usize,
     /// A second receiver of the stop signal, read without a lock on each pass; the
     /// stop future is polled (it locks to look at its waker) only when it fires or
@@ -158,14 +156,12 @@ impl Engine<'_> {
                         reply: reply.clone(),
                     };
                     if let Some(direct) = self.core.direct.get() {
-                        (direct.sink)(inbound, &mut self.answers);
+                        let mut answers = Answers {
+                            conn: &mut self.conn,
+                            count: &mut self.answered,
+                        };
+                        (direct.sink)(inbound, &mut answers);
                         budget -= 1;
-                        for m in self.answers.drain(..) {
-                            self.answered += 1;
-                            if self.conn.send_frames(&m.frames, m.joined).is_err() {
-                                break;
-                            }
-                        }
                         continue;
                     }
                     match self.core.inbound_tx.try_send(inbound) {
@@ -328,7 +324,6 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         armed: None,
         far,
         handshaken: false,
-        answers: Vec::new(),
         answered: 0,
         stop_check: stop.clone(),
         stop_waker: None,

@@ -299,6 +299,21 @@ impl Connection {
         Ok(())
     }
 
+    /// Queues a message given as `envelope` frames followed by `frames` (the last
+    /// `joined` of which are the parts of one frame), without joining them first.
+    pub fn send_behind(
+        &mut self,
+        envelope: &[Bytes],
+        frames: &[Bytes],
+        joined: usize,
+    ) -> Result<(), ZmtpError> {
+        if self.phase != Phase::Active {
+            return Err(ZmtpError::NotActive);
+        }
+        self.tx.push_behind(envelope, frames, joined);
+        Ok(())
+    }
+
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

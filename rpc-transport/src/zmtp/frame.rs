@@ -256,6 +256,15 @@ impl TxQueue {
         }
     }
 
+    /// Queues `frames` (as [`push_message`](Self::push_message) does) behind
+    /// `envelope` frames, as one message.
+    pub fn push_behind(&mut self, envelope: &[Bytes], frames: &[Bytes], joined: usize) {
+        for f in envelope {
+            self.push_frame(FLAG_MORE, f);
+        }
+        self.push_message(frames, joined);
+    }
+
     /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
         self.len
