@@ -99,7 +99,7 @@ impl Message {
     }
 }
 
-/// Largest joined frame that [`Outgoing::for_keeping`] copies together.
+/// Largest joined frame that [`Outgoing::into_keeping`] copies together.
 pub(crate) const KEEP_COPY_MAX: usize = 64 * 1024;
 
 /// A message on its way to a connection: its frames, of which the last `joined` (when
@@ -128,36 +128,24 @@ impl Outgoing {
         self
     }
 
-    /// A copy to keep for a while (the reply cache): a joined frame of up to
+    /// This message as the reply cache keeps it for a while: a joined frame of up to
     /// [`KEEP_COPY_MAX`] bytes is copied into a buffer of its own, because its parts may
     /// be slices of much larger buffers (the request's, for a handler that answers
     /// with what it received) that the cache would otherwise hold without counting.
-    pub fn for_keeping(&self) -> Outgoing {
-        let cut = self.frames.len().saturating_sub(self.joined);
-        let joined = &self.frames[cut..];
-        let size: usize = joined.iter().map(Bytes::len).sum();
-        if self.joined < 2 || size > KEEP_COPY_MAX {
-            return self.clone();
-        }
-        let mut whole = bytes::BytesMut::with_capacity(size);
-        for part in joined {
-            whole.extend_from_slice(part);
-        }
-        let mut frames = self.frames[..cut].to_vec();
-        frames.push(whole.freeze());
-        Outgoing { frames, joined: 1 }
-    }
-
-    /// This message as the reply cache keeps it: itself, or the compact copy of
-    /// [`for_keeping`](Self::for_keeping) when it has one.
-    pub fn into_keeping(self) -> Outgoing {
+    /// Anything else is kept as it is.
+    pub fn into_keeping(mut self) -> Outgoing {
         let cut = self.frames.len().saturating_sub(self.joined);
         let size: usize = self.frames[cut..].iter().map(Bytes::len).sum();
         if self.joined < 2 || size > KEEP_COPY_MAX {
-            self
-        } else {
-            self.for_keeping()
+            return self;
         }
+        let mut whole = bytes::BytesMut::with_capacity(size);
+        for part in self.frames.drain(cut..) {
+            whole.extend_from_slice(&part);
+        }
+        self.frames.push(whole.freeze());
+        self.joined = 1;
+        self
     }
 
     /// Payload bytes over all frames.
@@ -255,7 +243,7 @@ mod tests {
         };
         let head = || vec![Bytes::from_static(b"h")];
         let small = Outgoing::with_payload(head(), parts(20_000));
-        let kept = small.for_keeping();
+        let kept = small.clone().into_keeping();
         assert_eq!(kept.joined, 1);
         assert_eq!(kept.frames.len(), 2);
         assert_eq!(kept.byte_len(), small.byte_len());
@@ -263,6 +251,6 @@ mod tests {
         assert!(!kept.frames.iter().any(|f| f.as_ptr() == request.as_ptr()));
         // Past the bound the parts are kept as they are.
         let large = Outgoing::with_payload(head(), parts(KEEP_COPY_MAX + 1));
-        assert_eq!(large.for_keeping(), large);
+        assert_eq!(large.clone().into_keeping(), large);
     }
 }

@@ -114,11 +114,8 @@ impl<W> ReplyCache<W> {
         let size = reply.byte_len();
         if self.max_entries == 0 || size > self.max_bytes {
             self.evict(now, None);
-            let waiters = match self.map.remove(&id) {
-                Some(old) => self.waiters_of(old),
-                None => Waiters::none(),
-            };
-            return (waiters, Err(reply));
+            let old = self.map.remove(&id);
+            return (waiters_of(old, &mut self.bytes), Err(reply));
         }
         // Room first, so that the entry made now stays until the next look.
         self.evict(now, Some(size));
@@ -136,33 +133,7 @@ impl<W> ReplyCache<W> {
         let Entry::Done { reply, .. } = slot else {
             unreachable!("just stored")
         };
-        let reply: &Outgoing = reply;
-        let waiters = match old {
-            Some(Entry::Running { first, more }) => Waiters {
-                first: Some(first),
-                more,
-            },
-            Some(Entry::Done { reply: twice, .. }) => {
-                // Finished twice (cannot happen: an id runs once); keep the count right.
-                self.bytes -= twice.byte_len();
-                Waiters::none()
-            }
-            None => Waiters::none(),
-        };
-        (waiters, Ok(reply))
-    }
-
-    fn waiters_of(&mut self, old: Entry<W>) -> Waiters<W> {
-        match old {
-            Entry::Running { first, more } => Waiters {
-                first: Some(first),
-                more,
-            },
-            Entry::Done { reply, .. } => {
-                self.bytes -= reply.byte_len();
-                Waiters::none()
-            }
-        }
+        (waiters_of(old, &mut self.bytes), Ok(reply))
     }
 
     /// Forgets a running id that will not run after all (refused for overload);
@@ -214,6 +185,23 @@ impl<W> ReplyCache<W> {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
+    }
+}
+
+/// The callers of an entry being replaced: a running one's waiters; a finished one
+/// (finished twice cannot happen, an id runs once) has none, and its bytes leave the
+/// count.
+fn waiters_of<W>(old: Option<Entry<W>>, bytes: &mut usize) -> Waiters<W> {
+    match old {
+        Some(Entry::Running { first, more }) => Waiters {
+            first: Some(first),
+            more,
+        },
+        Some(Entry::Done { reply, .. }) => {
+            *bytes -= reply.byte_len();
+            Waiters::none()
+        }
+        None => Waiters::none(),
     }
 }
 

@@ -420,7 +420,15 @@ impl Shared {
             tracing::debug!("request without envelope delimiter dropped");
             return;
         };
-        let body = frames.split_off(d + 1);
+        // `[header][arguments]` taken off the end: `frames` keeps the envelope.
+        let after = frames.len() - (d + 1);
+        let parts = if after == 2 {
+            let args = frames.pop();
+            frames.pop().zip(args)
+        } else {
+            frames.truncate(d + 1);
+            None
+        };
         let here = inbound.peer;
         let waiter = Waiter {
             peer: here,
@@ -435,18 +443,18 @@ impl Shared {
             route.set(Some(r));
             Some(r.name)
         };
-        let header = match &body[..] {
-            [h, _] => match RequestHeader::from_bytes_known(h, known) {
-                Ok(h) => h,
+        let (header, args) = match parts {
+            Some((h, args)) => match RequestHeader::from_bytes_known(&h, known) {
+                Ok(header) => (header, args),
                 Err(e) => {
                     bump(&self.counters.rejected);
                     let why = format!("bad request header: {}", error_chain(&e));
                     return self.refuse(waiter, nil, Status::BadRequest, why);
                 }
             },
-            _ => {
+            None => {
                 bump(&self.counters.rejected);
-                let why = format!("expected 2 frames after the envelope, got {}", body.len());
+                let why = format!("expected 2 frames after the envelope, got {after}");
                 return self.refuse(waiter, nil, Status::BadRequest, why);
             }
         };
@@ -509,10 +517,7 @@ impl Shared {
         };
         bump(&self.counters.executed);
         let deadline = now + Duration::from_millis(header.timeout_ms);
-        let request = ServiceRequest {
-            method,
-            args: body[1].clone(),
-        };
+        let request = ServiceRequest { method, args };
         let span = tracing::debug_span!("rpc.request", method = %header.method, request_id = %id, attempt = header.attempt);
         let ctx = RequestContext {
             request_id: id,
@@ -569,10 +574,11 @@ impl Shared {
         // sending queues or hands over, it never waits).
         let mut cache = self.cache();
         let (waiters, sent) = cache.finish(id, frames.into_keeping(), Instant::now().into_std());
-        match &sent {
-            Ok(kept) => send_all(waiters, kept, here),
-            Err(given) => send_all(waiters, given, here),
-        }
+        let reply = match &sent {
+            Ok(kept) => kept,
+            Err(given) => given,
+        };
+        send_all(waiters, reply, here);
         drop(cache);
         drop(permit);
     }

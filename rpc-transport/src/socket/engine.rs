@@ -114,8 +114,13 @@ impl Engine<'_> {
     /// A direct sink that answers has this peer's answers piling up (see
     /// [`Direct::answers`](super::core::Direct)): take nothing more from the peer.
     fn answers_wait(&self) -> bool {
-        self.core.direct.get().is_some_and(|d| d.answers)
-            && self.backlog + self.conn.transmit_len() >= TX_HIGH
+        self.core.direct.get().is_some_and(|d| d.answers) && self.unsent() >= TX_HIGH
+    }
+
+    /// Bytes waiting to be written: left in the outbox at the last flush, and queued
+    /// since.
+    fn unsent(&self) -> usize {
+        self.backlog + self.conn.transmit_len()
     }
 
     /// Hands over what the connection decoded, until the socket's queue is full or a
@@ -211,7 +216,7 @@ impl Engine<'_> {
             }
 
             // Everything the socket queued for this peer, while the backlog allows.
-            while self.guard.is_some() && self.backlog + self.conn.transmit_len() < TX_HIGH {
+            while self.guard.is_some() && self.unsent() < TX_HIGH {
                 if self.rx_armed && self.out_rx.is_empty() {
                     break;
                 }

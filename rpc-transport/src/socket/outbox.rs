@@ -65,6 +65,15 @@ impl Outbox {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The writer if nobody else holds it.
+    fn try_writer(&self) -> Option<MutexGuard<'_, Inner>> {
+        match self.inner.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Lets senders write messages (after the handshake), or stops them (closing).
     pub fn set_open(&self, open: bool) {
         self.lock().open = open;
@@ -114,10 +123,9 @@ impl Outbox {
     /// back when the outbox is closed or full (then the socket's queue and the
     /// connection task take it).
     pub fn try_send(&self, msg: Outgoing) -> Result<(), Outgoing> {
-        let g = match self.inner.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => {
+        let g = match self.try_writer() {
+            Some(g) => g,
+            None => {
                 {
                     let mut h = self.handed.lock().unwrap_or_else(|p| p.into_inner());
                     if h.len() >= HANDED_MAX {
@@ -130,7 +138,7 @@ impl Outbox {
                 // the writer gone (a store then a load on each side: SeqCst fences).
                 fence(Ordering::SeqCst);
                 // The writer may have let go before seeing it: then write it here.
-                if let Ok(g) = self.inner.try_lock() {
+                if let Some(g) = self.try_writer() {
                     // Nothing of ours can come back: `first` is None.
                     let _ = self.write_held(g, None);
                 }
@@ -183,12 +191,11 @@ impl Outbox {
             if self.handed_n.load(Ordering::Acquire) == 0 {
                 return Ok(());
             }
-            g = match self.inner.try_lock() {
-                Ok(g) => g,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
-                // Somebody else holds it now, and sees them.
-                Err(TryLockError::WouldBlock) => return Ok(()),
+            // Somebody else may hold it now, and see them.
+            let Some(next) = self.try_writer() else {
+                return Ok(());
             };
+            g = next;
         }
     }
 }

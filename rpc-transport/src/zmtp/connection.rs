@@ -292,11 +292,7 @@ impl Connection {
     /// Queues a message given as frames, the last `joined` of which (when two or more)
     /// are the parts of one frame.
     pub fn send_frames(&mut self, frames: &[Bytes], joined: usize) -> Result<(), ZmtpError> {
-        if self.phase != Phase::Active {
-            return Err(ZmtpError::NotActive);
-        }
-        self.tx.push_message(frames, joined);
-        Ok(())
+        self.send_behind(&[], frames, joined)
     }
 
     /// Queues a message given as `envelope` frames followed by `frames` (the last
