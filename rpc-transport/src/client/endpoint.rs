@@ -1,7 +1,7 @@
 //! One server endpoint of the reliable client: its DEALER connection, the task that
 //! reads replies from it, its health, and Lazy Pirate recreation.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::task::AbortHandle;
@@ -33,6 +33,12 @@ pub(crate) struct Endpoint {
     pub outstanding: AtomicUsize,
     /// True while the health has no strikes: replies then need not take the lock.
     pub clean: AtomicBool,
+    /// True while connected with no strikes: eligible without looking at the clock, so
+    /// that picking an endpoint takes no lock. Written under the state lock by
+    /// [`Endpoint::set_ready`]; when false, the health under the lock decides.
+    ready: AtomicBool,
+    /// The state's generation, readable without the lock (written under it).
+    generation: AtomicU64,
     pub counters: EndpointCounters,
 }
 
@@ -47,6 +53,8 @@ impl Endpoint {
             }),
             outstanding: AtomicUsize::new(0),
             clean: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             counters: EndpointCounters::default(),
         }
     }
@@ -56,13 +64,39 @@ impl Endpoint {
     }
 
     /// Sends without waiting on the current connection; gives the message back when
-    /// there is none or it is full (the request provably never left).
+    /// there is none or it is full (the request provably never left). Returns the
+    /// generation of the connection written to.
+    ///
+    /// The lock is held only to take the connection: a write (a system call) under it
+    /// made concurrent callers and the picking of endpoints sleep on it.
     pub fn try_send(&self, msg: Outgoing) -> Result<u64, Outgoing> {
-        let st = self.lock();
-        match &st.conn {
-            Some(c) => c.core.try_send_direct(msg).map(|_| st.generation),
-            None => Err(msg),
-        }
+        let (core, generation) = {
+            let st = self.lock();
+            match &st.conn {
+                Some(c) => (c.core.clone(), st.generation),
+                None => return Err(msg),
+            }
+        };
+        // Recreated meanwhile: the old connection closes and fails its attempts
+        // (`fail_in_flight` of that generation), this one included.
+        core.try_send_direct(msg).map(|_| generation)
+    }
+
+    /// The current generation, without the lock.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether a call may be sent here now. Lock-free while the endpoint is connected
+    /// and has no strikes (every call asks this).
+    pub fn eligible(&self, now: impl FnOnce() -> std::time::Instant) -> bool {
+        self.ready.load(Ordering::Acquire) || self.lock().health.eligible(now())
+    }
+
+    /// Brings the lock-free flag in line with the health; called under the lock after
+    /// every change of it.
+    pub fn set_ready(&self, st: &State) {
+        self.ready.store(st.health.clear(), Ordering::Release);
     }
 
     /// Opens a fresh connection (closing the old one, if any): Lazy Pirate's "close the
@@ -89,10 +123,12 @@ impl Endpoint {
         let mut st = ep.lock();
         st.generation += 1;
         let generation = st.generation;
+        ep.generation.store(generation, Ordering::Release);
         if let Some(old) = st.conn.take() {
             old.reader.abort();
         }
         st.health.on_disconnected();
+        ep.set_ready(&st);
         // One socket, `connections` connections: the socket spreads sends over them.
         for _ in 0..inner.config.connections {
             if let Err(e) = core.connect(&ep.addr) {

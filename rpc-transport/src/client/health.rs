@@ -84,6 +84,11 @@ impl Health {
         self.connected && self.suspect_until.is_none_or(|t| t <= now)
     }
 
+    /// Connected with no strikes: eligible whatever the time.
+    pub fn clear(&self) -> bool {
+        self.connected && self.suspect_until.is_none()
+    }
+
     /// When a connected but suspect endpoint becomes eligible again, if that is
     /// after `now`.
     pub fn eligible_at(&self, now: Instant) -> Option<Instant> {

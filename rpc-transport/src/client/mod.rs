@@ -267,9 +267,12 @@ impl Inner {
             // Under the lock, so that a concurrent timeout's `false` is not lost.
             let mut st = ep.lock();
             st.health.on_reply();
+            ep.set_ready(&st);
             ep.clean.store(true, Ordering::Release);
         }
-        match self.pending().remove(&id) {
+        // Out of the map before waking the caller: the lock is not held across a wake.
+        let waiting = self.pending().remove(&id);
+        match waiting {
             Some(p) => {
                 let _ = p.tx.send(Event::Reply { from: idx, msg });
             }
@@ -295,6 +298,7 @@ impl Inner {
                 st.health.on_disconnected();
                 tracing::info!(endpoint = %ep.addr, "connection lost");
             }
+            ep.set_ready(&st);
         }
         if !up {
             self.fail_in_flight(idx, generation);
@@ -325,6 +329,7 @@ impl Inner {
         {
             let mut st = ep.lock();
             st.health.on_timeout(now_std(), self.config.attempt_timeout);
+            ep.set_ready(&st);
             ep.clean.store(false, Ordering::Release);
             if st.generation != generation {
                 // Another call already recreated this connection.
@@ -340,7 +345,8 @@ impl Inner {
 
     /// A healthy endpoint, preferring one other than `avoid`.
     fn pick(&self, avoid: Option<usize>) -> Option<usize> {
-        let now = now_std();
+        // Read only when an endpoint with strikes is looked at.
+        let mut now = None;
         let n = self.endpoints.len();
         let start = self.rr.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<(usize, usize)> = None;
@@ -348,7 +354,7 @@ impl Inner {
         for k in 0..n {
             let i = (start + k) % n;
             let ep = &self.endpoints[i];
-            if !ep.lock().health.eligible(now) {
+            if !ep.eligible(|| *now.get_or_insert_with(now_std)) {
                 continue;
             }
             if Some(i) == avoid {
@@ -580,7 +586,7 @@ impl Client {
             guard.clear = false;
             let (tx, rx) = oneshot::channel();
             // Registered before sending, so that even an instant reply finds it.
-            let registered = ep.lock().generation;
+            let registered = ep.generation();
             inner.pending().insert(
                 id,
                 Pending {
@@ -710,7 +716,7 @@ impl Client {
                 .inner
                 .endpoints
                 .iter()
-                .filter(|e| e.lock().health.eligible(now))
+                .filter(|e| e.eligible(|| now))
                 .count();
             if healthy >= n {
                 return true;

@@ -29,12 +29,27 @@ pub(crate) struct Outbox {
     /// next writes them along (one `writev` for several callers).
     handed: Mutex<Vec<Outgoing>>,
     handed_n: AtomicUsize,
+    /// Bytes left in the queue at the last unlock: the connection task skips the lock
+    /// while this and `handed_n` are zero and it has nothing of its own to write.
+    left: AtomicUsize,
     /// Most bytes queued before senders must go through the connection task.
     high: usize,
 }
 
 /// Most messages waiting in `handed`.
 const HANDED_MAX: usize = 1024;
+
+/// While the connection task has corked the outbox, senders hold fewer than this many
+/// messages: the sender that would hold this many writes them all, so that the peer
+/// gets work in groups while the callers are still running (holding every caller's
+/// request for one write made client and server take turns, each idle while the other
+/// worked: 16 callers of one client, 64 B, about 135k -> 178k calls/s with groups of 4,
+/// CPU per call -25%).
+const CORK_MESSAGES: usize = 4;
+
+/// Nor more bytes than this: a larger request is written at once (at 4 KiB, holding
+/// gained nothing).
+const CORK_BYTES: usize = 4096;
 
 struct Inner {
     write: Writer,
@@ -43,6 +58,13 @@ struct Inner {
     task: Option<Waker>,
     /// Messages may be written (handshake done, not closing).
     open: bool,
+    /// Senders queue without writing (up to [`CORK_MESSAGES`] and [`CORK_BYTES`]):
+    /// the connection task writes for them at its next flush, which it has promised.
+    corked: bool,
+    /// Messages held while corked.
+    held: usize,
+    /// The socket took less than was queued: the rest is the connection task's.
+    stalled: bool,
 }
 
 impl Outbox {
@@ -54,9 +76,13 @@ impl Outbox {
                 queue: TxQueue::default(),
                 task: None,
                 open: false,
+                corked: false,
+                held: 0,
+                stalled: false,
             }),
             handed: Mutex::new(Vec::new()),
             handed_n: AtomicUsize::new(0),
+            left: AtomicUsize::new(0),
             high,
         }
     }
@@ -74,6 +100,11 @@ impl Outbox {
         }
     }
 
+    /// True when nothing waits in the outbox: no queued bytes, no handed messages.
+    pub fn idle(&self) -> bool {
+        self.left.load(Ordering::Acquire) == 0 && self.handed_n.load(Ordering::Acquire) == 0
+    }
+
     /// Lets senders write messages (after the handshake), or stops them (closing).
     pub fn set_open(&self, open: bool) {
         self.lock().open = open;
@@ -87,10 +118,18 @@ impl Outbox {
 
     /// The connection task: queues `from` and writes as much as the socket takes,
     /// with the task's own context. Returns the bytes left: when some are, the task is
-    /// registered to be woken once the socket takes more.
-    pub fn flush(&self, cx: &mut Context<'_>, from: &mut TxQueue) -> std::io::Result<usize> {
+    /// registered to be woken once the socket takes more. With `cork`, senders hold
+    /// their messages until the next flush, which the task must then make soon.
+    pub fn flush(
+        &self,
+        cx: &mut Context<'_>,
+        from: &mut TxQueue,
+        cork: bool,
+    ) -> std::io::Result<usize> {
         let mut g = self.lock();
         let inner = &mut *g;
+        inner.corked = cork;
+        inner.held = 0;
         inner.queue.append(from);
         self.take_handed(&mut inner.queue);
         if !inner.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -103,6 +142,8 @@ impl Outbox {
                 Poll::Pending => break,
             }
         }
+        inner.stalled = !inner.queue.is_empty();
+        self.left.store(inner.queue.len(), Ordering::Release);
         Ok(inner.queue.len())
     }
 
@@ -162,13 +203,20 @@ impl Outbox {
                 // connection, as queued ones do).
                 return first.map_or(Ok(()), Err);
             }
-            let waiting = !inner.queue.is_empty();
+            let hold = inner.corked
+                && inner.held + 1 < CORK_MESSAGES
+                && inner.queue.len() + first.as_ref().map_or(0, Outgoing::byte_len) < CORK_BYTES;
+            let waiting = inner.stalled || hold;
             if let Some(m) = first.take() {
                 inner.queue.push_message(&m.frames, m.joined);
+                if hold {
+                    inner.held += 1;
+                }
             }
             self.take_handed(&mut inner.queue);
             // Bytes already left for the connection task: it writes these too.
             if !waiting {
+                inner.held = 0;
                 // A context that wakes nobody: what cannot be written now is the
                 // connection task's, woken to take over (its own waker is the one that
                 // must be registered with the socket).
@@ -178,6 +226,9 @@ impl Outbox {
                         Poll::Ready(Ok(())) => {}
                         // An error or a full socket: the connection task sees it again.
                         _ => {
+                            inner.stalled = true;
+                            // Stored before the wake, so that the woken task sees it.
+                            self.left.store(inner.queue.len(), Ordering::Release);
                             if let Some(t) = &inner.task {
                                 t.wake_by_ref();
                             }
@@ -185,6 +236,8 @@ impl Outbox {
                         }
                     }
                 }
+            } else {
+                self.left.store(inner.queue.len(), Ordering::Release);
             }
             drop(g);
             fence(Ordering::SeqCst);
@@ -285,7 +338,7 @@ mod tests {
         let task = Arc::new(Flag::default());
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
-        assert!(out.flush(&mut cx, &mut TxQueue::new()).unwrap() == 0);
+        assert!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap() == 0);
         out.set_open(true);
 
         sock.room.store(1000, Ordering::SeqCst);
@@ -307,7 +360,7 @@ mod tests {
         out.try_send(msg("!")).unwrap();
         assert_eq!(out.backlog(), 7);
         sock.room.store(1000, Ordering::SeqCst);
-        assert!(out.flush(&mut cx, &mut TxQueue::new()).unwrap() == 0);
+        assert!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap() == 0);
         let mut expect = wire("hello");
         expect.extend(wire("world"));
         expect.extend(wire("!"));
@@ -324,8 +377,54 @@ mod tests {
         assert!(out.backlog() >= 64);
         out.set_open(false);
         sock.room.store(1000, Ordering::SeqCst);
-        assert!(out.flush(&mut cx, &mut TxQueue::new()).unwrap() == 0);
+        assert!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap() == 0);
         assert!(out.try_send(msg("closed")).is_err());
+    }
+
+    #[test]
+    fn a_corked_outbox_holds_small_groups_until_the_task_flushes() {
+        let sock = Sock::default();
+        sock.room.store(1 << 20, Ordering::SeqCst);
+        let out = Outbox::new(Box::new(sock.clone()), 1 << 20);
+        let task = Arc::new(Flag::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        out.set_open(true);
+        let written = || sock.got.lock().unwrap().len();
+
+        // Corked: the first CORK_MESSAGES - 1 are held, the next writes them all.
+        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), true).unwrap(), 0);
+        for _ in 0..CORK_MESSAGES - 1 {
+            out.try_send(msg("abc")).unwrap();
+        }
+        assert_eq!(written(), 0, "held");
+        assert!(!out.idle(), "the task sees held messages");
+        out.try_send(msg("abc")).unwrap();
+        assert_eq!(written(), CORK_MESSAGES * 5, "a group leaves in one go");
+
+        // Held ones leave with the task's next flush, which uncorks.
+        out.try_send(msg("abc")).unwrap();
+        assert_eq!(written(), CORK_MESSAGES * 5);
+        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap(), 0);
+        assert_eq!(written(), (CORK_MESSAGES + 1) * 5);
+        assert!(out.idle());
+        out.try_send(msg("abc")).unwrap();
+        assert_eq!(
+            written(),
+            (CORK_MESSAGES + 2) * 5,
+            "uncorked: written at once"
+        );
+
+        // A large message is not held even when corked.
+        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), true).unwrap(), 0);
+        let big = Bytes::from(vec![7u8; CORK_BYTES]);
+        out.try_send(Message::from(big).into()).unwrap();
+        assert!(written() > (CORK_MESSAGES + 2) * 5 + CORK_BYTES);
+        assert!(out.idle());
+        assert!(
+            !task.0.load(Ordering::SeqCst),
+            "nothing was left for the task"
+        );
     }
 
     #[test]
