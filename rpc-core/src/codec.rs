@@ -40,9 +40,46 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, RpcError> {
 
 /// Collects an encoding as parts: what rmp-serde writes is copied into `buf`, except
 /// the bytes of an announced large [`crate::Blob`], which become a part of their own.
+/// `buf` starts as the thread's [`arena`](crate::arena); an encoding that outgrows the
+/// room there moves to a buffer of its own (`arena` then keeps the arena to give back),
+/// so that a large value neither grows the arena nor is cut from it.
 struct Gather {
     buf: bytes::BytesMut,
     parts: Vec<bytes::Bytes>,
+    arena: Option<bytes::BytesMut>,
+}
+
+impl Gather {
+    fn extend(&mut self, data: &[u8]) {
+        if self.arena.is_none() && self.buf.capacity() - self.buf.len() < data.len() {
+            let need = self.buf.len() + data.len();
+            let mut own = bytes::BytesMut::with_capacity(need.max(PAYLOAD_START) * 2);
+            own.extend_from_slice(&self.buf);
+            self.buf.clear();
+            self.arena = Some(std::mem::replace(&mut self.buf, own));
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// The payload, and the arena back where it belongs.
+    fn finish(mut self) -> Payload {
+        let last = match self.arena.take() {
+            Some(arena) => {
+                crate::arena::put_back(arena);
+                compact(std::mem::take(&mut self.buf))
+            }
+            None => {
+                let last = self.buf.split().freeze();
+                crate::arena::put_back(std::mem::take(&mut self.buf));
+                last
+            }
+        };
+        if self.parts.is_empty() {
+            return Payload::from(last);
+        }
+        self.parts.push(last);
+        Payload::from_parts(self.parts)
+    }
 }
 
 impl std::io::Write for Gather {
@@ -59,39 +96,13 @@ impl std::io::Write for Gather {
                 }
                 self.parts.push(blob);
             }
-            None => self.buf.extend_from_slice(data),
+            None => self.extend(data),
         }
         Ok(data.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// First buffer of [`encode_payload`]: most arguments and results fit.
-const PAYLOAD_START: usize = 256;
-
-/// Encodes a value like [`encode`], but keeps every [`crate::Blob`] of at least
-/// [`crate::blob::GATHER_MIN`] bytes by reference: the result is cut around them, and
-/// the transport writes it without copying their bytes. One serialization pass into a
-/// buffer that grows as needed (a value is walked once; large binary data belongs in a
-/// `Blob`, which is not copied at all).
-pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Payload, RpcError> {
-    crate::blob::gathering(|| {
-        let mut out = Gather {
-            buf: bytes::BytesMut::with_capacity(PAYLOAD_START),
-            parts: Vec::new(),
-        };
-        value
-            .serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
-            .map_err(RpcError::Encode)?;
-        let last = compact(out.buf);
-        if out.parts.is_empty() {
-            return Ok(Payload::from(last));
-        }
-        out.parts.push(last);
-        Ok(Payload::from_parts(out.parts))
-    })
 }
 
 /// The buffer as `Bytes`, copied to its size when growing left much unused room (an
@@ -102,6 +113,30 @@ fn compact(buf: bytes::BytesMut) -> bytes::Bytes {
     } else {
         buf.freeze()
     }
+}
+
+/// Room asked of the arena for [`encode_payload`]: most arguments and results fit.
+const PAYLOAD_START: usize = 256;
+
+/// Encodes a value like [`encode`], but keeps every [`crate::Blob`] of at least
+/// [`crate::blob::GATHER_MIN`] bytes by reference: the result is cut around them, and
+/// the transport writes it without copying their bytes. One serialization pass into
+/// the thread's [`arena`](crate::arena), which grows as needed (a value is walked
+/// once; large binary data belongs in a `Blob`, which is not copied at all).
+pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Payload, RpcError> {
+    crate::blob::gathering(|| {
+        let mut out = Gather {
+            buf: crate::arena::take(PAYLOAD_START),
+            parts: Vec::new(),
+            arena: None,
+        };
+        let done = value
+            .serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
+            .map_err(RpcError::Encode);
+        let payload = out.finish();
+        done?;
+        Ok(payload)
+    })
 }
 
 /// Deepest nesting of arrays and maps accepted in a decoded value. rmp-serde's own
@@ -161,6 +196,26 @@ mod tests {
                 scale: None
             }
         );
+    }
+
+    #[test]
+    fn small_payloads_are_cut_from_the_arena_and_large_ones_are_not() {
+        let one = encode_payload(&(1u32, "a")).unwrap().to_bytes();
+        let two = encode_payload(&(2u32, "b")).unwrap().to_bytes();
+        assert_eq!(
+            one.as_ptr().wrapping_add(one.len()),
+            two.as_ptr(),
+            "one chunk"
+        );
+        // A value larger than the arena's room gets a buffer of its own...
+        let big: Vec<u32> = (0..5000).collect();
+        let p = encode_payload(&big).unwrap().to_bytes();
+        assert_eq!(&p[..], &encode(&big).unwrap()[..]);
+        let three = encode_payload(&(3u32, "c")).unwrap().to_bytes();
+        assert_eq!(&three[..], &encode(&(3u32, "c")).unwrap()[..]);
+        // ...and the arena is where it was: the next small one follows the last.
+        assert_eq!(two.as_ptr().wrapping_add(two.len()), three.as_ptr());
+        assert_eq!(decode::<(u32, String)>(&one).unwrap(), (1, "a".into()));
     }
 
     #[derive(Serialize)]

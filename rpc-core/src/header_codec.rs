@@ -7,78 +7,94 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use bytes::{BufMut, Bytes};
+
 use crate::envelope::{ReplyHeader, RequestHeader, RequestId};
 use crate::error::RpcError;
 use crate::status::Status;
 
-fn put_uint(out: &mut Vec<u8>, v: u64) {
+fn put_uint(out: &mut impl BufMut, v: u64) {
     if v < 0x80 {
-        out.push(v as u8);
+        out.put_u8(v as u8);
     } else if v <= u8::MAX as u64 {
-        out.extend_from_slice(&[0xcc, v as u8]);
+        out.put_slice(&[0xcc, v as u8]);
     } else if v <= u16::MAX as u64 {
-        out.push(0xcd);
-        out.extend_from_slice(&(v as u16).to_be_bytes());
+        out.put_u8(0xcd);
+        out.put_slice(&(v as u16).to_be_bytes());
     } else if v <= u32::MAX as u64 {
-        out.push(0xce);
-        out.extend_from_slice(&(v as u32).to_be_bytes());
+        out.put_u8(0xce);
+        out.put_slice(&(v as u32).to_be_bytes());
     } else {
-        out.push(0xcf);
-        out.extend_from_slice(&v.to_be_bytes());
+        out.put_u8(0xcf);
+        out.put_slice(&v.to_be_bytes());
     }
 }
 
-fn put_len(out: &mut Vec<u8>, n: usize, fix: u8, fix_max: usize, m8: Option<u8>, m16: u8) {
+fn put_len(out: &mut impl BufMut, n: usize, fix: u8, fix_max: usize, m8: Option<u8>, m16: u8) {
     if n <= fix_max {
-        out.push(fix | n as u8);
+        out.put_u8(fix | n as u8);
     } else if let (Some(m8), true) = (m8, n <= u8::MAX as usize) {
-        out.extend_from_slice(&[m8, n as u8]);
+        out.put_slice(&[m8, n as u8]);
     } else if n <= u16::MAX as usize {
-        out.push(m16);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
+        out.put_u8(m16);
+        out.put_slice(&(n as u16).to_be_bytes());
     } else {
-        out.push(m16 + 1);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
+        out.put_u8(m16 + 1);
+        out.put_slice(&(n as u32).to_be_bytes());
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+fn put_str(out: &mut impl BufMut, s: &str) {
     put_len(out, s.len(), 0xa0, 31, Some(0xd9), 0xda);
-    out.extend_from_slice(s.as_bytes());
+    out.put_slice(s.as_bytes());
 }
 
-fn put_map_len(out: &mut Vec<u8>, n: usize) {
+fn put_map_len(out: &mut impl BufMut, n: usize) {
     put_len(out, n, 0x80, 15, None, 0xde);
 }
 
 /// The start both headers share: a fixmap of `fields` entries, then `v` and `id`.
-fn put_head(out: &mut Vec<u8>, fields: u8, v: u8, id: &RequestId) {
-    out.extend_from_slice(&[0x80 | fields, 0xa1, b'v']);
+fn put_head(out: &mut impl BufMut, fields: u8, v: u8, id: &RequestId) {
+    out.put_slice(&[0x80 | fields, 0xa1, b'v']);
     put_uint(out, v.into());
-    out.extend_from_slice(b"\xa2id\xc4\x10");
-    out.extend_from_slice(id.as_bytes());
+    out.put_slice(b"\xa2id\xc4\x10");
+    out.put_slice(id.as_bytes());
 }
 
 impl RequestHeader {
     /// The header's MessagePack bytes (those of `codec::encode(self)`).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-        let mut out = Vec::with_capacity(64 + self.method.len() + meta);
-        // Keys are constants (fixstr).
-        put_head(&mut out, 6, self.v, &self.id);
-        out.extend_from_slice(b"\xa6method");
-        put_str(&mut out, &self.method);
-        out.extend_from_slice(b"\xaatimeout_ms");
-        put_uint(&mut out, self.timeout_ms);
-        out.extend_from_slice(b"\xa7attempt");
-        put_uint(&mut out, self.attempt.into());
-        out.extend_from_slice(b"\xa4meta");
-        put_map_len(&mut out, self.meta.len());
-        for (k, v) in &self.meta {
-            put_str(&mut out, k);
-            put_str(&mut out, v);
-        }
+        let mut out = Vec::with_capacity(self.size_hint());
+        self.write(&mut out);
         out
+    }
+
+    /// The same bytes as [`to_bytes`](Self::to_bytes), as a frame cut from the
+    /// thread's [`arena`](crate::arena) (no allocation of its own).
+    pub fn to_frame(&self) -> Bytes {
+        crate::arena::build(self.size_hint(), |out| self.write(out))
+    }
+
+    fn size_hint(&self) -> usize {
+        let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        64 + self.method.len() + meta
+    }
+
+    fn write(&self, out: &mut impl BufMut) {
+        // Keys are constants (fixstr).
+        put_head(out, 6, self.v, &self.id);
+        out.put_slice(b"\xa6method");
+        put_str(out, &self.method);
+        out.put_slice(b"\xaatimeout_ms");
+        put_uint(out, self.timeout_ms);
+        out.put_slice(b"\xa7attempt");
+        put_uint(out, self.attempt.into());
+        out.put_slice(b"\xa4meta");
+        put_map_len(out, self.meta.len());
+        for (k, v) in &self.meta {
+            put_str(out, k);
+            put_str(out, v);
+        }
     }
 
     /// Reads a header from a frame.
@@ -110,12 +126,22 @@ impl ReplyHeader {
     /// The header's MessagePack bytes (those of `codec::encode(self)`).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(48 + self.message.len());
-        put_head(&mut out, 4, self.v, &self.id);
-        out.extend_from_slice(b"\xa6status");
-        put_uint(&mut out, (self.status as u8).into());
-        out.extend_from_slice(b"\xa7message");
-        put_str(&mut out, &self.message);
+        self.write(&mut out);
         out
+    }
+
+    /// The same bytes as [`to_bytes`](Self::to_bytes), as a frame cut from the
+    /// thread's [`arena`](crate::arena).
+    pub fn to_frame(&self) -> Bytes {
+        crate::arena::build(48 + self.message.len(), |out| self.write(out))
+    }
+
+    fn write(&self, out: &mut impl BufMut) {
+        put_head(out, 4, self.v, &self.id);
+        out.put_slice(b"\xa6status");
+        put_uint(out, (self.status as u8).into());
+        out.put_slice(b"\xa7message");
+        put_str(out, &self.message);
     }
 
     /// Reads a header from a frame.

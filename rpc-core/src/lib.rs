@@ -7,6 +7,7 @@
 //!   the ZeroMQ envelope; [`RequestId`]; [`PROTOCOL_VERSION`]. The full wire format is
 //!   in `docs/PROTOCOL.md`. `header_codec.rs` writes and reads them by hand (the same
 //!   bytes as serde, serde as the fallback reader).
+//! - [`arena`]: small encoded pieces cut from one buffer per thread.
 //! - [`id_map`]: [`IdMap`], a hash map keyed by request ids with a cheap keyed hash.
 //! - [`status`]: [`Status`], the small stable integers of a reply.
 //! - [`error`]: [`RpcError`], what a call can fail with.
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod arena;
 pub mod blob;
 pub mod codec;
 pub mod envelope;

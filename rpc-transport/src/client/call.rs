@@ -6,7 +6,6 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
 use rpc_core::{
     codec, MethodInfo, Payload, Reply, ReplyHeader, RequestHeader, RequestId, RpcError, Status,
     PROTOCOL_VERSION,
@@ -82,10 +81,9 @@ impl Client {
                 attempt,
                 meta: opts.metadata.clone(),
             };
-            let h = header.to_bytes();
             // Room for the envelope the attempt loop puts in front.
             let mut head = Vec::with_capacity(3 + args.parts().len());
-            head.push(Bytes::from(h));
+            head.push(header.to_frame());
             Outgoing::with_payload(head, args.clone())
         };
         tracing::Instrument::instrument(

@@ -582,7 +582,7 @@ impl Client {
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             let msg = build(attempts + 1, remaining)
-                .behind([Bytes::copy_from_slice(id.as_bytes()), Bytes::new()]);
+                .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
             guard.clear = false;
             let (tx, rx) = oneshot::channel();
             // Registered before sending, so that even an instant reply finds it.

@@ -397,10 +397,9 @@ fn reply_frames(id: RequestId, reply: Reply) -> Outgoing {
         status: reply.status,
         message: reply.message,
     };
-    let h = header.to_bytes();
     // Room for an envelope of a routing id, a request id and the delimiter.
     let mut head = Vec::with_capacity(4 + reply.body.parts().len());
-    head.push(Bytes::from(h));
+    head.push(header.to_frame());
     Outgoing::with_payload(head, reply.body)
 }
 

@@ -83,6 +83,14 @@ impl RecvBuf {
             self.large = BytesMut::new();
             self.large_used = None;
         }
+        // Light traffic reads into the rest of the current buffer while it has room
+        // for half a reservation: a fresh buffer per read (the last one is still held
+        // by the frames cut from it) cost an allocation and cold memory each time.
+        // Heavy traffic (a grown reservation) keeps reading whole reservations.
+        let room = self.small.capacity() - self.small.len();
+        if self.chunk == READ_MIN && room >= need.max(READ_MIN / 2) {
+            return need;
+        }
         need.max(self.chunk)
     }
 
@@ -211,6 +219,36 @@ mod tests {
         rb.after_decode();
         // ...but the next frame's start is read into a small reservation, so that
         // at most that much is moved again.
-        assert_eq!(rb.plan(2, || t0), READ_MIN);
+        assert!(rb.plan(2, || t0) <= READ_MIN);
+        assert_eq!(rb.chunk, READ_MIN);
+    }
+
+    #[test]
+    fn light_traffic_reads_into_the_same_buffer_while_frames_are_held() {
+        let t0 = Instant::now();
+        let mut rb = RecvBuf::new();
+        let mut held = Vec::new();
+        let mut buffers = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let want = rb.plan(2, || t0);
+            let buf = rb.current();
+            buf.reserve(want);
+            let room = buf.capacity() - buf.len();
+            buf.put_bytes(1, 100);
+            rb.on_read(100, room);
+            let frame = take(rb.current(), 100).unwrap();
+            // The frames of one buffer are contiguous: a new start means a new buffer.
+            if held
+                .last()
+                .is_none_or(|p: &bytes::Bytes| p.as_ptr().wrapping_add(100) != frame.as_ptr())
+            {
+                buffers.insert(frame.as_ptr() as usize);
+            }
+            held.push(frame);
+        }
+        // 100 frames of 100 bytes, all still held: read into a few 8 KiB buffers (a
+        // new one when less than half is left), not one buffer per read.
+        assert!(buffers.len() <= 3, "{} buffers", buffers.len());
+        assert!(held.iter().all(|f| f.iter().all(|b| *b == 1)));
     }
 }
