@@ -49,11 +49,23 @@ pub fn put_back(buf: BytesMut) {
 
 /// A piece of `room` bytes or so, written by `f`.
 pub fn build(room: usize, f: impl FnOnce(&mut BytesMut)) -> Bytes {
-    let mut buf = take(room);
-    f(&mut buf);
-    let piece = buf.split().freeze();
-    put_back(buf);
-    piece
+    let mut f = Some(f);
+    let mut write = |buf: &mut BytesMut| {
+        if buf.capacity() < room {
+            buf.reserve(room.max(CHUNK));
+        }
+        if let Some(f) = f.take() {
+            f(buf);
+        }
+        buf.split().freeze()
+    };
+    // In place (one look at the thread-local); a fresh buffer when the arena is in use
+    // further up this thread's stack or already gone (thread exit).
+    ARENA
+        .try_with(|a| a.try_borrow_mut().ok().map(|mut buf| write(&mut buf)))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| write(&mut BytesMut::new()))
 }
 
 /// A copy of `data` as a piece.

@@ -124,7 +124,10 @@ impl Outgoing {
 
     /// The message behind `envelope` frames (put in front, in place when there is room).
     pub fn behind(mut self, envelope: impl IntoIterator<Item = Bytes>) -> Outgoing {
-        self.frames.splice(0..0, envelope);
+        let n = self.frames.len();
+        self.frames.extend(envelope);
+        let added = self.frames.len() - n;
+        self.frames.rotate_right(added);
         self
     }
 

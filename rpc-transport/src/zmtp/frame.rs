@@ -134,7 +134,12 @@ impl FrameDecoder {
                     if src.len() < len {
                         return Ok(None);
                     }
-                    let body = src.split_to(len).freeze();
+                    // An empty frame (the envelope's delimiter) shares nothing.
+                    let body = if len == 0 {
+                        Bytes::new()
+                    } else {
+                        src.split_to(len).freeze()
+                    };
                     self.state = DecodeState::Head;
                     return Ok(Some(if flags & FLAG_COMMAND != 0 {
                         Frame::Command(body)
