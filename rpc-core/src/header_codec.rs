@@ -103,17 +103,18 @@ impl RequestHeader {
     }
 
     /// Reads a header like [`from_bytes`](Self::from_bytes); when `known` returns the
-    /// static copy of the method name (a server's method table), the header borrows
-    /// it instead of allocating one.
+    /// static copy of the method name (a server's method table, looked up by the name's
+    /// bytes), the header borrows it instead of allocating one, and the name needs no
+    /// UTF-8 check of its own.
     pub fn from_bytes_known(
         b: &[u8],
-        known: impl Fn(&str) -> Option<&'static str>,
+        known: impl Fn(&[u8]) -> Option<&'static str>,
     ) -> Result<RequestHeader, RpcError> {
         match Reader(b).request(&known) {
             Some(h) => Ok(h),
             None => {
                 let mut h: RequestHeader = crate::codec::decode(b)?;
-                if let Some(m) = known(&h.method) {
+                if let Some(m) = known(h.method.as_bytes()) {
                     h.method = Cow::Borrowed(m);
                 }
                 Ok(h)
@@ -233,11 +234,14 @@ impl<'a> Reader<'a> {
         Some((v, self.id()?))
     }
 
-    fn request(&mut self, known: impl Fn(&str) -> Option<&'static str>) -> Option<RequestHeader> {
+    fn request(&mut self, known: impl Fn(&[u8]) -> Option<&'static str>) -> Option<RequestHeader> {
         let (v, id) = self.head(6)?;
         self.key("method")?;
-        let method = self.str()?;
-        let method = known(method).map_or_else(|| Cow::Owned(method.to_owned()), Cow::Borrowed);
+        let raw = self.raw_str()?;
+        let method = match known(raw) {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Owned(std::str::from_utf8(raw).ok()?.to_owned()),
+        };
         self.key("timeout_ms")?;
         let timeout_ms = self.uint()?;
         self.key("attempt")?;
@@ -345,7 +349,7 @@ mod tests {
             .iter()
             .find(|h| h.method == NAME && !h.meta.is_empty())
             .unwrap();
-        let known = |m: &str| (m == NAME).then_some(NAME);
+        let known = |m: &[u8]| (m == NAME.as_bytes()).then_some(NAME);
         // Fast path and serde path (a header with its keys out of order).
         let mut odd = h.to_bytes();
         let serde_only = {

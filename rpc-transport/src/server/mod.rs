@@ -164,7 +164,7 @@ impl ServerBuilder {
                     name: m.name,
                     method: m.method(),
                 };
-                routes.insert(m.name, route);
+                routes.insert(m.name.as_bytes(), route);
             }
         }
         let shared = Arc::new(Shared {
@@ -355,7 +355,8 @@ struct Route {
 struct Shared {
     services: HashMap<&'static str, Arc<dyn Dispatch>>,
     /// Every method of the method tables, by wire name.
-    routes: HashMap<&'static str, Route>,
+    /// By the method's wire name, as bytes (looked up before any UTF-8 check).
+    routes: HashMap<&'static [u8], Route>,
     limit: Arc<Semaphore>,
     max_concurrency: usize,
     cache: Mutex<ReplyCache<Waiter>>,
@@ -437,7 +438,7 @@ impl Shared {
         let nil = RequestId(uuid::Uuid::nil());
         // The method's route, found while reading the header.
         let route = std::cell::Cell::new(None);
-        let known = |m: &str| {
+        let known = |m: &[u8]| {
             let r = self.routes.get(m)?;
             route.set(Some(r));
             Some(r.name)
