@@ -630,6 +630,53 @@ async fn a_burst_of_pipelined_requests_is_answered_in_full() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_on_one_connection_all_get_their_own_answers_in_time() {
+    // Replies read together wake their callers together, and the callers' next
+    // requests are held in small groups until the connection task flushes them. No
+    // request may be left behind: with no retries and no heartbeats (whose PINGs would
+    // wake the connection task sooner or later), a request held and never written
+    // would fail its call. Two and three callers are where every request in flight
+    // can be a held one.
+    let (server, client) = serve_and_connect(
+        Server::builder()
+            .heartbeat(None)
+            .add_service(CalcServer::new(MyCalc::default())),
+        Client::builder()
+            .heartbeat(None)
+            .retries(0)
+            .attempt_timeout(Duration::from_secs(2))
+            .call_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    let calc = CalcClient::new(client.clone());
+    let mut total = 0;
+    for n in [2i64, 3, 16] {
+        let callers: Vec<_> = (0..n)
+            .map(|c| {
+                let calc = calc.clone();
+                tokio::spawn(async move {
+                    for i in 0..300i64 {
+                        let sum = calc.add(c * 1000, i).await.expect("answered in time");
+                        assert_eq!(sum, c * 1000 + i, "caller {c} got another call's answer");
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.await.unwrap();
+        }
+        total += n as u64 * 300;
+    }
+    let stats = client.stats();
+    assert_eq!(stats.succeeded, total);
+    assert_eq!(
+        (stats.timeouts, stats.retries, stats.late_replies),
+        (0, 0, 0)
+    );
+    server.shutdown().await;
+}
+
 fn serde_json_like_args(a: i64, b: i64) -> std::collections::BTreeMap<&'static str, i64> {
     [("a", a), ("b", b)].into_iter().collect()
 }
