@@ -677,6 +677,90 @@ async fn concurrent_callers_on_one_connection_all_get_their_own_answers_in_time(
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn acknowledged_replies_leave_the_cache_and_their_requests_never_run_again() {
+    let (server, ep) = start().await;
+    // Our client acknowledges each reply with its next request: after 100 calls with
+    // 1 KB replies, the server holds at most the last one.
+    let client = Client::builder()
+        .endpoint(ep.clone())
+        .connect()
+        .await
+        .unwrap();
+    let echo = EchoClient::new(client);
+    let text = "x".repeat(1000);
+    for _ in 0..100 {
+        assert_eq!(echo.echo(text.clone()).await.unwrap(), text);
+    }
+    let held = server.stats().cached_bytes;
+    assert!(held < 2000, "{held} bytes of replies held after 100 calls");
+
+    // By hand, as another implementation would: X, then Y acknowledging X, then X
+    // again and Z. X's copy is neither run nor answered: Z's answer comes first
+    // (answers on one connection keep their order), and `add` ran three times.
+    use zmtp_rpc::transport::DealerSocket;
+    /// An id as MessagePack bin.
+    struct Id([u8; 16]);
+    impl Serialize for Id {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+    #[derive(Serialize)]
+    struct AckHdr<'a> {
+        v: u8,
+        #[serde(with = "serde_bytes16")]
+        id: [u8; 16],
+        method: &'a str,
+        timeout_ms: u64,
+        attempt: u32,
+        acks: Vec<Id>,
+    }
+    let mut dealer = DealerSocket::new();
+    dealer.connect(&ep).await.unwrap();
+    let (x, y, z) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+    let send = |id: [u8; 16], acks: Vec<[u8; 16]>| {
+        let header = rmp_serde::to_vec_named(&AckHdr {
+            v: 1,
+            id,
+            method: "calc.add",
+            timeout_ms: 5000,
+            attempt: 1,
+            acks: acks.into_iter().map(Id).collect(),
+        })
+        .unwrap();
+        let args = rmp_serde::to_vec_named(&serde_json_like_args(1, 2)).unwrap();
+        Message::from(vec![Bytes::new(), Bytes::from(header), Bytes::from(args)])
+    };
+    let answered = |m: &Message| -> Vec<u8> {
+        #[derive(Deserialize)]
+        struct H {
+            #[serde(with = "serde_bytes_vec")]
+            id: Vec<u8>,
+        }
+        rmp_serde::from_slice::<H>(&m.frames()[1]).unwrap().id
+    };
+    let calc = CalcClient::new(Client::builder().endpoint(ep).connect().await.unwrap());
+    let runs = calc.executions().await.unwrap();
+    for (id, acks) in [(x, vec![]), (y, vec![x])] {
+        dealer.send(send(id, acks)).await.unwrap();
+        assert_eq!(answered(&dealer.recv().await.unwrap()), id.to_vec());
+    }
+    dealer.send(send(x, vec![])).await.unwrap();
+    dealer.send(send(z, vec![])).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), dealer.recv())
+        .await
+        .expect("Z answered")
+        .unwrap();
+    assert_eq!(
+        answered(&next),
+        z.to_vec(),
+        "the acknowledged X got no answer"
+    );
+    assert_eq!(calc.executions().await.unwrap(), runs + 3, "X ran once");
+    server.shutdown().await;
+}
+
 fn serde_json_like_args(a: i64, b: i64) -> std::collections::BTreeMap<&'static str, i64> {
     [("a", a), ("b", b)].into_iter().collect()
 }

@@ -78,7 +78,15 @@ pub struct RequestHeader {
     /// String metadata (tracing context, for example).
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    /// Ids of earlier calls whose replies this client received from this server: the
+    /// server may let go of those replies (no attempt of them will come again). Absent
+    /// from the wire when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acks: Vec<RequestId>,
 }
+
+/// Most ids a request header acknowledges ([`RequestHeader::acks`]).
+pub const MAX_ACKS: usize = 64;
 
 /// The first frame of a reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +115,7 @@ mod tests {
             timeout_ms: 500,
             attempt: 1,
             meta: BTreeMap::new(),
+            acks: Vec::new(),
         };
         let bytes = crate::codec::encode(&h).unwrap();
         // fixmap of 6, then "v" 1, "id" bin8(16) ...
@@ -177,6 +186,7 @@ mod protocol_doc {
             timeout_ms: 500,
             attempt: 1,
             meta: BTreeMap::new(),
+            acks: Vec::new(),
         };
         let req = crate::codec::encode(&req).unwrap();
         assert_eq!(req.len(), 70);

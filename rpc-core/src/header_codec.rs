@@ -65,24 +65,34 @@ impl RequestHeader {
     /// The header's MessagePack bytes (those of `codec::encode(self)`).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.size_hint());
-        self.write(&mut out);
+        self.write(&mut out, &[]);
         out
     }
 
     /// The same bytes as [`to_bytes`](Self::to_bytes), as a frame cut from the
     /// thread's [`arena`](crate::arena) (no allocation of its own).
     pub fn to_frame(&self) -> Bytes {
-        crate::arena::build(self.size_hint(), |out| self.write(out))
+        self.to_frame_acking(&[])
+    }
+
+    /// Like [`to_frame`](Self::to_frame), with `more` acknowledgements after
+    /// [`acks`](Self::acks) (a client's, without building a `Vec` per request).
+    pub fn to_frame_acking(&self, more: &[RequestId]) -> Bytes {
+        crate::arena::build(self.size_hint() + 18 * more.len(), |out| {
+            self.write(out, more)
+        })
     }
 
     fn size_hint(&self) -> usize {
         let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-        64 + self.method.len() + meta
+        64 + self.method.len() + meta + 24 + 18 * self.acks.len()
     }
 
-    fn write(&self, out: &mut impl BufMut) {
-        // Keys are constants (fixstr).
-        put_head(out, 6, self.v, &self.id);
+    fn write(&self, out: &mut impl BufMut, more: &[RequestId]) {
+        let acks = self.acks.len() + more.len();
+        // Keys are constants (fixstr); `acks` only when there are some.
+        let fields = if acks == 0 { 6 } else { 7 };
+        put_head(out, fields, self.v, &self.id);
         out.put_slice(b"\xa6method");
         put_str(out, &self.method);
         out.put_slice(b"\xaatimeout_ms");
@@ -94,6 +104,14 @@ impl RequestHeader {
         for (k, v) in &self.meta {
             put_str(out, k);
             put_str(out, v);
+        }
+        if acks > 0 {
+            out.put_slice(b"\xa4acks");
+            put_len(out, acks, 0x90, 15, None, 0xdc);
+            for id in self.acks.iter().chain(more) {
+                out.put_slice(b"\xc4\x10");
+                out.put_slice(id.as_bytes());
+            }
         }
     }
 
@@ -205,6 +223,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.raw_str()?).ok()
     }
 
+    /// The length of the map that starts here, without consuming it.
+    fn peek_map_len(&self) -> Option<usize> {
+        Reader(self.0).map_len()
+    }
+
     fn map_len(&mut self) -> Option<usize> {
         match self.byte()? {
             m @ 0x80..=0x8f => Some(usize::from(m & 0x0f)),
@@ -235,7 +258,8 @@ impl<'a> Reader<'a> {
     }
 
     fn request(&mut self, known: impl Fn(&[u8]) -> Option<&'static str>) -> Option<RequestHeader> {
-        let (v, id) = self.head(6)?;
+        let fields = self.peek_map_len()?;
+        let (v, id) = self.head(fields.clamp(6, 7))?;
         self.key("method")?;
         let raw = self.raw_str()?;
         let method = match known(raw) {
@@ -256,6 +280,21 @@ impl<'a> Reader<'a> {
             // A repeated key is for serde to judge.
             meta.insert(k, v).is_none().then_some(())?;
         }
+        let mut acks = Vec::new();
+        if fields == 7 {
+            self.key("acks")?;
+            let n = match self.byte()? {
+                m @ 0x90..=0x9f => usize::from(m & 0x0f),
+                0xdc => self.be(2)? as usize,
+                _ => return None,
+            };
+            // 18 bytes each: a hostile count ends at the end of the frame.
+            acks.reserve(n.min(self.0.len() / 18));
+            for _ in 0..n {
+                acks.push(self.id()?);
+            }
+        }
+        self.0.is_empty().then_some(())?;
         Some(RequestHeader {
             v,
             id,
@@ -263,6 +302,7 @@ impl<'a> Reader<'a> {
             timeout_ms,
             attempt,
             meta,
+            acks,
         })
     }
 
@@ -314,6 +354,10 @@ mod tests {
                 if n == 65536 {
                     meta.insert("big".into(), longer.clone());
                 }
+                // No acks, a few, and more than a fixarray holds.
+                let acks = (0..[0, 1, 3, 16, 20][(n % 5) as usize])
+                    .map(|k| RequestId(uuid::Uuid::from_bytes([k as u8 ^ 0x5a; 16])))
+                    .collect();
                 out.push(RequestHeader {
                     v: (n % 256) as u8,
                     id: RequestId(uuid::Uuid::from_bytes([i as u8; 16])),
@@ -321,6 +365,7 @@ mod tests {
                     timeout_ms: n,
                     attempt: n.min(u32::MAX as u64) as u32,
                     meta,
+                    acks,
                 });
             }
         }
@@ -338,6 +383,23 @@ mod tests {
                 "fast path"
             );
             assert_eq!(RequestHeader::from_bytes(&bytes).unwrap(), h);
+        }
+    }
+
+    #[test]
+    fn acknowledgements_given_aside_are_written_after_the_headers_own() {
+        for h in requests() {
+            let more: Vec<RequestId> = (0..3u8)
+                .map(|k| RequestId(uuid::Uuid::from_bytes([k; 16])))
+                .collect();
+            let mut whole = h.clone();
+            whole.acks.extend(&more);
+            assert_eq!(&h.to_frame_acking(&more)[..], &whole.to_bytes()[..]);
+            assert_eq!(
+                RequestHeader::from_bytes(&h.to_frame_acking(&more)).unwrap(),
+                whole
+            );
+            assert_eq!(&h.to_frame()[..], &h.to_bytes()[..]);
         }
     }
 
@@ -361,6 +423,7 @@ mod tests {
                 timeout_ms: u64,
                 attempt: u32,
                 meta: &'a BTreeMap<String, String>,
+                acks: &'a [RequestId],
             }
             codec::encode(&Reordered {
                 id: h.id,
@@ -369,6 +432,7 @@ mod tests {
                 timeout_ms: h.timeout_ms,
                 attempt: h.attempt,
                 meta: &h.meta,
+                acks: &h.acks,
             })
             .unwrap()
         };

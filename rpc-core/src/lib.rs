@@ -34,7 +34,7 @@ pub mod service;
 pub mod status;
 
 pub use blob::Blob;
-pub use envelope::{ReplyHeader, RequestHeader, RequestId, PROTOCOL_VERSION};
+pub use envelope::{ReplyHeader, RequestHeader, RequestId, MAX_ACKS, PROTOCOL_VERSION};
 pub use error::RpcError;
 pub use id_map::IdMap;
 pub use method::{MethodInfo, RetryPolicy};

@@ -11,6 +11,7 @@ use rpc_core::{
     PROTOCOL_VERSION,
 };
 
+use super::endpoint::Endpoint;
 use super::{Client, Verdict};
 use crate::message::{Message, Outgoing};
 
@@ -70,7 +71,7 @@ impl Client {
             attempt = tracing::field::Empty,
             endpoint = tracing::field::Empty
         );
-        let build = |attempt: u32, remaining: Duration| {
+        let build = |attempt: u32, remaining: Duration, to: &Endpoint| {
             let header = RequestHeader {
                 v: PROTOCOL_VERSION,
                 id,
@@ -80,14 +81,15 @@ impl Client {
                     .max(1),
                 attempt,
                 meta: opts.metadata.clone(),
+                acks: Vec::new(),
             };
             // Room for the envelope the attempt loop puts in front.
             let mut head = Vec::with_capacity(3 + args.parts().len());
-            head.push(header.to_frame());
+            head.push(to.with_acks(|acks| header.to_frame_acking(acks)));
             Outgoing::with_payload(head, args.clone())
         };
         tracing::Instrument::instrument(
-            self.execute(id, method.retry, timeout, build, |r| classify(id, r)),
+            self.execute(id, method.retry, timeout, true, build, |r| classify(id, r)),
             span,
         )
         .await

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::task::AbortHandle;
 
+use rpc_core::{RequestId, MAX_ACKS};
+
 use super::health::Health;
 use super::stats::EndpointCounters;
 use super::Inner;
@@ -40,7 +42,14 @@ pub(crate) struct Endpoint {
     /// The state's generation, readable without the lock (written under it).
     generation: AtomicU64,
     pub counters: EndpointCounters,
+    /// Ids of calls whose reply came from here, to acknowledge with the next requests
+    /// (so that the server lets go of those replies). At most [`ACKS_HELD`]; past that
+    /// the oldest are not acknowledged (the server's cache then ages them out).
+    acks: Mutex<Vec<RequestId>>,
 }
+
+/// Most acknowledgements an endpoint holds for its next requests.
+const ACKS_HELD: usize = 4 * MAX_ACKS;
 
 impl Endpoint {
     pub fn new(addr: String) -> Endpoint {
@@ -56,11 +65,31 @@ impl Endpoint {
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             counters: EndpointCounters::default(),
+            acks: Mutex::new(Vec::new()),
         }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reply of call `id` came from here.
+    pub fn received(&self, id: RequestId) {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        if acks.len() >= ACKS_HELD {
+            acks.remove(0);
+        }
+        acks.push(id);
+    }
+
+    /// Runs `f` with the acknowledgements for the next request here (the oldest, at
+    /// most [`MAX_ACKS`]), which are then taken.
+    pub fn with_acks<R>(&self, f: impl FnOnce(&[RequestId]) -> R) -> R {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let n = acks.len().min(MAX_ACKS);
+        let r = f(&acks[..n]);
+        acks.drain(..n);
+        r
     }
 
     /// Sends without waiting on the current connection; gives the message back when

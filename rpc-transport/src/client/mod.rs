@@ -520,7 +520,8 @@ impl Client {
                 id,
                 retry,
                 timeout,
-                |_, _| Outgoing::from(msg.clone()),
+                false,
+                |_, _, _| Outgoing::from(msg.clone()),
                 Verdict::Done,
             ),
             span,
@@ -529,20 +530,23 @@ impl Client {
     }
 
     /// The attempt loop shared by raw requests and typed calls. `build` makes the
-    /// frames of attempt `n` given the time remaining; `classify` judges a reply.
+    /// frames of attempt `n` to an endpoint given the time remaining; `classify` judges
+    /// a reply. With `acks` (typed calls, whose headers carry acknowledgements), the
+    /// server whose reply ends the call is told so with a later request.
     pub(crate) async fn execute<T>(
         &self,
         id: RequestId,
         retry: RetryPolicy,
         timeout: Duration,
-        mut build: impl FnMut(u32, Duration) -> Outgoing,
+        acks: bool,
+        mut build: impl FnMut(u32, Duration, &Endpoint) -> Outgoing,
         mut classify: impl FnMut(Message) -> Verdict<T>,
     ) -> Result<T, RpcError> {
         let inner = &*self.inner;
         let c = &inner.counters;
         bump(&c.calls);
         let r = self
-            .attempts(id, retry, timeout, &mut build, &mut classify)
+            .attempts(id, retry, timeout, acks, &mut build, &mut classify)
             .await;
         bump(if r.is_ok() { &c.succeeded } else { &c.failed });
         r
@@ -553,7 +557,8 @@ impl Client {
         id: RequestId,
         retry: RetryPolicy,
         timeout: Duration,
-        build: &mut impl FnMut(u32, Duration) -> Outgoing,
+        acks: bool,
+        build: &mut impl FnMut(u32, Duration, &Endpoint) -> Outgoing,
         classify: &mut impl FnMut(Message) -> Verdict<T>,
     ) -> Result<T, RpcError> {
         let inner = &self.inner;
@@ -581,7 +586,7 @@ impl Client {
             let ep = &inner.endpoints[idx];
             let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
-            let msg = build(attempts + 1, remaining)
+            let msg = build(attempts + 1, remaining, ep)
                 .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
             guard.clear = false;
             let (tx, rx) = oneshot::channel();
@@ -637,7 +642,13 @@ impl Client {
                 Ok(Ok(Event::Reply { from, msg })) => {
                     // `on_reply` removed the entry before handing the reply over.
                     guard.clear = true;
-                    match classify(msg) {
+                    // The call ends here unless the server did not run it: then the
+                    // server that answered may let go of its reply.
+                    let verdict = classify(msg);
+                    if acks && !matches!(verdict, Verdict::NotRun(_)) {
+                        inner.endpoints[from].received(id);
+                    }
+                    match verdict {
                         Verdict::Done(t) => return Ok(t),
                         Verdict::Fail(e) => return Err(e),
                         Verdict::NotRun(e) => {

@@ -17,6 +17,9 @@ pub(crate) enum Lookup<W> {
     Joined,
     /// Finished: answer the caller (handed back) with these reply frames.
     Cached(Outgoing, W),
+    /// Finished, and its caller has acknowledged the reply: this is a stale copy of
+    /// a request whose call is over; it is neither run nor answered.
+    Acked,
 }
 
 enum Entry<W> {
@@ -27,6 +30,11 @@ enum Entry<W> {
     },
     Done {
         reply: Outgoing,
+        at: Instant,
+    },
+    /// Finished, and the reply acknowledged by its client (let go of): the id is kept
+    /// so that a stale copy of the request does not run again.
+    Acked {
         at: Instant,
     },
 }
@@ -92,6 +100,7 @@ impl<W> ReplyCache<W> {
                     Lookup::Joined
                 }
                 Entry::Done { reply, .. } => Lookup::Cached(reply.clone(), waiter),
+                Entry::Acked { .. } => Lookup::Acked,
             },
             hash_map::Entry::Vacant(e) => {
                 e.insert(Entry::Running {
@@ -136,6 +145,18 @@ impl<W> ReplyCache<W> {
         (waiters_of(old, &mut self.bytes), Ok(reply))
     }
 
+    /// The client of `id` has its reply: the reply is let go of (its bytes leave the
+    /// count at once), the id stays until evicted as usual. Unknown or running ids are
+    /// left alone.
+    pub fn ack(&mut self, id: RequestId) {
+        if let Some(e) = self.map.get_mut(&id) {
+            if let Entry::Done { reply, at } = e {
+                self.bytes -= reply.byte_len();
+                *e = Entry::Acked { at: *at };
+            }
+        }
+    }
+
     /// Forgets a running id that will not run after all (refused for overload);
     /// returns its waiters.
     pub fn abandon(&mut self, id: RequestId) -> Waiters<W> {
@@ -167,6 +188,7 @@ impl<W> ReplyCache<W> {
             // entry this order slot was for (the id ran again since).
             match self.map.remove(&id) {
                 Some(Entry::Done { reply, at: a }) if a == at => self.bytes -= reply.byte_len(),
+                Some(Entry::Acked { at: a }) if a == at => {}
                 Some(other) => {
                     self.map.insert(id, other);
                 }
@@ -176,7 +198,6 @@ impl<W> ReplyCache<W> {
     }
 
     /// Bytes of finished replies held.
-    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -201,7 +222,7 @@ fn waiters_of<W>(old: Option<Entry<W>>, bytes: &mut usize) -> Waiters<W> {
             *bytes -= reply.byte_len();
             Waiters::none()
         }
-        None => Waiters::none(),
+        Some(Entry::Acked { .. }) | None => Waiters::none(),
     }
 }
 
@@ -273,6 +294,38 @@ mod tests {
         assert_eq!(all(waiters), vec![env(0)]);
         assert_eq!(c.bytes(), 800, "a reply larger than the bound is not kept");
         assert_eq!(c.begin(ids[3], env(0), t0), Lookup::Run);
+    }
+
+    #[test]
+    fn an_acknowledged_reply_is_let_go_of_but_its_id_never_runs_again() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(2, Duration::from_secs(10), 1 << 20);
+        let id = RequestId::new();
+        c.begin(id, env(1), t0);
+        let reply = out(vec![Bytes::from(vec![1u8; 300])]);
+        assert!(c.finish(id, reply, t0).1.is_ok());
+        assert_eq!(c.bytes(), 300);
+        c.ack(id);
+        assert_eq!((c.len(), c.bytes()), (1, 0), "bytes freed, id kept");
+        assert_eq!(
+            c.begin(id, env(2), t0),
+            Lookup::Acked,
+            "not run, not answered"
+        );
+        // Acks of unknown or running ids change nothing.
+        let running = RequestId::new();
+        assert_eq!(c.begin(running, env(3), t0), Lookup::Run);
+        c.ack(running);
+        c.ack(RequestId::new());
+        assert_eq!(c.begin(running, env(4), t0), Lookup::Joined);
+        let (waiters, _) = c.finish(running, out(vec![]), t0);
+        assert_eq!(all(waiters), vec![env(3), env(4)]);
+        // Acknowledged ids are evicted like the others (bounded in entries).
+        let third = RequestId::new();
+        c.begin(third, env(5), t0);
+        assert!(c.finish(third, out(vec![]), t0).1.is_ok());
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.begin(id, env(6), t0), Lookup::Run, "oldest evicted");
     }
 
     #[test]

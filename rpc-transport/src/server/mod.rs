@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_core::{
-    Dispatch, Reply, ReplyHeader, RequestHeader, RequestId, ServiceRequest, Status,
+    Dispatch, Reply, ReplyHeader, RequestHeader, RequestId, ServiceRequest, Status, MAX_ACKS,
     PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -244,7 +244,9 @@ impl ServerHandle {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> ServerStats {
-        self.shared.counters.snapshot()
+        let mut stats = self.shared.counters.snapshot();
+        stats.cached_bytes = self.shared.cache().bytes() as u64;
+        stats
     }
 }
 
@@ -265,6 +267,9 @@ pub struct ServerStats {
     pub rejected: u64,
     /// Handlers that panicked.
     pub panics: u64,
+    /// Bytes of finished replies the reply cache holds now (those not yet
+    /// acknowledged by their clients, within the cache's bounds).
+    pub cached_bytes: u64,
 }
 
 #[derive(Default)]
@@ -289,6 +294,8 @@ impl Counters {
             shutting_down: r(&self.shutting_down),
             rejected: r(&self.rejected),
             panics: r(&self.panics),
+            // A gauge, filled in by the caller.
+            cached_bytes: 0,
         }
     }
 }
@@ -492,7 +499,15 @@ impl Shared {
             }
         };
         let now = Instant::now();
-        let lookup = self.cache().begin(id, waiter, now.into_std());
+        let lookup = {
+            let mut cache = self.cache();
+            // Replies this client has received: let go of them now, while their
+            // memory is still warm (the cache would hold them until evicted).
+            for acked in header.acks.iter().take(MAX_ACKS) {
+                cache.ack(*acked);
+            }
+            cache.begin(id, waiter, now.into_std())
+        };
         match lookup {
             Lookup::Run => {}
             Lookup::Joined => {
@@ -502,6 +517,12 @@ impl Shared {
             Lookup::Cached(reply, waiter) => {
                 bump(&self.counters.deduplicated);
                 waiter.send(reply);
+                return;
+            }
+            Lookup::Acked => {
+                // A stale copy of a call that has its reply: nobody waits for it.
+                bump(&self.counters.deduplicated);
+                tracing::debug!(request_id = %id, "request of an acknowledged call dropped");
                 return;
             }
         }
