@@ -706,14 +706,11 @@ async fn acknowledged_replies_leave_the_cache_and_their_requests_never_run_again
             s.serialize_bytes(&self.0)
         }
     }
+    /// The usual header, and acknowledgements.
     #[derive(Serialize)]
     struct AckHdr<'a> {
-        v: u8,
-        #[serde(with = "serde_bytes16")]
-        id: [u8; 16],
-        method: &'a str,
-        timeout_ms: u64,
-        attempt: u32,
+        #[serde(flatten)]
+        head: Hdr<'a>,
         acks: Vec<Id>,
     }
     let mut dealer = DealerSocket::new();
@@ -721,11 +718,13 @@ async fn acknowledged_replies_leave_the_cache_and_their_requests_never_run_again
     let (x, y, z) = ([1u8; 16], [2u8; 16], [3u8; 16]);
     let send = |id: [u8; 16], acks: Vec<[u8; 16]>| {
         let header = rmp_serde::to_vec_named(&AckHdr {
-            v: 1,
-            id,
-            method: "calc.add",
-            timeout_ms: 5000,
-            attempt: 1,
+            head: Hdr {
+                v: 1,
+                id,
+                method: "calc.add",
+                timeout_ms: 5000,
+                attempt: 1,
+            },
             acks: acks.into_iter().map(Id).collect(),
         })
         .unwrap();
