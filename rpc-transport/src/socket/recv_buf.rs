@@ -4,9 +4,10 @@
 //! a large frame goes to a buffer of its own instead, sized for it at once: the frame
 //! is not copied while it grows, and once the program has dropped the previous large
 //! frame the same memory is used again (no fresh pages to fault in for every message).
-//! Large buffers whose frame was still held when the next came are kept a while, up to
-//! 8 MiB, and used again once dropped (a client with many large replies in flight).
+//! Large buffers whose frame was still held when the next came are kept a while (up to
+//! 32 MiB a connection, 64 MiB a process) and used again once dropped.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -20,9 +21,84 @@ const LARGE_FRAME: usize = 128 * 1024;
 /// The large buffer is released when no large frame came for this long.
 const LARGE_KEEP: Duration = Duration::from_secs(1);
 /// Large buffers still held by their frame when the next large frame came are kept
-/// (newest first, at most this many bytes in all) to be reused once the program drops
-/// that frame; released with the large buffer.
-const SPARE_BYTES: usize = 8 << 20;
+/// (newest first, at most this many bytes per connection) to be reused once the
+/// program drops that frame; released with the large buffer. 16 callers of 1 MiB
+/// echoes keep about 20 buffers alive (a server's answer holds its request until the
+/// client acknowledges it): with 8 MiB of spares 1263 calls/s, with 24 MiB 1504-1619
+/// (raw TCP ~1950), all from fresh, cold memory otherwise.
+const SPARE_BYTES: usize = 32 << 20;
+/// And at most this many bytes of spares in the whole process, whatever the number of
+/// connections.
+const SPARE_TOTAL_MAX: usize = 64 << 20;
+/// Bytes of spares held by all connections.
+static SPARE_TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// The spare large buffers of one connection, counted against the process's budget.
+#[derive(Debug)]
+struct Spares {
+    /// Buffers with the sizes they were allocated with, newest first.
+    list: Vec<(BytesMut, usize)>,
+    bytes: usize,
+    /// The process's count ([`SPARE_TOTAL`]; a test's own in tests).
+    budget: &'static AtomicUsize,
+}
+
+impl Default for Spares {
+    fn default() -> Spares {
+        Spares {
+            list: Vec::new(),
+            bytes: 0,
+            budget: &SPARE_TOTAL,
+        }
+    }
+}
+
+impl Spares {
+    /// A spare whose frames are all gone, with room for `body` bytes.
+    fn take(&mut self, body: usize) -> Option<(BytesMut, usize)> {
+        let i = (0..self.list.len()).find(|&i| self.list[i].0.try_reclaim(body))?;
+        let (buf, size) = self.list.remove(i);
+        self.forget(size);
+        Some((buf, size))
+    }
+
+    /// Keeps `buf` (allocated with `size` bytes), dropping the oldest spares to stay
+    /// within this connection's bound; not kept when the process's budget is spent.
+    fn keep(&mut self, buf: BytesMut, size: usize) {
+        if size > SPARE_BYTES {
+            return;
+        }
+        while self.bytes + size > SPARE_BYTES {
+            let Some((_, old)) = self.list.pop() else {
+                break;
+            };
+            self.forget(old);
+        }
+        if self.budget.fetch_add(size, Ordering::Relaxed) + size > SPARE_TOTAL_MAX {
+            self.budget.fetch_sub(size, Ordering::Relaxed);
+            return;
+        }
+        self.bytes += size;
+        self.list.insert(0, (buf, size));
+    }
+
+    fn forget(&mut self, size: usize) {
+        self.bytes -= size;
+        self.budget.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    fn clear(&mut self) {
+        self.budget.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.bytes = 0;
+        self.list = Vec::new();
+    }
+}
+
+impl Drop for Spares {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct RecvBuf {
@@ -30,8 +106,8 @@ pub(crate) struct RecvBuf {
     large: BytesMut,
     /// Bytes `large` was allocated with.
     large_size: usize,
-    /// Earlier large buffers, with their sizes, newest first (see SPARE_BYTES).
-    spares: Vec<(BytesMut, usize)>,
+    /// Earlier large buffers (see SPARE_BYTES).
+    spares: Spares,
     /// Large buffers allocated.
     #[cfg(test)]
     fresh: usize,
@@ -51,7 +127,7 @@ impl RecvBuf {
             small: BytesMut::new(),
             large: BytesMut::new(),
             large_size: 0,
-            spares: Vec::new(),
+            spares: Spares::default(),
             #[cfg(test)]
             fresh: 0,
             large_body: None,
@@ -98,7 +174,7 @@ impl RecvBuf {
         {
             self.large = BytesMut::new();
             self.large_size = 0;
-            self.spares = Vec::new();
+            self.spares.clear();
             self.large_used = None;
         }
         // Light traffic reads into the rest of the current buffer while it has room
@@ -121,9 +197,8 @@ impl RecvBuf {
         if self.large.try_reclaim(body) {
             return;
         }
-        let reuse = (0..self.spares.len()).find(|&i| self.spares[i].0.try_reclaim(body));
-        let (fresh, size) = match reuse {
-            Some(i) => self.spares.remove(i),
+        let (fresh, size) = match self.spares.take(body) {
+            Some(spare) => spare,
             None => {
                 #[cfg(test)]
                 {
@@ -134,13 +209,8 @@ impl RecvBuf {
         };
         let old = std::mem::replace(&mut self.large, fresh);
         let old_size = std::mem::replace(&mut self.large_size, size);
-        if old_size > 0 && old_size <= SPARE_BYTES {
-            self.spares.insert(0, (old, old_size));
-            let mut total = 0;
-            self.spares.retain(|(_, size)| {
-                total += size;
-                total <= SPARE_BYTES
-            });
+        if old_size > 0 {
+            self.spares.keep(old, old_size);
         }
     }
 
@@ -249,8 +319,10 @@ mod tests {
     fn large_buffers_still_held_are_reused_once_dropped_within_a_bound() {
         let t0 = Instant::now();
         let body = 1 << 20;
+        let budget: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
         let run = |keep: usize| {
             let mut rb = RecvBuf::new();
+            rb.spares.budget = budget;
             let mut held = std::collections::VecDeque::new();
             for round in 0..50u8 {
                 rb.plan(body, || t0);
@@ -269,14 +341,22 @@ mod tests {
                 }
                 assert!(held.iter().all(|f| f[0] == f[body - 1]));
             }
-            let spare: usize = rb.spares.iter().map(|(_, n)| n).sum();
+            let spare: usize = rb.spares.list.iter().map(|(_, n)| n).sum();
+            assert_eq!(spare, rb.spares.bytes);
             assert!(spare <= SPARE_BYTES);
             rb.fresh
         };
         // Frames held up to 4 at a time: a few buffers serve all 50 frames.
         assert!(run(4) <= 6, "{} fresh buffers", run(4));
-        // Held longer than the spares reach: fresh buffers, but never more spares.
-        assert!(run(20) > 20);
+        // Held longer than the spares reach (32 of 1 MiB): fresh buffers every time,
+        // but never more spares.
+        assert_eq!(run(40), 50);
+        // Every spare was given back to the process's budget.
+        assert_eq!(budget.load(Ordering::Relaxed), 0);
+        // With the process's budget spent by other connections, none is kept.
+        budget.store(SPARE_TOTAL_MAX - body / 2, Ordering::Relaxed);
+        assert_eq!(run(4), 50);
+        assert_eq!(budget.load(Ordering::Relaxed), SPARE_TOTAL_MAX - body / 2);
     }
 
     #[test]
