@@ -52,8 +52,11 @@ struct Gather {
 impl Gather {
     fn extend(&mut self, data: &[u8]) {
         if self.arena.is_none() && self.buf.capacity() - self.buf.len() < data.len() {
+            // A quarter more than needed: room for what follows a large field without
+            // leaving so much unused that `compact` copies the whole encoding again
+            // (twice the size did: 4 KiB payloads were allocated and copied twice).
             let need = self.buf.len() + data.len();
-            let mut own = bytes::BytesMut::with_capacity(need.max(PAYLOAD_START) * 2);
+            let mut own = bytes::BytesMut::with_capacity((need + need / 4).max(PAYLOAD_START));
             own.extend_from_slice(&self.buf);
             self.buf.clear();
             self.arena = Some(std::mem::replace(&mut self.buf, own));
