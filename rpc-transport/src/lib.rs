@@ -16,9 +16,10 @@
 //!   crate's `Outgoing`, a message whose last frame may be several buffers).
 //! - [`client`]: the reliable client: one DEALER connection per server endpoint,
 //!   deadlines, Lazy Pirate recreation, failover, endpoint health (`health.rs`), typed
-//!   calls (`call.rs`).
+//!   calls (`call.rs`), acknowledgements of received replies (`endpoint.rs`).
 //! - [`server`]: the RPC server: a ROUTER socket, dispatch to `rpc_core::Dispatch`
-//!   services, concurrency limit, reply cache (`dedup.rs`), graceful drain.
+//!   services, concurrency limit, reply cache that lets go of acknowledged replies
+//!   (`dedup.rs`), graceful drain.
 
 #![warn(missing_docs)]
 

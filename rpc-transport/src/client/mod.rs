@@ -11,11 +11,14 @@
 //! suspect, and resend the same request id to the next healthy endpoint; a lost
 //! connection ends the attempt at once; OVERLOADED and SHUTTING_DOWN fail over at once.
 //! `at_most_once` calls are resent only when the request never left or the server
-//! said it did not run it.
+//! said it did not run it. A typed call whose reply ended it is acknowledged to that
+//! server with the next requests there (`acks` in the header), so that the server's
+//! reply cache lets go of the reply.
 //!
 //! # Layout
 //! - `mod.rs`: [`Client`], [`ClientBuilder`], the attempt loop.
-//! - `endpoint.rs`: one endpoint's connection, reader task and recreation.
+//! - `endpoint.rs`: one endpoint's connection, reader task and recreation, and the
+//!   acknowledgements waiting to go there.
 //! - `health.rs`: [`Health`], the per-endpoint policy as a plain value.
 //! - `call.rs`: typed calls ([`Call`]) and the RPC envelope on top of the loop.
 //! - `stats.rs`: [`ClientStats`].
