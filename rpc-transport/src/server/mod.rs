@@ -156,7 +156,7 @@ impl ServerBuilder {
         for ep in &self.endpoints {
             bound.push(router.bind(ep).await?);
         }
-        let mut routes = HashMap::new();
+        let mut routes = HashMap::default();
         for svc in self.services.values() {
             for m in svc.methods() {
                 let route = Route {
@@ -363,7 +363,7 @@ struct Shared {
     services: HashMap<&'static str, Arc<dyn Dispatch>>,
     /// Every method of the method tables, by wire name.
     /// By the method's wire name, as bytes (looked up before any UTF-8 check).
-    routes: HashMap<&'static [u8], Route>,
+    routes: HashMap<&'static [u8], Route, BuildNameHasher>,
     limit: Arc<Semaphore>,
     max_concurrency: usize,
     cache: Mutex<ReplyCache<Waiter>>,
@@ -618,4 +618,62 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Hashes method names for the route table: 8 bytes per multiply, no key. The table
+/// holds only the server's own names, fixed at start, so a peer's names cannot make its
+/// chains longer; SipHash cost ~200 instructions a request here.
+#[derive(Clone, Copy, Default)]
+struct BuildNameHasher;
+
+impl std::hash::BuildHasher for BuildNameHasher {
+    type Hasher = NameHasher;
+    fn build_hasher(&self) -> NameHasher {
+        NameHasher(0)
+    }
+}
+
+struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(26);
+        }
+    }
+    fn finish(&self) -> u64 {
+        // hashbrown takes its control bits from the top: mix the low ones up.
+        self.0 ^ (self.0 >> 32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn method_names_spread_over_the_route_table() {
+        // hashbrown indexes buckets with the low bits and tags them with the top 7.
+        let names: Vec<String> = (0..256)
+            .map(|i| format!("service{}.method_{i}", i % 7))
+            .collect();
+        let hashes: Vec<u64> = names
+            .iter()
+            .map(|n| BuildNameHasher.hash_one(n.as_bytes()))
+            .collect();
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 0xff).collect();
+        let top: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(low.len() > 140, "{} of 256 low bytes", low.len());
+        assert!(top.len() > 90, "{} of 128 tags", top.len());
+        // Names that differ only past the first 8 bytes, or only in length, differ.
+        assert_ne!(
+            BuildNameHasher.hash_one(b"calc.add".as_slice()),
+            BuildNameHasher.hash_one(b"calc.add2".as_slice())
+        );
+    }
 }
