@@ -404,6 +404,24 @@ mod tests {
     }
 
     #[test]
+    fn a_hostile_count_of_acknowledgements_fails_without_allocating_it() {
+        let mut h = requests()[0].clone();
+        h.acks = vec![RequestId(uuid::Uuid::from_bytes([9; 16]))];
+        let good = h.to_bytes();
+        // Claim 65,535 (array16) and 4 billion (array32) ids where one follows.
+        let at = good.len() - 19;
+        assert_eq!(good[at], 0x91, "fixarray of one");
+        for claim in [&[0xdc, 0xff, 0xff][..], &[0xdd, 0xff, 0xff, 0xff, 0xff][..]] {
+            let mut bad = good[..at].to_vec();
+            bad.extend_from_slice(claim);
+            bad.extend_from_slice(&good[at + 1..]);
+            assert!(Reader(&bad).request(|_| None).is_none());
+            assert!(RequestHeader::from_bytes(&bad).is_err());
+        }
+        assert_eq!(RequestHeader::from_bytes(&good).unwrap(), h);
+    }
+
+    #[test]
     fn a_known_method_name_is_borrowed_not_copied() {
         static NAME: &str = "calc.add";
         let all = requests();
