@@ -54,6 +54,9 @@ pub struct IdHasher {
     h: u64,
 }
 
+/// An odd constant with well-spread bits (2^64 / golden ratio).
+const FINAL: u64 = 0x9e37_79b9_7f4a_7c15;
+
 fn fold(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)
@@ -81,7 +84,9 @@ impl Hasher for IdHasher {
     }
 
     fn finish(&self) -> u64 {
-        self.h
+        // A last fold spreads every input bit over the whole word: without it, ids that
+        // differ only in their top bits hashed to clustered buckets under some keys.
+        fold(self.h, FINAL)
     }
 }
 
