@@ -236,14 +236,11 @@ async fn a_server_can_add_a_defaulted_argument_for_old_clients() {
             x * factor.unwrap_or(1)
         }
     }
-    let server = Server::builder()
-        .bind("tcp://127.0.0.1:0")
-        .add_service(ScaleV2Server::new(S))
-        .start()
-        .await
-        .unwrap();
-    let ep = server.endpoints()[0].to_string();
-    let client = Client::connect([ep]).await.unwrap();
+    let (_server, client) = serve_and_connect(
+        Server::builder().add_service(ScaleV2Server::new(S)),
+        Client::builder(),
+    )
+    .await;
     assert_eq!(
         ScaleV1Client::new(client.clone()).apply(7).await.unwrap(),
         7
@@ -806,15 +803,12 @@ impl Ctx for MyCtx {
 
 #[tokio::test]
 async fn handlers_see_their_context_and_panics_after_waiting_answer_internal() {
-    let server = Server::builder()
-        .bind("tcp://127.0.0.1:0")
-        .add_service(CtxServer::new(MyCtx))
-        .start()
-        .await
-        .unwrap();
-    let ctx = CtxClient::connect([server.endpoints()[0].to_string()])
-        .await
-        .unwrap();
+    let (server, client) = serve_and_connect(
+        Server::builder().add_service(CtxServer::new(MyCtx)),
+        Client::builder(),
+    )
+    .await;
+    let ctx = CtxClient::new(client);
     // At once (polled in the connection task) and after waiting (its own task),
     // several at a time: each sees its own context, never another's.
     let calls: Vec<_> = (0..8u64)

@@ -27,12 +27,16 @@ pub fn take(room: usize) -> BytesMut {
         .flatten()
         .unwrap_or_default();
     debug_assert!(buf.is_empty());
-    if buf.capacity() < room {
-        // Reuses the chunk in place when no piece of it is alive; otherwise a fresh
-        // one of at least CHUNK bytes.
+    make_room(&mut buf, room);
+    buf
+}
+
+/// Room for `room` more bytes: the chunk reused in place when no piece of it is alive,
+/// otherwise a fresh one of at least [`CHUNK`] bytes.
+fn make_room(buf: &mut BytesMut, room: usize) {
+    if buf.capacity() - buf.len() < room {
         buf.reserve(room.max(CHUNK));
     }
-    buf
 }
 
 /// Returns the buffer taken with [`take`] (what remains of it after the piece was cut
@@ -51,9 +55,7 @@ pub fn put_back(buf: BytesMut) {
 pub fn build(room: usize, f: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut f = Some(f);
     let mut write = |buf: &mut BytesMut| {
-        if buf.capacity() < room {
-            buf.reserve(room.max(CHUNK));
-        }
+        make_room(buf, room);
         if let Some(f) = f.take() {
             f(buf);
         }

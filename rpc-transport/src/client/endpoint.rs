@@ -33,11 +33,10 @@ pub(crate) struct Endpoint {
     pub state: Mutex<State>,
     /// Attempts in flight here (for least-outstanding balancing).
     pub outstanding: AtomicUsize,
-    /// True while the health has no strikes: replies then need not take the lock.
-    pub clean: AtomicBool,
     /// True while connected with no strikes: eligible without looking at the clock, so
-    /// that picking an endpoint takes no lock. Written under the state lock by
-    /// [`Endpoint::set_ready`]; when false, the health under the lock decides.
+    /// that picking an endpoint takes no lock, and a reply has no strikes to clear
+    /// (no lock either). Written under the state lock by [`Endpoint::set_ready`];
+    /// when false, the health under the lock decides.
     ready: AtomicBool,
     /// The state's generation, readable without the lock (written under it).
     generation: AtomicU64,
@@ -61,7 +60,6 @@ impl Endpoint {
                 conn: None,
             }),
             outstanding: AtomicUsize::new(0),
-            clean: AtomicBool::new(true),
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             counters: EndpointCounters::default(),
@@ -116,10 +114,15 @@ impl Endpoint {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Connected with no strikes (see `ready`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// Whether a call may be sent here now. Lock-free while the endpoint is connected
     /// and has no strikes (every call asks this).
     pub fn eligible(&self, now: impl FnOnce() -> std::time::Instant) -> bool {
-        self.ready.load(Ordering::Acquire) || self.lock().health.eligible(now())
+        self.is_ready() || self.lock().health.eligible(now())
     }
 
     /// Brings the lock-free flag in line with the health; called under the lock after

@@ -266,12 +266,11 @@ impl Inner {
             tracing::debug!(endpoint = %ep.addr, "dropping a reply without request id");
             return;
         };
-        if !ep.clean.load(Ordering::Acquire) {
-            // Under the lock, so that a concurrent timeout's `false` is not lost.
+        if !ep.is_ready() {
+            // Under the lock, as every change of the health and its flag.
             let mut st = ep.lock();
             st.health.on_reply();
             ep.set_ready(&st);
-            ep.clean.store(true, Ordering::Release);
         }
         // Out of the map before waking the caller: the lock is not held across a wake.
         let waiting = self.pending().remove(&id);
@@ -333,7 +332,6 @@ impl Inner {
             let mut st = ep.lock();
             st.health.on_timeout(now_std(), self.config.attempt_timeout);
             ep.set_ready(&st);
-            ep.clean.store(false, Ordering::Release);
             if st.generation != generation {
                 // Another call already recreated this connection.
                 return;

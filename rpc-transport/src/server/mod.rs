@@ -361,8 +361,8 @@ struct Route {
 
 struct Shared {
     services: HashMap<&'static str, Arc<dyn Dispatch>>,
-    /// Every method of the method tables, by wire name.
-    /// By the method's wire name, as bytes (looked up before any UTF-8 check).
+    /// Every method of the method tables, by wire name as bytes (looked up before
+    /// any UTF-8 check).
     routes: HashMap<&'static [u8], Route, BuildNameHasher>,
     limit: Arc<Semaphore>,
     max_concurrency: usize,

@@ -118,7 +118,12 @@ impl Engine<'_> {
     /// A direct sink that answers has this peer's answers piling up (see
     /// [`Direct::answers`](super::core::Direct)): take nothing more from the peer.
     fn answers_wait(&self) -> bool {
-        self.core.direct.get().is_some_and(|d| d.answers) && self.unsent() >= TX_HIGH
+        self.answering() && self.unsent() >= TX_HIGH
+    }
+
+    /// The socket's direct sink answers what it receives (a server, not a client).
+    fn answering(&self) -> bool {
+        self.core.direct.get().is_some_and(|d| d.answers)
     }
 
     /// Bytes waiting to be written: left in the outbox at the last flush, and queued
@@ -241,15 +246,15 @@ impl Engine<'_> {
                 }
             }
 
-            // One vectored write of the whole batch (with whatever callers of the
-            // reliable client left in the outbox).
-            // (Skipped, without taking the outbox's lock, when there is nothing to
-            // write and the task's waker is the one registered with the outbox.)
             // Several replies handed over at once (to the reliable client): their
             // callers' next requests are held in small groups until this task's next
             // poll, which it wakes itself for, instead of a write each (see
             // `outbox::CORK_MESSAGES`).
-            let cork = self.delivered >= 2 && !self.core.direct.get().is_some_and(|d| d.answers);
+            let cork = self.delivered >= 2 && !self.answering();
+            // One vectored write of the whole batch (with whatever callers of the
+            // reliable client left in the outbox); skipped, without taking the
+            // outbox's lock, when there is nothing to write, the cork stays as it is
+            // and the task's waker is the one registered with the outbox.
             if cork != self.corked
                 || !registered
                 || !self.conn.transmit().is_empty()
