@@ -634,7 +634,9 @@ async fn concurrent_callers_on_one_connection_all_get_their_own_answers_in_time(
     // request may be left behind: with no retries and no heartbeats (whose PINGs would
     // wake the connection task sooner or later), a request held and never written
     // would fail its call. Two and three callers are where every request in flight
-    // can be a held one.
+    // can be a held one. The callers woken by one read wake each other in turn: none
+    // may be left waiting for a turn either. Either fault would leave a call waiting
+    // for the only timer left, its attempt timeout of a minute.
     let (server, client) = serve_and_connect(
         Server::builder()
             .heartbeat(None)
@@ -642,8 +644,8 @@ async fn concurrent_callers_on_one_connection_all_get_their_own_answers_in_time(
         Client::builder()
             .heartbeat(None)
             .retries(0)
-            .attempt_timeout(Duration::from_secs(2))
-            .call_timeout(Duration::from_secs(2)),
+            .attempt_timeout(Duration::from_secs(60))
+            .call_timeout(Duration::from_secs(60)),
     )
     .await;
     let calc = CalcClient::new(client.clone());
@@ -654,7 +656,15 @@ async fn concurrent_callers_on_one_connection_all_get_their_own_answers_in_time(
                 let calc = calc.clone();
                 tokio::spawn(async move {
                     for i in 0..300i64 {
-                        let sum = calc.add(c * 1000, i).await.expect("answered in time");
+                        // The timer first: a call that could complete only once a
+                        // timer woke its task fails here, not late.
+                        let sum = tokio::select! {
+                            biased;
+                            _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                                panic!("caller {c} waited for a timer")
+                            }
+                            r = calc.add(c * 1000, i) => r.expect("answered"),
+                        };
                         assert_eq!(sum, c * 1000 + i, "caller {c} got another call's answer");
                     }
                 })

@@ -142,12 +142,13 @@ impl Endpoint {
         let _ = core.direct.set(Direct {
             sink: Arc::new(
                 move |inbound: crate::socket::core::Inbound,
-                      _: &mut crate::socket::core::Answers<'_>| {
+                      a: &mut crate::socket::core::Answers<'_>| {
                     if let Some(inner) = weak.upgrade() {
-                        inner.on_reply(idx, inbound.msg);
+                        inner.on_reply(idx, inbound.msg, a);
                     }
                 },
             ),
+            relay: Some(inner.relay.clone()),
             // Handing replies over in groups gained nothing on the client side.
             batch: usize::MAX,
             answers: false,

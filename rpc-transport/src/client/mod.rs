@@ -20,12 +20,14 @@
 //! - `endpoint.rs`: one endpoint's connection, reader task and recreation, and the
 //!   acknowledgements waiting to go there.
 //! - `health.rs`: [`Health`], the per-endpoint policy as a plain value.
+//! - `slot.rs`: where an attempt's reply waits for its caller, and its turn to pass on.
 //! - `call.rs`: typed calls ([`Call`]) and the RPC envelope on top of the loop.
 //! - `stats.rs`: [`ClientStats`].
 
 mod call;
 mod endpoint;
 mod health;
+mod slot;
 mod stats;
 
 pub use call::{decode_result, decode_value, Call, CallOptions};
@@ -38,13 +40,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpc_core::{IdMap, RequestId, RetryPolicy, RpcError};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::endpoint::Endpoint;
 use self::stats::Counters;
 use crate::counter::{bump, read};
 use crate::message::{Message, Outgoing};
+use crate::socket::core::Answers;
+use crate::socket::relay::Relay;
 use crate::socket::SocketOptions;
 use crate::zmtp::HeartbeatConfig;
 
@@ -197,6 +201,7 @@ impl ClientBuilder {
         let inner = Arc::new(Inner {
             endpoints: self.endpoints.into_iter().map(Endpoint::new).collect(),
             pending: Mutex::new(IdMap::default()),
+            relay: Arc::default(),
             rr: AtomicUsize::new(0),
             changed: watch::channel(()).0,
             counters: Counters::default(),
@@ -220,7 +225,7 @@ enum Event {
 
 /// The attempt in flight for a request id.
 struct Pending {
-    tx: oneshot::Sender<Event>,
+    slot: Arc<slot::Slot<Event>>,
     endpoint: usize,
     generation: u64,
 }
@@ -238,6 +243,7 @@ pub(crate) enum Verdict<T> {
 pub(crate) struct Inner {
     endpoints: Vec<Endpoint>,
     pending: Mutex<IdMap<Pending>>,
+    relay: Arc<Relay>,
     rr: AtomicUsize,
     /// Bumped whenever an endpoint's eligibility may have changed.
     changed: watch::Sender<()>,
@@ -255,7 +261,7 @@ impl Inner {
     }
 
     /// A reply arrived on endpoint `idx`: `[id][empty][frames...]`.
-    fn on_reply(&self, idx: usize, mut msg: Message) {
+    fn on_reply(&self, idx: usize, mut msg: Message, answers: &mut Answers<'_>) {
         let ep = &self.endpoints[idx];
         bump(&ep.counters.replies);
         let id = match (msg.pop_front(), msg.pop_front()) {
@@ -276,7 +282,9 @@ impl Inner {
         let waiting = self.pending().remove(&id);
         match waiting {
             Some(p) => {
-                let _ = p.tx.send(Event::Reply { from: idx, msg });
+                if let Some(w) = p.slot.fill(Event::Reply { from: idx, msg }) {
+                    answers.wake(w);
+                }
             }
             None => {
                 bump(&self.counters.late_replies);
@@ -321,7 +329,9 @@ impl Inner {
         };
         for p in lost {
             bump(&self.endpoints[idx].counters.disconnects);
-            let _ = p.tx.send(Event::Lost);
+            if let Some(w) = p.slot.fill(Event::Lost) {
+                w.wake();
+            }
         }
     }
 
@@ -590,13 +600,13 @@ impl Client {
             let msg = build(attempts + 1, remaining, ep)
                 .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
             guard.clear = false;
-            let (tx, rx) = oneshot::channel();
+            let slot = slot::Slot::new();
             // Registered before sending, so that even an instant reply finds it.
             let registered = ep.generation();
             inner.pending().insert(
                 id,
                 Pending {
-                    tx,
+                    slot: slot.clone(),
                     endpoint: idx,
                     generation: registered,
                 },
@@ -639,8 +649,16 @@ impl Client {
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&ep.outstanding);
             let attempt_deadline = (now + inner.config.attempt_timeout).min(deadline);
-            match tokio::time::timeout_at(attempt_deadline, rx).await {
-                Ok(Ok(Event::Reply { from, msg })) => {
+            let turn = slot::Turn {
+                relay: &inner.relay,
+                slot,
+            };
+            let outcome = std::future::poll_fn(|cx| turn.slot.poll_take(cx));
+            let outcome = tokio::time::timeout_at(attempt_deadline, outcome).await;
+            // The next caller's turn, before this one's reply is decoded.
+            drop(turn);
+            match outcome {
+                Ok(Event::Reply { from, msg }) => {
                     // `on_reply` removed the entry before handing the reply over.
                     guard.clear = true;
                     // The call ends here unless the server did not run it: then the
@@ -659,7 +677,7 @@ impl Client {
                         }
                     }
                 }
-                Ok(Ok(Event::Lost)) | Ok(Err(_)) => {
+                Ok(Event::Lost) => {
                     tracing::debug!(endpoint = %ep.addr, "connection lost during attempt");
                     if retry == RetryPolicy::AtMostOnce {
                         return Err(RpcError::Indeterminate(Box::new(RpcError::Disconnected)));

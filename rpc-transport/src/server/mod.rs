@@ -190,6 +190,7 @@ impl ServerBuilder {
             }),
             batch: ANSWER_BATCH,
             answers: true,
+            relay: None,
         });
         let (stop, stop_rx) = watch::channel(false);
         let drain = self.drain_timeout;

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::Waker;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -12,6 +13,7 @@ use super::backoff::{Backoff, SplitMix64};
 use super::endpoint::{self, Endpoint, Listener};
 use super::engine;
 use super::outbox::Outbox;
+use super::relay::Relay;
 use super::{SocketError, SocketOptions};
 use crate::message::{Message, Outgoing};
 use crate::zmtp::{PeerInfo, SocketType};
@@ -40,6 +42,8 @@ pub(crate) struct Answers<'a> {
     pub(crate) conn: &'a mut crate::zmtp::Connection,
     /// Answers queued so far in this pass.
     pub(crate) count: &'a mut usize,
+    /// Callers to wake at the end of the pass (see [`Answers::wake`]).
+    pub(crate) woken: &'a mut Vec<Waker>,
 }
 
 impl Answers<'_> {
@@ -52,6 +56,12 @@ impl Answers<'_> {
         {
             *self.count += 1;
         }
+    }
+
+    /// Wakes the caller a message was for once the pass ends: in turn, through the
+    /// sink's [`Relay`], with the other callers of the pass.
+    pub fn wake(&mut self, w: Waker) {
+        self.woken.push(w);
     }
 }
 
@@ -66,6 +76,9 @@ pub(crate) struct Direct {
     /// them is not served without limit. Never for a client: its reads must go on
     /// while its own requests wait, or two full connections would wait on each other.
     pub answers: bool,
+    /// Wakes the callers of a burst of messages one after another (the reliable
+    /// client's; see [`Answers::wake`]).
+    pub relay: Option<Arc<Relay>>,
 }
 
 struct PeerEntry {

@@ -17,6 +17,7 @@ use super::core::{Answers, Core, Inbound, PeerGuard};
 use super::endpoint::Io;
 use super::outbox::Outbox;
 use super::recv_buf::RecvBuf;
+use super::relay::Relay;
 use crate::message::Outgoing;
 use crate::zmtp::{Connection, ConnectionConfig, Event, ZmtpError};
 
@@ -101,6 +102,8 @@ struct Engine<'a> {
     answered: usize,
     /// Messages a direct sink was handed in this poll.
     delivered: usize,
+    /// Callers the sink asked to wake in this pass.
+    woken: Vec<Waker>,
     /// Senders' messages are held in the outbox until this task's next poll.
     corked: bool,
     /// A second receiver of the stop signal, read without a lock on each pass; the
@@ -119,6 +122,11 @@ impl Engine<'_> {
     /// [`Direct::answers`](super::core::Direct)): take nothing more from the peer.
     fn answers_wait(&self) -> bool {
         self.answering() && self.unsent() >= TX_HIGH
+    }
+
+    /// The relay of the socket's direct sink, if it has one.
+    fn relay(&self) -> Option<&Relay> {
+        self.core.direct.get().and_then(|d| d.relay.as_deref())
     }
 
     /// The socket's direct sink answers what it receives (a server, not a client).
@@ -173,6 +181,7 @@ impl Engine<'_> {
                         let mut answers = Answers {
                             conn: &mut self.conn,
                             count: &mut self.answered,
+                            woken: &mut self.woken,
                         };
                         (direct.sink)(inbound, &mut answers);
                         self.delivered += 1;
@@ -211,6 +220,12 @@ impl Engine<'_> {
                 Err(end) => return Poll::Ready(Exit::End(end)),
                 Ok(left) => left,
             };
+            if !self.woken.is_empty() {
+                match self.core.direct.get().and_then(|d| d.relay.as_deref()) {
+                    Some(r) => r.hand_over(&mut self.woken),
+                    None => self.woken.drain(..).for_each(Waker::wake),
+                }
+            }
             let mut progress = false;
 
             // A message waiting for room in the socket's queue.
@@ -306,6 +321,10 @@ impl Engine<'_> {
             }
             if self.armed.is_some() && self.timer.as_mut().poll(cx).is_ready() {
                 self.armed = None;
+                if let Some(r) = self.relay() {
+                    // No caller waits behind one that is never polled for longer.
+                    r.wake_all();
+                }
                 if let Err(e) = self.conn.handle_timeout(Instant::now().into_std()) {
                     return Poll::Ready(Exit::Failed(e));
                 }
@@ -322,8 +341,10 @@ impl Engine<'_> {
                     // a single CPU it only delays the peer: 5-11% more round trips
                     // without it, both processes pinned to one CPU.
                     cx.waker().wake_by_ref();
-                } else if self.corked {
-                    // The next poll releases the held messages.
+                } else if self.corked && !self.relay().is_some_and(|r| r.wake_when_done(cx.waker()))
+                {
+                    // The next poll releases the held messages: once the woken
+                    // callers had their turn, or else at once.
                     cx.waker().wake_by_ref();
                 }
                 return Poll::Pending;
@@ -361,6 +382,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         handshaken: false,
         answered: 0,
         delivered: 0,
+        woken: Vec::new(),
         corked: false,
         stop_check: stop.clone(),
         stop_waker: None,

@@ -15,6 +15,7 @@
 //! - `options.rs`: [`SocketOptions`].
 //! - `core.rs`: the peer table, round-robin, binds and connect loops.
 //! - `engine.rs`: the per-connection task; `recv_buf.rs`: its receive buffers;
+//!   `relay.rs`: the order in which it wakes the callers of a burst of replies;
 //!   `outbox.rs`: its sending side, which the reliable client may write to directly.
 //! - `backoff.rs`: [`Backoff`] with a seedable RNG.
 //! - `req.rs`, `rep.rs`, `dealer.rs`, `router.rs`: the semantics of 28/REQREP.
@@ -27,6 +28,7 @@ mod engine;
 mod options;
 mod outbox;
 mod recv_buf;
+pub(crate) mod relay;
 mod rep;
 mod req;
 mod router;

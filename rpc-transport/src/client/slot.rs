@@ -1,0 +1,146 @@
+//! Where the outcome of one attempt lands until its caller takes it.
+
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use crate::socket::relay::Relay;
+
+/// The outcome of an attempt and the waker of its caller. Unlike a oneshot channel,
+/// filling it does not wake the caller: the filler decides when (see
+/// [`Relay`](crate::socket::relay::Relay)).
+pub(crate) struct Slot<E> {
+    state: Mutex<State<E>>,
+}
+
+struct State<E> {
+    outcome: Option<E>,
+    waker: Option<Waker>,
+    filled: bool,
+}
+
+impl<E> Slot<E> {
+    /// An empty slot.
+    pub fn new() -> Arc<Slot<E>> {
+        Arc::new(Slot {
+            state: Mutex::new(State {
+                outcome: None,
+                waker: None,
+                filled: false,
+            }),
+        })
+    }
+
+    /// Stores the outcome; returns the caller's waker (none when the caller has not
+    /// waited yet: it will find the outcome when it does).
+    pub fn fill(&self, e: E) -> Option<Waker> {
+        let mut st = self.lock();
+        st.outcome = Some(e);
+        st.filled = true;
+        st.waker.take()
+    }
+
+    /// Whether an outcome was ever stored (taken or not).
+    pub fn filled(&self) -> bool {
+        self.lock().filled
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<E>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The outcome, or `Pending` with the caller's waker kept.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<E> {
+        let mut st = self.lock();
+        match st.outcome.take() {
+            Some(e) => Poll::Ready(e),
+            None => {
+                if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The turn of one attempt's caller in the client's [`Relay`]: whatever ends the
+/// attempt (its outcome taken, a timeout, the call dropped), a caller whose slot was
+/// filled wakes the next one in line, or the callers behind it would wait for a
+/// wake-up that never comes.
+pub(crate) struct Turn<'a, E> {
+    pub relay: &'a Relay,
+    pub slot: Arc<Slot<E>>,
+}
+
+impl<E> Drop for Turn<'_, E> {
+    fn drop(&mut self) {
+        if self.slot.filled() {
+            self.relay.pass_on();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll};
+
+    use super::{Relay, Slot, Turn};
+    use crate::socket::relay::tests::{counted, woken};
+
+    #[test]
+    fn filling_does_not_wake_and_the_outcome_is_taken_once() {
+        let slot = Slot::new();
+        let (count, wakers) = counted(1);
+        let mut cx = Context::from_waker(&wakers[0]);
+        assert!(slot.poll_take(&mut cx).is_pending());
+        let w = slot.fill(7u8).expect("the caller's waker");
+        assert_eq!(woken(&count), [0], "the filler decides when to wake");
+        drop(w);
+        assert_eq!(slot.poll_take(&mut cx), Poll::Ready(7));
+        assert!(slot.poll_take(&mut cx).is_pending());
+        assert!(slot.filled());
+        // Filled before the caller waited: no waker to hand back.
+        let early = Slot::new();
+        assert!(early.fill(1u8).is_none());
+    }
+
+    #[test]
+    fn a_caller_dropped_before_its_turn_still_passes_it_on() {
+        // Three callers of one pass; the second is cancelled (its attempt dropped)
+        // without taking its reply: the third must still be woken.
+        let relay = Relay::default();
+        let slots: Vec<_> = (0..3).map(|_| Slot::new()).collect();
+        let (count, wakers) = counted(3);
+        let mut pass = Vec::new();
+        for (slot, w) in slots.iter().zip(&wakers) {
+            assert!(slot.poll_take(&mut Context::from_waker(w)).is_pending());
+            pass.extend(slot.fill(0u8));
+        }
+        let mut turns: Vec<_> = slots
+            .iter()
+            .map(|slot| {
+                Some(Turn {
+                    relay: &relay,
+                    slot: slot.clone(),
+                })
+            })
+            .collect();
+        relay.hand_over(&mut pass);
+        assert_eq!(woken(&count), [1, 0, 0]);
+        turns[0].take();
+        assert_eq!(woken(&count), [1, 1, 0]);
+        turns[1].take();
+        assert_eq!(woken(&count), [1, 1, 1], "the dropped caller passed on");
+        turns[2].take();
+        assert!(relay.is_empty());
+        // An attempt that ends without a reply (a timeout) wakes no one.
+        let (other, w) = counted(2);
+        relay.hand_over(&mut w.clone());
+        let unfilled = Turn {
+            relay: &relay,
+            slot: Slot::<u8>::new(),
+        };
+        drop(unfilled);
+        assert_eq!(woken(&other), [1, 0]);
+    }
+}

@@ -1,0 +1,205 @@
+//! The order in which the callers of a burst of replies are woken.
+//!
+//! A connection task that hands over several replies in one pass would wake every
+//! caller at once: tokio queues all but the first on the waking thread and unparks
+//! another worker to steal them (an eventfd write or a futex, a context switch and
+//! cache misses per burst). With 16 callers on one connection those wake-ups cost the
+//! client more than the calls did (5.0 us of CPU per call with two workers, 3.4 us
+//! with one). Instead the first caller of a burst is woken and the others wait in a
+//! [`Relay`]: each caller that takes its reply wakes the next one, on the thread it
+//! runs on (tokio's LIFO slot: no unpark). The last one wakes the connection tasks
+//! that wait for the burst to end (to write the requests the callers left corked).
+//!
+//! A caller woken but never polled again (nor dropped) would hold up the ones behind
+//! it: the connection task wakes them all when its timer fires (heartbeats), and each
+//! caller's attempt timer wakes it in any case.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
+
+#[derive(Default)]
+struct Queue {
+    callers: VecDeque<Waker>,
+    /// Connection tasks to wake when `callers` runs empty.
+    tasks: Vec<Waker>,
+}
+
+/// Callers whose reply is waiting for them, woken one after another.
+#[derive(Default)]
+pub(crate) struct Relay {
+    queue: Mutex<Queue>,
+    /// Length of `callers`, read without the lock.
+    len: AtomicUsize,
+}
+
+impl Relay {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether no caller waits for its turn.
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    /// The callers of one pass of a connection task, in order: the first is woken now
+    /// unless callers of an earlier pass still wait their turn (one of them is awake
+    /// and will pass on); the others wait in line.
+    pub fn hand_over(&self, callers: &mut Vec<Waker>) {
+        let first = {
+            let mut q = self.lock();
+            let mut it = callers.drain(..);
+            let first = if q.callers.is_empty() {
+                it.next()
+            } else {
+                None
+            };
+            q.callers.extend(it);
+            self.len.store(q.callers.len(), Ordering::Release);
+            first
+        };
+        if let Some(w) = first {
+            w.wake();
+        }
+    }
+
+    /// A caller took its reply: wakes the next one; after the last, the waiting
+    /// connection tasks.
+    pub fn pass_on(&self) {
+        if self.is_empty() {
+            return;
+        }
+        let (next, tasks) = {
+            let mut q = self.lock();
+            let next = q.callers.pop_front();
+            self.len.store(q.callers.len(), Ordering::Release);
+            let tasks = if q.callers.is_empty() {
+                std::mem::take(&mut q.tasks)
+            } else {
+                Vec::new()
+            };
+            (next, tasks)
+        };
+        next.into_iter().chain(tasks).for_each(Waker::wake);
+    }
+
+    /// Registers a connection task to be woken once no caller waits; false (nothing
+    /// registered) when none waits now.
+    pub fn wake_when_done(&self, task: &Waker) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let mut q = self.lock();
+        if q.callers.is_empty() {
+            return false;
+        }
+        if !q.tasks.iter().any(|t| t.will_wake(task)) {
+            q.tasks.push(task.clone());
+        }
+        true
+    }
+
+    /// Wakes every caller still waiting, and the tasks waiting for them.
+    pub fn wake_all(&self) {
+        if self.is_empty() {
+            return;
+        }
+        let (callers, tasks) = {
+            let mut q = self.lock();
+            self.len.store(0, Ordering::Release);
+            (std::mem::take(&mut q.callers), std::mem::take(&mut q.tasks))
+        };
+        callers.into_iter().chain(tasks).for_each(Waker::wake);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    use super::Relay;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    pub(crate) struct Count(pub AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn counted(n: usize) -> (Vec<Arc<Count>>, Vec<Waker>) {
+        let counts: Vec<Arc<Count>> = (0..n).map(|_| Arc::new(Count::default())).collect();
+        let wakers = counts.iter().map(|c| Waker::from(c.clone())).collect();
+        (counts, wakers)
+    }
+
+    pub(crate) fn woken(counts: &[Arc<Count>]) -> Vec<usize> {
+        counts.iter().map(|c| c.0.load(Ordering::SeqCst)).collect()
+    }
+
+    #[test]
+    fn callers_of_a_pass_are_woken_one_after_another_then_the_task() {
+        let relay = Relay::default();
+        let (callers, wakers) = counted(3);
+        let (task, task_waker) = counted(1);
+        let mut pass = wakers;
+        relay.hand_over(&mut pass);
+        assert!(pass.is_empty(), "the pass's list is emptied for reuse");
+        assert_eq!(woken(&callers), [1, 0, 0], "only the first at once");
+        assert!(relay.wake_when_done(&task_waker[0]));
+        relay.pass_on();
+        assert_eq!(woken(&callers), [1, 1, 0]);
+        assert_eq!(woken(&task), [0], "a caller still waits");
+        relay.pass_on();
+        assert_eq!(woken(&callers), [1, 1, 1]);
+        assert_eq!(
+            woken(&task),
+            [1],
+            "the last caller is awake: the task's turn"
+        );
+        // The last caller passes on to no one.
+        relay.pass_on();
+        assert_eq!(woken(&callers), [1, 1, 1]);
+        assert!(relay.is_empty());
+        assert!(!relay.wake_when_done(&task_waker[0]), "nothing to wait for");
+    }
+
+    #[test]
+    fn a_later_pass_queues_behind_callers_still_waiting() {
+        let relay = Relay::default();
+        let (first, w1) = counted(2);
+        let (second, w2) = counted(2);
+        relay.hand_over(&mut w1.clone());
+        relay.hand_over(&mut w2.clone());
+        assert_eq!(woken(&first), [1, 0]);
+        assert_eq!(woken(&second), [0, 0], "the awake caller will pass on");
+        relay.pass_on();
+        relay.pass_on();
+        assert_eq!((woken(&first), woken(&second)), (vec![1, 1], vec![1, 0]));
+        relay.pass_on();
+        assert_eq!(woken(&second), [1, 1]);
+        // Once the line is empty, a pass's first caller is woken at once again.
+        let (third, w3) = counted(1);
+        relay.hand_over(&mut w3.clone());
+        assert_eq!(woken(&third), [1]);
+    }
+
+    #[test]
+    fn wake_all_leaves_no_one_waiting() {
+        let relay = Relay::default();
+        let (callers, wakers) = counted(4);
+        let (task, task_waker) = counted(1);
+        relay.hand_over(&mut wakers.clone());
+        assert!(relay.wake_when_done(&task_waker[0]));
+        relay.wake_all();
+        assert_eq!(woken(&callers), [1, 1, 1, 1]);
+        assert_eq!(woken(&task), [1]);
+        assert!(relay.is_empty());
+    }
+}
