@@ -108,7 +108,7 @@ mod tests {
     fn a_caller_dropped_before_its_turn_still_passes_it_on() {
         // Three callers of one pass; the second is cancelled (its attempt dropped)
         // without taking its reply: the third must still be woken.
-        let relay = Relay::default();
+        let relay = Relay::patient();
         let slots: Vec<_> = (0..3).map(|_| Slot::new()).collect();
         let (count, wakers) = counted(3);
         let mut pass = Vec::new();
