@@ -20,12 +20,14 @@
 //! - `endpoint.rs`: one endpoint's connection, reader task and recreation, and the
 //!   acknowledgements waiting to go there.
 //! - `health.rs`: [`Health`], the per-endpoint policy as a plain value.
+//! - `expiry.rs`: the task that ends attempts past their deadline.
 //! - `slot.rs`: where an attempt's reply waits for its caller, and its turn to pass on.
 //! - `call.rs`: typed calls ([`Call`]) and the RPC envelope on top of the loop.
 //! - `stats.rs`: [`ClientStats`].
 
 mod call;
 mod endpoint;
+mod expiry;
 mod health;
 mod slot;
 mod stats;
@@ -202,6 +204,7 @@ impl ClientBuilder {
             endpoints: self.endpoints.into_iter().map(Endpoint::new).collect(),
             pending: Mutex::new(IdMap::default()),
             relay: Arc::default(),
+            expiry: Arc::new(expiry::Expiry::new()),
             rr: AtomicUsize::new(0),
             changed: watch::channel(()).0,
             counters: Counters::default(),
@@ -210,6 +213,7 @@ impl ClientBuilder {
         for idx in 0..inner.endpoints.len() {
             Endpoint::recreate(&inner, idx);
         }
+        tokio::spawn(expiry::run(Arc::downgrade(&inner), inner.expiry.clone()));
         Ok(Client {
             _close: Arc::new(CloseOnDrop(inner.clone())),
             inner,
@@ -219,8 +223,13 @@ impl ClientBuilder {
 
 /// What ends an attempt, as seen by the waiting call.
 enum Event {
-    Reply { from: usize, msg: Message },
+    Reply {
+        from: usize,
+        msg: Message,
+    },
     Lost,
+    /// The attempt's deadline passed (the expiry task removed it).
+    TimedOut,
 }
 
 /// The attempt in flight for a request id.
@@ -228,6 +237,7 @@ struct Pending {
     slot: Arc<slot::Slot<Event>>,
     endpoint: usize,
     generation: u64,
+    deadline: Instant,
 }
 
 /// How the caller's classifier judges a reply.
@@ -244,6 +254,7 @@ pub(crate) struct Inner {
     endpoints: Vec<Endpoint>,
     pending: Mutex<IdMap<Pending>>,
     relay: Arc<Relay>,
+    expiry: Arc<expiry::Expiry>,
     rr: AtomicUsize,
     /// Bumped whenever an endpoint's eligibility may have changed.
     changed: watch::Sender<()>,
@@ -333,6 +344,34 @@ impl Inner {
                 w.wake();
             }
         }
+    }
+
+    /// Ends every attempt whose deadline is `now` or earlier (as a timeout); returns
+    /// the earliest deadline still pending.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let (over, earliest) = {
+            let mut pending = self.pending();
+            let mut earliest = None::<Instant>;
+            let mut over = Vec::new();
+            pending.retain(|_, p| {
+                if p.deadline <= now {
+                    // Out of the map under its lock, as `on_reply` takes replies:
+                    // whichever comes first ends the attempt.
+                    over.push(p.slot.clone());
+                    false
+                } else {
+                    earliest = Some(earliest.map_or(p.deadline, |e| e.min(p.deadline)));
+                    true
+                }
+            });
+            (over, earliest)
+        };
+        for slot in over {
+            if let Some(w) = slot.fill(Event::TimedOut) {
+                w.wake();
+            }
+        }
+        earliest
     }
 
     /// Lazy Pirate: an attempt on `idx` (generation `generation`) timed out.
@@ -432,6 +471,7 @@ impl Drop for CloseOnDrop {
         for ep in &self.0.endpoints {
             ep.close();
         }
+        self.0.expiry.stop();
     }
 }
 
@@ -601,6 +641,7 @@ impl Client {
                 .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
             guard.clear = false;
             let slot = slot::Slot::new();
+            let attempt_deadline = (now + inner.config.attempt_timeout).min(deadline);
             // Registered before sending, so that even an instant reply finds it.
             let registered = ep.generation();
             inner.pending().insert(
@@ -609,6 +650,7 @@ impl Client {
                     slot: slot.clone(),
                     endpoint: idx,
                     generation: registered,
+                    deadline: attempt_deadline,
                 },
             );
             let generation = match ep.try_send(msg) {
@@ -648,17 +690,16 @@ impl Client {
             tracing::debug!("attempt sent");
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&ep.outstanding);
-            let attempt_deadline = (now + inner.config.attempt_timeout).min(deadline);
+            inner.expiry.watch(attempt_deadline);
             let turn = slot::Turn {
                 relay: &inner.relay,
                 slot,
             };
-            let outcome = std::future::poll_fn(|cx| turn.slot.poll_take(cx));
-            let outcome = tokio::time::timeout_at(attempt_deadline, outcome).await;
+            let outcome = std::future::poll_fn(|cx| turn.slot.poll_take(cx)).await;
             // The next caller's turn, before this one's reply is decoded.
             drop(turn);
             match outcome {
-                Ok(Event::Reply { from, msg }) => {
+                Event::Reply { from, msg } => {
                     // `on_reply` removed the entry before handing the reply over.
                     guard.clear = true;
                     // The call ends here unless the server did not run it: then the
@@ -677,7 +718,7 @@ impl Client {
                         }
                     }
                 }
-                Ok(Event::Lost) => {
+                Event::Lost => {
                     tracing::debug!(endpoint = %ep.addr, "connection lost during attempt");
                     if retry == RetryPolicy::AtMostOnce {
                         return Err(RpcError::Indeterminate(Box::new(RpcError::Disconnected)));
@@ -685,8 +726,7 @@ impl Client {
                     last = Some(RpcError::Disconnected);
                     last_ep = Some(idx);
                 }
-                Err(_) => {
-                    inner.pending().remove(&id);
+                Event::TimedOut => {
                     bump(&c.timeouts);
                     bump(&ep.counters.timeouts);
                     if Instant::now() >= deadline {
