@@ -9,6 +9,9 @@
 //! [`Notify`]); with one attempt timeout for every call that is rare (each new deadline
 //! lies after the ones already pending), so the task wakes about once per attempt
 //! timeout while calls go on, and not at all while none are pending.
+//!
+//! It is also the watchdog of the client's relay: while callers wait in line, it
+//! looks every [`LINE_CHECK`] that the line moves.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -17,6 +20,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Inner;
+use crate::socket::relay::LINE_CHECK;
 
 /// When the client's expiry task wakes next.
 pub(crate) struct Expiry {
@@ -52,6 +56,14 @@ impl Expiry {
         }
     }
 
+    /// A line of callers formed in the client's relay: an idle task wakes to watch it
+    /// (see [`Relay::unstick`](crate::socket::relay::Relay::unstick)).
+    pub fn line_formed(&self) {
+        if self.next.load(Ordering::SeqCst) == u64::MAX {
+            self.notify.notify_one();
+        }
+    }
+
     /// Wakes the task to end (the client closed).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
@@ -64,9 +76,15 @@ pub(crate) async fn run(inner: Weak<Inner>, expiry: Arc<Expiry>) {
     while !expiry.stopped.load(Ordering::SeqCst) {
         // Attempts registered while we look wake us again (`next` reads "none").
         expiry.next.store(u64::MAX, Ordering::SeqCst);
+        let now = Instant::now();
         let earliest = {
             let Some(inner) = inner.upgrade() else { return };
-            inner.expire(Instant::now())
+            let earliest = inner.expire(now);
+            // While callers wait in line, look again soon.
+            match inner.relay.unstick() {
+                true => Some(earliest.map_or(now + LINE_CHECK, |t| t.min(now + LINE_CHECK))),
+                false => earliest,
+            }
         };
         if let Some(t) = earliest {
             expiry.next.store(expiry.nanos(t), Ordering::SeqCst);

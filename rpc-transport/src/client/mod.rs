@@ -213,6 +213,10 @@ impl ClientBuilder {
         for idx in 0..inner.endpoints.len() {
             Endpoint::recreate(&inner, idx);
         }
+        let watch = inner.expiry.clone();
+        inner
+            .relay
+            .set_watchdog(Box::new(move || watch.line_formed()));
         tokio::spawn(expiry::run(Arc::downgrade(&inner), inner.expiry.clone()));
         Ok(Client {
             _close: Arc::new(CloseOnDrop(inner.clone())),

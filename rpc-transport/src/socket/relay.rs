@@ -16,8 +16,11 @@
 //! up (166 ms).
 //!
 //! A caller woken but never polled again (nor dropped) would hold up the ones behind
-//! it: the connection task wakes them all when its timer fires (heartbeats), and each
-//! caller's attempt timer wakes it in any case.
+//! it, whose replies are already in their slots (no deadline of theirs is pending any
+//! more): a watchdog (the client's expiry task, told when a line forms while it is
+//! idle) looks at a waiting line every [`LINE_CHECK`] and wakes everyone when no turn
+//! was passed on since its last look; the connection task also wakes the line when
+//! its timer fires (heartbeats).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,6 +34,9 @@ use std::time::{Duration, Instant};
 /// worker costs a few to tens of microseconds.
 const SLOW_TURN: Duration = Duration::from_micros(20);
 
+/// How often a watchdog looks at a waiting line (see [`Relay::unstick`]).
+pub(crate) const LINE_CHECK: Duration = Duration::from_millis(100);
+
 #[derive(Default)]
 struct Queue {
     callers: VecDeque<Waker>,
@@ -38,6 +44,11 @@ struct Queue {
     tasks: Vec<Waker>,
     /// When the caller whose turn it is was woken.
     turn_began: Option<Instant>,
+    /// Turns passed on, and their count at the watchdog's last look.
+    passes: u64,
+    seen: u64,
+    /// Callers waited at the watchdog's last look.
+    seen_waiting: bool,
 }
 
 /// Callers whose reply is waiting for them, woken one after another.
@@ -47,6 +58,8 @@ pub(crate) struct Relay {
     len: AtomicUsize,
     /// [`SLOW_TURN`], or longer in tests that look at the order alone.
     slow_turn: Duration,
+    /// Told when a line forms (see [`Relay::set_watchdog`]).
+    watchdog: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Default for Relay {
@@ -55,6 +68,7 @@ impl Default for Relay {
             queue: Mutex::default(),
             len: AtomicUsize::new(0),
             slow_turn: SLOW_TURN,
+            watchdog: std::sync::OnceLock::new(),
         }
     }
 }
@@ -68,6 +82,34 @@ impl Relay {
             slow_turn: Duration::MAX,
             ..Relay::default()
         }
+    }
+
+    /// `f` is called whenever a line forms: it must see to it that [`unstick`]
+    /// (Self::unstick) is called every [`LINE_CHECK`] while the line waits.
+    pub fn set_watchdog(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.watchdog.set(f);
+    }
+
+    /// The watchdog's look: wakes everyone when callers waited at the last look too
+    /// and no turn was passed on since. Returns whether callers still wait (look
+    /// again).
+    pub fn unstick(&self) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let stuck = {
+            let mut q = self.lock();
+            let waiting = !q.callers.is_empty();
+            let stuck = waiting && q.seen_waiting && q.passes == q.seen;
+            q.seen = q.passes;
+            q.seen_waiting = waiting && !stuck;
+            stuck
+        };
+        if stuck {
+            tracing::debug!("a woken caller was not polled: waking the callers behind it");
+            self.wake_all();
+        }
+        !self.is_empty()
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -96,14 +138,21 @@ impl Relay {
                 None
             };
             q.callers.extend(it);
-            if first.is_some() && !q.callers.is_empty() {
+            let formed = first.is_some() && !q.callers.is_empty();
+            if formed {
                 q.turn_began = Some(now());
             }
             self.len.store(q.callers.len(), Ordering::Release);
-            first
+            (first, formed)
         };
+        let (first, formed) = first;
         if let Some(w) = first {
             w.wake();
+        }
+        if formed {
+            if let Some(f) = self.watchdog.get() {
+                f();
+            }
         }
     }
 
@@ -127,6 +176,7 @@ impl Relay {
             return;
         }
         let next = q.callers.pop_front();
+        q.passes += 1;
         self.len.store(q.callers.len(), Ordering::Release);
         let tasks = if q.callers.is_empty() {
             q.turn_began = None;
@@ -257,6 +307,36 @@ pub(crate) mod tests {
         assert_eq!(woken(&callers), [1, 1, 1, 1]);
         assert_eq!(woken(&task), [1]);
         assert!(relay.is_empty());
+    }
+
+    #[test]
+    fn the_watchdog_wakes_a_line_that_does_not_move() {
+        let relay = Relay::patient();
+        let formed = Arc::new(Count::default());
+        relay.set_watchdog(Box::new({
+            let formed = formed.clone();
+            move || {
+                formed.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+        assert!(!relay.unstick(), "no line: nothing to watch");
+        let (callers, wakers) = counted(3);
+        relay.hand_over(&mut wakers.clone());
+        assert_eq!(formed.0.load(Ordering::SeqCst), 1, "told when a line forms");
+        // First look: the line is new.
+        assert!(relay.unstick());
+        assert_eq!(woken(&callers), [1, 0, 0]);
+        // It moved since: still fine.
+        relay.pass_on();
+        assert!(relay.unstick());
+        assert_eq!(woken(&callers), [1, 1, 0]);
+        // The second caller was woken but is never polled: the next look wakes the rest.
+        assert!(!relay.unstick(), "everyone woken: nothing left to watch");
+        assert_eq!(woken(&callers), [1, 1, 1]);
+        // A single caller forms no line.
+        let (one, w) = counted(1);
+        relay.hand_over(&mut w.clone());
+        assert_eq!((woken(&one), formed.0.load(Ordering::SeqCst)), (vec![1], 1));
     }
 
     #[test]
