@@ -259,7 +259,24 @@ fn write_some(
     queue: &mut TxQueue,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<()>> {
-    let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+    // Small frames share one slice: most writes have a few (an array of 64 made
+    // ready for each write was ~130 instructions).
+    if queue.slice_count() <= FEW_SLICES {
+        write_with::<FEW_SLICES>(w, queue, cx)
+    } else {
+        write_with::<MAX_SLICES>(w, queue, cx)
+    }
+}
+
+/// Slices of a write of a few messages.
+const FEW_SLICES: usize = 4;
+
+fn write_with<const N: usize>(
+    w: &mut Writer,
+    queue: &mut TxQueue,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<()>> {
+    let mut slices = [IoSlice::new(&[]); N];
     let n = queue.io_slices(&mut slices);
     match Pin::new(w).poll_write_vectored(cx, &slices[..n]) {
         Poll::Ready(Ok(0)) => Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
@@ -379,6 +396,31 @@ mod tests {
         sock.room.store(1000, Ordering::SeqCst);
         assert!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap() == 0);
         assert!(out.try_send(msg("closed")).is_err());
+    }
+
+    #[test]
+    fn writes_of_many_slices_keep_every_byte_in_order() {
+        // Ten frames of 3000 bytes each stay slices of their own: more than a small
+        // write's array holds.
+        let sock = Sock::default();
+        sock.room.store(usize::MAX, Ordering::SeqCst);
+        let out = Outbox::new(Box::new(sock.clone()), 1 << 20);
+        let task = Arc::new(Flag::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut q = TxQueue::new();
+        let mut expect = Vec::new();
+        for i in 0..10u8 {
+            let body = vec![i; 3000];
+            q.push_message(&[Bytes::from(body.clone())], 1);
+            let mut head = bytes::BytesMut::new();
+            crate::zmtp::frame::put_header(&mut head, 0, body.len());
+            expect.extend_from_slice(&head);
+            expect.extend_from_slice(&body);
+        }
+        assert!(q.slice_count() > FEW_SLICES);
+        assert_eq!(out.flush(&mut cx, &mut q, false).unwrap(), 0);
+        assert_eq!(*sock.got.lock().unwrap(), expect);
     }
 
     #[test]

@@ -280,6 +280,12 @@ impl TxQueue {
         self.len == 0
     }
 
+    /// Slices [`io_slices`](Self::io_slices) has to give (small frames share one).
+    pub fn slice_count(&mut self) -> usize {
+        self.seal();
+        self.chunks.len()
+    }
+
     /// Fills `dst` with slices of what waits to be written, in order; returns how many.
     pub fn io_slices<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
         self.seal();
