@@ -44,7 +44,8 @@ struct Queue {
     tasks: Vec<Waker>,
     /// When the caller whose turn it is was woken.
     turn_began: Option<Instant>,
-    /// Turns passed on, and their count at the watchdog's last look.
+    /// Turns passed on (and lines woken whole), and their count at the watchdog's
+    /// last look.
     passes: u64,
     seen: u64,
     /// Callers waited at the watchdog's last look.
@@ -129,7 +130,7 @@ impl Relay {
     }
 
     fn hand_over_at(&self, callers: &mut Vec<Waker>, now: impl FnOnce() -> Instant) {
-        let first = {
+        let (first, formed) = {
             let mut q = self.lock();
             let mut it = callers.drain(..);
             let first = if q.callers.is_empty() {
@@ -145,7 +146,6 @@ impl Relay {
             self.len.store(q.callers.len(), Ordering::Release);
             (first, formed)
         };
-        let (first, formed) = first;
         if let Some(w) = first {
             w.wake();
         }
@@ -213,6 +213,8 @@ impl Relay {
         let (callers, tasks) = {
             let mut q = self.lock();
             self.len.store(0, Ordering::Release);
+            // Progress, for the watchdog: a line that forms later is a new one.
+            q.passes += 1;
             (std::mem::take(&mut q.callers), std::mem::take(&mut q.tasks))
         };
         callers.into_iter().chain(tasks).for_each(Waker::wake);
@@ -333,10 +335,21 @@ pub(crate) mod tests {
         // The second caller was woken but is never polled: the next look wakes the rest.
         assert!(!relay.unstick(), "everyone woken: nothing left to watch");
         assert_eq!(woken(&callers), [1, 1, 1]);
-        // A single caller forms no line.
+        // A line seen waiting, then woken whole (a slow turn, a heartbeat): a line
+        // that forms later is new at the next look, not stuck.
+        let (c2, w2) = counted(2);
+        relay.hand_over(&mut w2.clone());
+        assert!(relay.unstick());
+        relay.wake_all();
+        let (c3, w3) = counted(2);
+        relay.hand_over(&mut w3.clone());
+        assert!(relay.unstick());
+        assert_eq!((woken(&c2), woken(&c3)), (vec![1, 1], vec![1, 0]));
+        // Alone, a caller forms no line.
+        relay.wake_all();
         let (one, w) = counted(1);
         relay.hand_over(&mut w.clone());
-        assert_eq!((woken(&one), formed.0.load(Ordering::SeqCst)), (vec![1], 1));
+        assert_eq!((woken(&one), formed.0.load(Ordering::SeqCst)), (vec![1], 3));
     }
 
     #[test]
