@@ -1,7 +1,7 @@
 //! Attempt deadlines: one task per client watches them all, instead of a tokio timer
-//! registered and removed per attempt (~800 of a sequential call's ~14.3k client
+//! registered and removed per attempt (~570 of a sequential call's ~14.3k client
 //! instructions: the registration and removal in the timer wheel, the `Timeout`
-//! wrapper).
+//! wrapper; at 16 callers, both client threads also took the wheel's lock per call).
 //!
 //! Each pending attempt carries its deadline. The task sleeps until the earliest one it
 //! saw, then ends every attempt past its deadline (as a timeout) and sleeps again.
@@ -33,6 +33,7 @@ pub(crate) struct Expiry {
 }
 
 impl Expiry {
+    /// Waits for no deadline yet.
     pub fn new() -> Expiry {
         Expiry {
             base: Instant::now(),

@@ -74,7 +74,8 @@ pub(crate) struct Turn<'a, E> {
 
 impl<E> Drop for Turn<'_, E> {
     fn drop(&mut self) {
-        if self.slot.filled() {
+        // With no one in line there is no one to wake (and no lock to take).
+        if !self.relay.is_empty() && self.slot.filled() {
             self.relay.pass_on();
         }
     }
