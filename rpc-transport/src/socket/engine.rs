@@ -117,7 +117,7 @@ struct Engine<'a> {
     rx_armed: bool,
 }
 
-impl Engine<'_> {
+impl<'a> Engine<'a> {
     /// A direct sink that answers has this peer's answers piling up (see
     /// [`Direct::answers`](super::core::Direct)): take nothing more from the peer.
     fn answers_wait(&self) -> bool {
@@ -125,7 +125,7 @@ impl Engine<'_> {
     }
 
     /// The relay of the socket's direct sink, if it has one.
-    fn relay(&self) -> Option<&Relay> {
+    fn relay(&self) -> Option<&'a Relay> {
         self.core.direct.get().and_then(|d| d.relay.as_deref())
     }
 
@@ -221,7 +221,7 @@ impl Engine<'_> {
                 Ok(left) => left,
             };
             if !self.woken.is_empty() {
-                match self.core.direct.get().and_then(|d| d.relay.as_deref()) {
+                match self.relay() {
                     Some(r) => r.hand_over(&mut self.woken),
                     None => self.woken.drain(..).for_each(Waker::wake),
                 }

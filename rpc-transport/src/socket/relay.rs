@@ -98,17 +98,14 @@ impl Relay {
         if self.is_empty() {
             return false;
         }
-        let stuck = {
-            let mut q = self.lock();
-            let waiting = !q.callers.is_empty();
-            let stuck = waiting && q.seen_waiting && q.passes == q.seen;
-            q.seen = q.passes;
-            q.seen_waiting = waiting && !stuck;
-            stuck
-        };
+        let mut q = self.lock();
+        let waiting = !q.callers.is_empty();
+        let stuck = waiting && q.seen_waiting && q.passes == q.seen;
+        q.seen = q.passes;
+        q.seen_waiting = waiting && !stuck;
         if stuck {
             tracing::debug!("a woken caller was not polled: waking the callers behind it");
-            self.wake_all();
+            self.wake_line(q);
         }
         !self.is_empty()
     }
@@ -170,9 +167,7 @@ impl Relay {
         if q.turn_began
             .is_some_and(|t| now.duration_since(t) > self.slow_turn)
         {
-            q.turn_began = None;
-            drop(q);
-            self.wake_all();
+            self.wake_line(q);
             return;
         }
         let next = q.callers.pop_front();
@@ -210,13 +205,18 @@ impl Relay {
         if self.is_empty() {
             return;
         }
-        let (callers, tasks) = {
-            let mut q = self.lock();
-            self.len.store(0, Ordering::Release);
-            // Progress, for the watchdog: a line that forms later is a new one.
-            q.passes += 1;
-            (std::mem::take(&mut q.callers), std::mem::take(&mut q.tasks))
-        };
+        self.wake_line(self.lock());
+    }
+
+    /// Empties the line and wakes everyone in it, and the tasks waiting for it.
+    fn wake_line(&self, mut q: MutexGuard<'_, Queue>) {
+        self.len.store(0, Ordering::Release);
+        q.turn_began = None;
+        // Progress, for the watchdog: a line that forms later is a new one.
+        q.passes += 1;
+        let callers = std::mem::take(&mut q.callers);
+        let tasks = std::mem::take(&mut q.tasks);
+        drop(q);
         callers.into_iter().chain(tasks).for_each(Waker::wake);
     }
 }
