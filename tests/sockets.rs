@@ -204,3 +204,35 @@ async fn unbind_stops_listening_and_disconnect_stops_reconnecting() {
         Err(SocketError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn a_full_receive_queue_resumes_reading_once_the_program_takes_messages() {
+    // A receive queue of one message: the echoes arrive together, the second fills
+    // it and the rest wait in the connection (which stops reading) until the program
+    // takes one. Each take must let the connection go on.
+    const N: usize = 200;
+    let mut router = RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap();
+    let mut dealer = DealerSocket::with_options(SocketOptions {
+        recv_hwm: 1,
+        ..SocketOptions::default()
+    });
+    dealer.connect(&ep.to_string()).await.unwrap();
+    for i in 0..N {
+        dealer.send(format!("m{i}").as_str()).await.unwrap();
+    }
+    for _ in 0..N {
+        let m = tokio::time::timeout(T, router.recv())
+            .await
+            .expect("request")
+            .unwrap();
+        router.send(m).await.unwrap();
+    }
+    for i in 0..N {
+        let m = tokio::time::timeout(T, dealer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("echo {i} of {N} never came"))
+            .unwrap();
+        assert_eq!(&m.frames()[0][..], format!("m{i}").as_bytes());
+    }
+}

@@ -36,6 +36,9 @@ enum End {
     Shutdown,
 }
 
+/// A wait for room in the socket's receive queue; `None` once the socket is gone.
+type RoomWait = Pin<Box<dyn Future<Output = Option<mpsc::OwnedPermit<Inbound>>> + Send>>;
+
 /// Runs one connection until it ends. Returns whether the handshake completed (the
 /// connect loop resets its backoff then).
 pub(crate) async fn run(core: Arc<Core>, io: Io) -> bool {
@@ -93,6 +96,8 @@ struct Engine<'a> {
     reply_tx: Option<mpsc::Sender<Outgoing>>,
     guard: Option<PeerGuard>,
     pending: Option<Inbound>,
+    /// The wait for room in the socket's queue for `pending` (only under backpressure).
+    room: Option<RoomWait>,
     rbuf: RecvBuf,
     timer: Pin<Box<tokio::time::Sleep>>,
     armed: Option<Instant>,
@@ -228,16 +233,22 @@ impl<'a> Engine<'a> {
             }
             let mut progress = false;
 
-            // A message waiting for room in the socket's queue.
-            if self.pending.is_some() {
-                let reserve = std::pin::pin!(self.core.inbound_tx.reserve());
-                match reserve.poll(cx) {
-                    Poll::Ready(Ok(permit)) => {
-                        permit.send(self.pending.take().expect("checked above"));
+            // A message waiting for room in the socket's queue. The wait is kept
+            // across polls: a wait dropped unfinished leaves the queue's line, and
+            // the room made by the program's next `recv` would wake no one.
+            if let Some(msg) = self.pending.take() {
+                let room = self.room.get_or_insert_with(|| {
+                    let tx = self.core.inbound_tx.clone();
+                    Box::pin(async move { tx.reserve_owned().await.ok() })
+                });
+                match room.as_mut().poll(cx) {
+                    Poll::Ready(Some(permit)) => {
+                        self.room = None;
+                        permit.send(msg);
                         progress = true;
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Exit::End(End::Shutdown)),
-                    Poll::Pending => {}
+                    Poll::Ready(None) => return Poll::Ready(Exit::End(End::Shutdown)),
+                    Poll::Pending => self.pending = Some(msg),
                 }
             }
 
@@ -374,6 +385,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         reply_tx: None,
         guard: None,
         pending: None,
+        room: None,
         rbuf: RecvBuf::new(),
         // One timer for the connection's life (not a registration per loop turn).
         timer: Box::pin(tokio::time::sleep_until(far)),
