@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use zmtp_rpc::transport::zmtp::{Connection, ConnectionConfig, Event, Greeting, SocketType};
 use zmtp_rpc::transport::{RepSocket, ReqSocket, SocketOptions};
+use zmtp_rpc::Status;
 
 const MAX: usize = 64 * 1024;
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -234,6 +235,15 @@ impl Fill for MyFill {
 /// routing.
 fn fill_request(i: u32, n: u64) -> Vec<bytes::Bytes> {
     #[derive(serde::Serialize)]
+    struct Args {
+        n: u64,
+    }
+    request(i, "fill.fill", &Args { n })
+}
+
+/// `[empty][header][args]` of call number `i` (its request id) to `method`.
+fn request(i: u32, method: &'static str, args: &dyn erased::Enc) -> Vec<bytes::Bytes> {
+    #[derive(serde::Serialize)]
     struct Header {
         v: u8,
         id: zmtp_rpc::RequestId,
@@ -242,22 +252,18 @@ fn fill_request(i: u32, n: u64) -> Vec<bytes::Bytes> {
         attempt: u32,
         meta: std::collections::BTreeMap<String, String>,
     }
-    #[derive(serde::Serialize)]
-    struct Args {
-        n: u64,
-    }
     let mut id = [0u8; 16];
     id[..4].copy_from_slice(&i.to_le_bytes());
     let header = Header {
         v: 1,
         id: zmtp_rpc::RequestId(uuid::Uuid::from_bytes(id)),
-        method: "fill.fill",
+        method,
         timeout_ms: 60_000,
         attempt: 1,
         meta: Default::default(),
     };
     let enc = |v: &dyn erased::Enc| bytes::Bytes::from(v.enc());
-    vec![bytes::Bytes::new(), enc(&header), enc(&Args { n })]
+    vec![bytes::Bytes::new(), enc(&header), enc(args)]
 }
 
 mod erased {
@@ -339,4 +345,184 @@ async fn a_peer_that_never_reads_its_answers_is_not_served_without_limit() {
     .await
     .expect("every answer arrives once read");
     assert_eq!(server.stats().executed, u64::from(REQUESTS));
+}
+
+/// Repeats what it is given a few times: the handler of the mutated requests below
+/// (whatever arguments reach it, its work stays small).
+#[zmtp_rpc::rpc_service(name = "words")]
+pub trait Words {
+    async fn shout(&self, text: String, times: u8) -> String;
+}
+
+struct MyWords;
+impl Words for MyWords {
+    async fn shout(&self, text: String, times: u8) -> String {
+        text.to_uppercase().repeat(usize::from(times % 4))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ShoutArgs<'a> {
+    text: &'a str,
+    times: u8,
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*), so that a failure repeats.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Up to `max` random bytes.
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// MessagePack markers that change what follows: nil, the never-used 0xc1, long
+/// arrays, maps, bins and strings (whose lengths follow), negative fixints.
+const MARKERS: [u8; 14] = [
+    0xc0, 0xc1, 0xdc, 0xdd, 0xde, 0xdf, 0xc4, 0xc5, 0xc6, 0xd9, 0xda, 0xdb, 0xff, 0x00,
+];
+
+/// One to three random edits of a well-formed request's frames (the envelope's
+/// delimiter included): bytes flipped or set to MessagePack markers, frames cut,
+/// lengthened, replaced, dropped or added.
+fn mutate(rng: &mut Rng, mut frames: Vec<bytes::Bytes>) -> Vec<bytes::Bytes> {
+    for _ in 0..1 + rng.below(3) {
+        let i = rng.below(frames.len());
+        let mut f = frames[i].to_vec();
+        match rng.below(7) {
+            0 if !f.is_empty() => {
+                for _ in 0..1 + rng.below(3) {
+                    let at = rng.below(f.len());
+                    f[at] ^= 1 << rng.below(8);
+                }
+            }
+            1 if !f.is_empty() => {
+                let at = rng.below(f.len());
+                f[at] = MARKERS[rng.below(MARKERS.len())];
+            }
+            2 => f.truncate(rng.below(f.len() + 1)),
+            3 => f.extend(rng.bytes(8)),
+            4 => f = rng.bytes(64),
+            5 if frames.len() > 1 => {
+                frames.remove(i);
+                continue;
+            }
+            _ => {
+                let extra = rng.bytes(16);
+                frames.insert(rng.below(frames.len() + 1), extra.into());
+                continue;
+            }
+        }
+        frames[i] = f.into();
+    }
+    frames
+}
+
+#[tokio::test]
+async fn mutated_requests_are_answered_or_dropped_and_the_server_serves_on() {
+    const MUTANTS: u32 = 3000;
+    const SEED: u64 = 0x5eed_2026_1128;
+    count_panics();
+    let server = zmtp_rpc::Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(WordsServer::new(MyWords))
+        .start()
+        .await
+        .unwrap();
+    let ep = server.endpoints()[0].to_string();
+    let mut dealer = zmtp_rpc::transport::DealerSocket::new();
+    dealer.connect(&ep).await.unwrap();
+
+    let mut rng = Rng(SEED);
+    for i in 0..MUTANTS {
+        let text = "abc".repeat(rng.below(5));
+        let args = ShoutArgs {
+            text: &text,
+            times: rng.below(8) as u8,
+        };
+        let frames = mutate(&mut rng, request(i, "words.shout", &args));
+        dealer.send(zmtp_rpc::Message::from(frames)).await.unwrap();
+    }
+    // A well-formed request last: its answer comes after those of every mutant
+    // answered in the connection's task (all of them but replays from the reply
+    // cache, which go through the connection's queue).
+    const LAST: u32 = u32::MAX;
+    let args = ShoutArgs {
+        text: "end",
+        times: 2,
+    };
+    dealer
+        .send(zmtp_rpc::Message::from(request(LAST, "words.shout", &args)))
+        .await
+        .unwrap();
+
+    #[derive(serde::Deserialize)]
+    struct ReplyHeader {
+        v: u8,
+        id: zmtp_rpc::RequestId,
+        status: u8,
+    }
+    let mut by_status = std::collections::HashMap::<Status, u32>::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let m = dealer.recv().await.unwrap();
+            // `[envelope..][empty][header][body]`: the request's envelope comes back.
+            let (envelope, f) = m.frames().split_at(m.len().saturating_sub(2));
+            assert!(
+                envelope.last().is_some_and(|d| d.is_empty()),
+                "no delimiter before the reply in {:?}",
+                m.frames()
+            );
+            let h: ReplyHeader = rmp_serde::from_slice(&f[0]).expect("a reply header");
+            assert_eq!(h.v, 1);
+            let status = Status::from_code(h.status).expect("a known status");
+            if status == Status::Ok {
+                let _: String = rmp_serde::from_slice(&f[1]).expect("an OK body is the result");
+            }
+            if h.id.0.as_bytes()[..4] == LAST.to_le_bytes() {
+                assert_eq!(status, Status::Ok);
+                let s: String = rmp_serde::from_slice(&f[1]).unwrap();
+                assert_eq!(s, "ENDEND");
+                return;
+            }
+            *by_status.entry(status).or_default() += 1;
+        }
+    })
+    .await
+    .expect("the well-formed request after the mutants is answered");
+
+    println!("seed {SEED:#x}: answers by status {by_status:?}");
+    // Both ways through the server were taken, and most mutants were answered.
+    assert!(
+        by_status.get(&Status::Ok).is_some_and(|n| *n > 100),
+        "{by_status:?}"
+    );
+    assert!(
+        by_status.get(&Status::BadRequest).is_some_and(|n| *n > 100),
+        "{by_status:?}"
+    );
+    let stats = server.stats();
+    assert_eq!(
+        stats.requests,
+        u64::from(MUTANTS) + 1,
+        "every message reached the server"
+    );
+    assert_eq!(stats.panics, 0, "no handler panicked");
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a task panicked");
+    // And a typed client is served as before.
+    let words = WordsClient::connect([ep]).await.unwrap();
+    assert_eq!(words.shout("ok".into(), 3).await.unwrap(), "OKOKOK");
 }
