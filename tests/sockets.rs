@@ -236,3 +236,39 @@ async fn a_full_receive_queue_resumes_reading_once_the_program_takes_messages() 
         assert_eq!(&m.frames()[0][..], format!("m{i}").as_bytes());
     }
 }
+
+#[tokio::test]
+async fn connections_waiting_for_room_in_one_receive_queue_all_get_through() {
+    // Three peers write to a ROUTER whose receive queue holds one message: each
+    // connection waits its turn for room, and every message arrives.
+    const PEERS: usize = 3;
+    const EACH: usize = 100;
+    let mut router = RouterSocket::with_options(SocketOptions {
+        recv_hwm: 1,
+        ..SocketOptions::default()
+    });
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut dealers = Vec::new();
+    for p in 0..PEERS {
+        let mut d = DealerSocket::new();
+        d.connect(&ep).await.unwrap();
+        for i in 0..EACH {
+            d.send(format!("{p}:{i}").as_str()).await.unwrap();
+        }
+        dealers.push(d);
+    }
+    let mut next = [0usize; PEERS];
+    for n in 0..PEERS * EACH {
+        let m = tokio::time::timeout(T, router.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {n} of {} never came", PEERS * EACH))
+            .unwrap();
+        let body = String::from_utf8(m.frames()[1].to_vec()).unwrap();
+        let (p, i) = body.split_once(':').unwrap();
+        let p: usize = p.parse().unwrap();
+        // Each peer's messages arrive in the order it sent them.
+        assert_eq!(i.parse::<usize>().unwrap(), next[p], "from peer {p}");
+        next[p] += 1;
+    }
+    assert_eq!(next, [EACH; PEERS]);
+}
