@@ -272,3 +272,52 @@ async fn connections_waiting_for_room_in_one_receive_queue_all_get_through() {
     }
     assert_eq!(next, [EACH; PEERS]);
 }
+
+#[tokio::test]
+async fn a_dealer_sends_past_a_peer_that_stopped_reading() {
+    // Two peers; one stops reading (its receive queue of one is full and nobody takes
+    // from it), so its connection backs up. Sends go on to the other peer, as with
+    // libzmq, instead of waiting for the stuck one.
+    const N: usize = 600;
+    const SIZE: usize = 64 * 1024;
+    let stuck = RouterSocket::with_options(SocketOptions {
+        recv_hwm: 1,
+        ..SocketOptions::default()
+    });
+    let stuck_ep = stuck.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut live = RouterSocket::new();
+    let live_ep = live.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut dealer = DealerSocket::with_options(SocketOptions {
+        send_hwm: 1,
+        ..SocketOptions::default()
+    });
+    dealer.connect(&stuck_ep).await.unwrap();
+    dealer.connect(&live_ep).await.unwrap();
+    let mut peers = dealer.watch_peers();
+    tokio::time::timeout(T, peers.wait_for(|n| *n == 2))
+        .await
+        .expect("both peers connect")
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < N / 2 {
+            live.recv().await.unwrap();
+            got += 1;
+        }
+        live // still connected: the rest waits in its queue
+    });
+    let body = Bytes::from(vec![7u8; SIZE]);
+    tokio::time::timeout(T, async {
+        for _ in 0..N {
+            dealer.send(body.clone()).await.unwrap();
+        }
+    })
+    .await
+    .expect("every send completes although one peer stopped reading");
+    // The stuck peer took what its buffers hold (a few MiB); the rest went on.
+    let live = tokio::time::timeout(T, reader)
+        .await
+        .expect("the live peer received at least half")
+        .unwrap();
+    drop((stuck, live));
+}

@@ -1,9 +1,11 @@
 //! What every socket type shares: the peer table, the inbound queue, endpoints and the
 //! tasks behind them (listeners, connect loops, one engine per connection).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::task::Waker;
+use std::task::{Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -122,6 +124,41 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A wait for room in one peer's send queue.
+type RoomWait = Pin<Box<dyn Future<Output = Option<(PeerId, mpsc::OwnedPermit<Outgoing>)>> + Send>>;
+
+/// Waits for room in any of the peers' send queues: the first peer with room and its
+/// reserved place, or `None` when every queue is closed.
+async fn first_room(
+    peers: Vec<(PeerId, mpsc::Sender<Outgoing>)>,
+) -> Option<(PeerId, mpsc::OwnedPermit<Outgoing>)> {
+    let mut waits: Vec<Option<RoomWait>> = peers
+        .into_iter()
+        .map(|(id, tx)| {
+            Some(
+                Box::pin(async move { tx.reserve_owned().await.ok().map(|p| (id, p)) }) as RoomWait,
+            )
+        })
+        .collect();
+    std::future::poll_fn(|cx| {
+        let mut open = false;
+        for w in &mut waits {
+            let Some(f) = w else { continue };
+            match f.as_mut().poll(cx) {
+                Poll::Ready(Some(room)) => return Poll::Ready(Some(room)),
+                Poll::Ready(None) => *w = None,
+                Poll::Pending => open = true,
+            }
+        }
+        if open {
+            Poll::Pending
+        } else {
+            Poll::Ready(None)
+        }
+    })
+    .await
+}
+
 /// Removes its peer from the table when the connection's engine ends, however it ends.
 pub(crate) struct PeerGuard {
     core: Arc<Core>,
@@ -233,33 +270,31 @@ impl Core {
                 Ok(id) => return Ok(id),
                 Err(m) => m,
             };
-            let waiting_on = {
-                let peers = lock(&self.peers);
-                let n = peers.list.len();
-                (n > 0).then(|| {
-                    let p = &peers.list[peers.rr % n];
-                    (p.id, p.tx.clone())
-                })
-            };
-            match waiting_on {
-                // Every peer is at its high-water mark: wait for room at the next one,
-                // or for the peer set to change.
-                Some((id, tx)) => tokio::select! {
-                    permit = tx.reserve() => {
-                        if let Ok(permit) = permit {
-                            permit.send(msg);
-                            lock(&self.peers).rr += 1;
-                            return Ok(id);
-                        }
-                    }
-                    _ = count.changed() => {}
-                },
-                None => {
-                    if *self.shutdown.borrow() {
-                        return Err(SocketError::Closed);
-                    }
-                    count.changed().await.map_err(|_| SocketError::Closed)?;
+            let waiting_on: Vec<_> = lock(&self.peers)
+                .list
+                .iter()
+                .map(|p| (p.id, p.tx.clone()))
+                .collect();
+            if waiting_on.is_empty() {
+                if *self.shutdown.borrow() {
+                    return Err(SocketError::Closed);
                 }
+                count.changed().await.map_err(|_| SocketError::Closed)?;
+                continue;
+            }
+            // Every peer is at its high-water mark: the first to make room takes the
+            // message (a peer that stopped reading holds up no one), unless the peer
+            // set changes first.
+            tokio::select! {
+                Some((id, permit)) = first_room(waiting_on) => {
+                    permit.send(msg);
+                    let mut peers = lock(&self.peers);
+                    if let Some(i) = peers.list.iter().position(|p| p.id == id) {
+                        peers.rr = i + 1;
+                    }
+                    return Ok(id);
+                }
+                _ = count.changed() => {}
             }
         }
     }
