@@ -321,3 +321,53 @@ async fn a_dealer_sends_past_a_peer_that_stopped_reading() {
         .unwrap();
     drop((stuck, live));
 }
+
+#[tokio::test]
+async fn a_router_without_mandatory_drops_what_a_stuck_peer_has_no_room_for() {
+    // The peer stops reading (its receive queue of one is full and nobody takes from
+    // it). Without `router_mandatory` the ROUTER drops what does not fit, as libzmq
+    // does, so one stuck peer cannot hold up a server loop; a peer still reading is
+    // served beside it.
+    const N: usize = 600;
+    const SIZE: usize = 64 * 1024;
+    let mut router = RouterSocket::with_options(SocketOptions {
+        router_mandatory: false,
+        send_hwm: 1,
+        ..SocketOptions::default()
+    });
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let opts = SocketOptions {
+        recv_hwm: 1,
+        ..SocketOptions::default()
+    };
+    let mut stuck = DealerSocket::with_options(opts.clone());
+    stuck.connect(&ep).await.unwrap();
+    stuck.send("stuck").await.unwrap();
+    let mut live = DealerSocket::new();
+    live.connect(&ep).await.unwrap();
+    live.send("live").await.unwrap();
+    let mut ids = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(T, router.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        ids.insert(m.frames()[1].clone(), m.frames()[0].clone());
+    }
+    let (stuck_id, live_id) = (ids[&b"stuck"[..]].clone(), ids[&b"live"[..]].clone());
+    let body = Bytes::from(vec![7u8; SIZE]);
+    tokio::time::timeout(T, async {
+        for _ in 0..N {
+            let m = Message::from(vec![stuck_id.clone(), body.clone()]);
+            router.send(m).await.unwrap();
+        }
+    })
+    .await
+    .expect("sends to a stuck peer do not wait");
+    router
+        .send(Message::from(vec![live_id, Bytes::from_static(b"hello")]))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(T, live.recv()).await.unwrap().unwrap();
+    assert_eq!(&m.frames()[0][..], b"hello");
+}

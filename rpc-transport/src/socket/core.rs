@@ -352,16 +352,26 @@ impl Core {
         }
     }
 
-    /// Sends to one peer by routing id; `Ok(false)` when there is no such peer.
+    /// Sends to one peer by routing id; `false` when there is no such peer. A peer at
+    /// its high-water mark is waited for under `router_mandatory`; otherwise the
+    /// message is dropped, as libzmq does.
     pub async fn send_to_routing_id(&self, rid: &[u8], msg: Message) -> bool {
         let tx = lock(&self.peers)
             .list
             .iter()
             .find(|p| p.routing_id == rid)
             .map(|p| p.tx.clone());
-        match tx {
-            Some(tx) => tx.send(msg.into()).await.is_ok(),
-            None => false,
+        let Some(tx) = tx else { return false };
+        if self.opts.router_mandatory {
+            return tx.send(msg.into()).await.is_ok();
+        }
+        match tx.try_send(msg.into()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!("ROUTER: peer at its high-water mark; message dropped");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 

@@ -33,8 +33,9 @@ pub struct SocketOptions {
     pub linger: Duration,
     /// Most connections a bound socket accepts at once. Default 65536.
     pub max_connections: usize,
-    /// ROUTER: a send to an unknown routing id is an error (libzmq
-    /// `ROUTER_MANDATORY`); when false it is dropped silently. Default true.
+    /// ROUTER: a send to an unknown routing id is an error and a send to a peer at
+    /// its high-water mark waits (libzmq `ROUTER_MANDATORY`); when false both are
+    /// dropped silently. Default true.
     pub router_mandatory: bool,
     /// Seed for reconnect jitter; `None` draws one. Set it for repeatable tests.
     pub rng_seed: Option<u64>,

@@ -26,8 +26,9 @@ impl RouterSocket {
     }
 
     /// Sends `[routing id, frames...]`: the first frame picks the peer and is not sent.
-    /// An unknown routing id is [`SocketError::Unroutable`] (unless
-    /// `router_mandatory` is off, when the message is dropped).
+    /// An unknown routing id is [`SocketError::Unroutable`], and a peer whose queue is
+    /// at its high-water mark is waited for; with `router_mandatory` off, both drop the
+    /// message instead (libzmq's default).
     pub async fn send(&mut self, msg: impl Into<Message>) -> Result<(), SocketError> {
         let mut msg = msg.into();
         let rid = msg.pop_front().ok_or(SocketError::EmptyMessage)?;
@@ -62,7 +63,8 @@ impl RouterSocket {
 
 impl RouterSender {
     /// Sends `frames` to the peer with routing id `rid`; `false` when there is no
-    /// such peer (it disconnected), in which case the message is dropped.
+    /// such peer (it disconnected), in which case the message is dropped. A full
+    /// queue is handled as by [`RouterSocket::send`].
     pub async fn send_to(&self, rid: &[u8], msg: Message) -> bool {
         self.core.send_to_routing_id(rid, msg).await
     }
