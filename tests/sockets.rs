@@ -371,3 +371,32 @@ async fn a_router_without_mandatory_drops_what_a_stuck_peer_has_no_room_for() {
     let m = tokio::time::timeout(T, live.recv()).await.unwrap().unwrap();
     assert_eq!(&m.frames()[0][..], b"hello");
 }
+
+#[tokio::test]
+async fn a_burst_of_large_messages_queued_at_once_is_sent_in_full() {
+    // 600 messages of 64 KiB queued before the connection's task runs: it takes a
+    // batch, writes it, and must come back for the rest by itself (nothing arrives
+    // from the peer to wake it).
+    const N: usize = 600;
+    const SIZE: usize = 64 * 1024;
+    let mut router = RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut dealer = DealerSocket::new();
+    dealer.connect(&ep).await.unwrap();
+    let mut peers = dealer.watch_peers();
+    tokio::time::timeout(T, peers.wait_for(|n| *n == 1))
+        .await
+        .expect("connected")
+        .unwrap();
+    let body = Bytes::from(vec![7u8; SIZE]);
+    for _ in 0..N {
+        dealer.send(body.clone()).await.unwrap();
+    }
+    for i in 0..N {
+        let m = tokio::time::timeout(T, router.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {N} never came"))
+            .unwrap();
+        assert_eq!(m.frames()[1].len(), SIZE);
+    }
+}

@@ -253,7 +253,14 @@ impl<'a> Engine<'a> {
             }
 
             // Everything the socket queued for this peer, while the backlog allows.
-            while self.guard.is_some() && self.unsent() < TX_HIGH {
+            // Stopped by the backlog's bound, the queue is not drained and will not
+            // wake this task: once the write below has made room, go round again.
+            let mut bounded = false;
+            while self.guard.is_some() {
+                if self.unsent() >= TX_HIGH {
+                    bounded = true;
+                    break;
+                }
                 if self.rx_armed && self.out_rx.is_empty() {
                     break;
                 }
@@ -291,6 +298,10 @@ impl<'a> Engine<'a> {
                     Ok(left) => self.backlog = left,
                     Err(e) => return Poll::Ready(Exit::End(End::Io(e))),
                 }
+            }
+            // (Still past the bound, the flush registered for the socket's room.)
+            if bounded && self.unsent() < TX_HIGH {
+                progress = true;
             }
 
             // Decoded messages left: the answers so far are written; back to them
