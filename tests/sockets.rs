@@ -400,3 +400,46 @@ async fn a_burst_of_large_messages_queued_at_once_is_sent_in_full() {
         assert_eq!(m.frames()[1].len(), SIZE);
     }
 }
+
+#[tokio::test]
+async fn a_rep_server_goes_on_serving_beside_a_peer_that_never_reads_its_replies() {
+    // A DEALER pipelines requests to a REP and never reads the replies (its receive
+    // queue of one fills, then its connection backs up). The REP drops what that
+    // peer has no room for, as libzmq does, and a REQ beside it is served.
+    const N: usize = 600;
+    const SIZE: usize = 64 * 1024;
+    let rep = RepSocket::with_options(SocketOptions {
+        send_hwm: 1,
+        ..SocketOptions::default()
+    });
+    let ep = rep.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let (answered_tx, mut answered) = tokio::sync::watch::channel(0usize);
+    let mut rep = rep;
+    tokio::spawn(async move {
+        while let Ok(m) = rep.recv().await {
+            rep.send(m).await.unwrap();
+            answered_tx.send_modify(|n| *n += 1);
+        }
+    });
+    let mut stuck = DealerSocket::with_options(SocketOptions {
+        recv_hwm: 1,
+        ..SocketOptions::default()
+    });
+    stuck.connect(&ep).await.unwrap();
+    let body = Bytes::from(vec![7u8; SIZE]);
+    for _ in 0..N {
+        let m = Message::from(vec![Bytes::new(), body.clone()]);
+        tokio::time::timeout(T, stuck.send(m))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    tokio::time::timeout(T, answered.wait_for(|n| *n == N))
+        .await
+        .expect("the REP answers every request, without waiting for room")
+        .unwrap();
+    let mut req = ReqSocket::new();
+    req.connect(&ep).await.unwrap();
+    assert_eq!(round_trip(&mut req, "still there?").await, "still there?");
+    drop(stuck);
+}

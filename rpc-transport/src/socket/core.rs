@@ -339,16 +339,23 @@ impl Core {
         }
     }
 
-    /// Sends to one peer by connection id; `Ok(false)` when that peer is gone.
-    pub async fn send_to_peer(&self, peer: PeerId, msg: Message) -> bool {
+    /// Sends to one peer by connection id without waiting; `false` when that peer is
+    /// gone. A peer at its high-water mark gets nothing (libzmq's REP drops there too:
+    /// a peer that does not read its replies must not hold up the others).
+    pub fn send_to_peer(&self, peer: PeerId, msg: Message) -> bool {
         let tx = lock(&self.peers)
             .list
             .iter()
             .find(|p| p.id == peer)
             .map(|p| p.tx.clone());
-        match tx {
-            Some(tx) => tx.send(msg.into()).await.is_ok(),
-            None => false,
+        let Some(tx) = tx else { return false };
+        match tx.try_send(msg.into()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!("peer at its high-water mark; message dropped");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 

@@ -44,7 +44,9 @@ impl RepSocket {
     }
 
     /// Sends the reply to the last request, with its envelope. If the requester is gone,
-    /// the reply is dropped, as libzmq does.
+    /// or has so many replies waiting that its queue is at the high-water mark (a
+    /// DEALER that sends without reading), the reply is dropped, as libzmq does: one
+    /// such peer does not hold up the others.
     pub async fn send(&mut self, msg: impl Into<Message>) -> Result<(), SocketError> {
         let mut msg = msg.into();
         if msg.is_empty() {
@@ -55,7 +57,7 @@ impl RepSocket {
             .take()
             .ok_or(SocketError::State("REP: no request to reply to"))?;
         msg.prepend_envelope(envelope);
-        if !self.base.core.send_to_peer(peer, msg).await {
+        if !self.base.core.send_to_peer(peer, msg) {
             tracing::debug!("REP: requester gone; reply dropped");
         }
         Ok(())
