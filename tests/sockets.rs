@@ -443,3 +443,79 @@ async fn a_rep_server_goes_on_serving_beside_a_peer_that_never_reads_its_replies
     assert_eq!(round_trip(&mut req, "still there?").await, "still there?");
     drop(stuck);
 }
+
+/// Deterministic pseudo-random numbers (SplitMix64), so that a failure repeats.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_traffic_under_small_high_water_marks_arrives_whole_and_in_order() {
+    // Three DEALERs send messages of 0 B to 400 KiB (some frames past the 256 KiB
+    // write bound) through queues of two messages to a ROUTER that echoes them, while
+    // each reads its echoes in another task. Every echo must come back, whole, in the
+    // order sent: no connection may stall at any of the queues' bounds.
+    const PEERS: u64 = 3;
+    const EACH: u64 = 400;
+    let small = SocketOptions {
+        send_hwm: 2,
+        recv_hwm: 2,
+        ..SocketOptions::default()
+    };
+    let mut router = RouterSocket::with_options(small.clone());
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok(m) = router.recv().await {
+            router.send(m).await.unwrap();
+        }
+    });
+    let mut peers = Vec::new();
+    for p in 0..PEERS {
+        let mut d = DealerSocket::with_options(small.clone());
+        d.connect(&ep).await.unwrap();
+        peers.push(tokio::spawn(async move {
+            let mut rng = Rng(0x5eed + p);
+            let sizes: Vec<usize> = (0..EACH)
+                .map(|_| match rng.below(4) {
+                    0 => rng.below(64) as usize,
+                    1 => rng.below(8 * 1024) as usize,
+                    2 => rng.below(64 * 1024) as usize,
+                    _ => rng.below(400 * 1024) as usize,
+                })
+                .collect();
+            let body = |i: usize| Bytes::from(vec![(i % 251) as u8; sizes[i]]);
+            let mut sent = 0;
+            let mut got = 0;
+            // One socket sends and reads: each turn gives sending and reading a
+            // moment (both are cancel-safe), so neither side waits on the other.
+            let moment = Duration::from_millis(1);
+            while got < sizes.len() {
+                if sent < sizes.len() {
+                    if let Ok(r) = tokio::time::timeout(moment, d.send(body(sent))).await {
+                        r.unwrap();
+                        sent += 1;
+                    }
+                }
+                if let Ok(m) = tokio::time::timeout(moment, d.recv()).await {
+                    let m = m.unwrap();
+                    assert_eq!(m.frames()[0], body(got), "peer {p}, echo {got}");
+                    got += 1;
+                }
+            }
+        }));
+    }
+    for (p, h) in peers.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .unwrap_or_else(|_| panic!("peer {p} stalled"))
+            .unwrap();
+    }
+}
