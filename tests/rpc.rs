@@ -532,6 +532,67 @@ async fn large_blobs_travel_without_copies_and_arrive_intact() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_with_blobs_of_every_size_are_all_answered_without_a_timer() {
+    // Sixteen callers on one connection, blobs of 0 B to 600 KiB: requests and replies
+    // cross the connection's write bound (256 KiB) and its queues in every way. With
+    // no retries, no heartbeats and attempts of a minute, a message left unwritten
+    // would leave its call waiting for a timer.
+    let (server, client) = serve_and_connect(
+        Server::builder()
+            .heartbeat(None)
+            .add_service(SlicerServer::new(MySlicer)),
+        Client::builder()
+            .heartbeat(None)
+            .retries(0)
+            .attempt_timeout(Duration::from_secs(60))
+            .call_timeout(Duration::from_secs(60)),
+    )
+    .await;
+    let slicer = SlicerClient::new(client.clone());
+    const CALLERS: u64 = 16;
+    const CALLS: u64 = 30;
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let slicer = slicer.clone();
+            tokio::spawn(async move {
+                let mut seed = 0x5eed_0000 + c;
+                let mut below = move |n: u64| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed % n
+                };
+                for i in 0..CALLS {
+                    let len = match below(3) {
+                        0 => below(100),
+                        1 => below(16 * 1024),
+                        _ => below(600 * 1024),
+                    } as usize;
+                    let data: Vec<u8> = (0..len).map(|k| (k as u64 * 31 + c + i) as u8).collect();
+                    let at = below(len as u64 + 1);
+                    let (a, _, b) = tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep(Duration::from_secs(20)) => {
+                            panic!("caller {c}, call {i} ({len} B) waited for a timer")
+                        }
+                        r = slicer.cut(zmtp_rpc::Blob::from(data.clone()), at) => r.expect("answered"),
+                    };
+                    let at = at as usize;
+                    assert_eq!((&a[..], &b[..]), (&data[..at], &data[at..]), "caller {c}, call {i}");
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    let stats = client.stats();
+    assert_eq!(stats.succeeded, CALLERS * CALLS);
+    assert_eq!((stats.timeouts, stats.retries), (0, 0));
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn calls_spread_over_the_connections_of_an_endpoint() {
     use std::collections::HashMap;
