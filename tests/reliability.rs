@@ -471,11 +471,13 @@ async fn chaos_8_callers_1000_calls_each_with_seeded_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_outstanding_sends_most_calls_to_the_fast_worker() {
     let _serial = SERIAL.lock().await;
-    // Worker 0 takes 100 ms a call (under the 200 ms attempt timeout), worker 1 none.
+    // Worker 0 takes 100 ms a call, worker 1 none. The attempt timeout is far above
+    // 100 ms: a call timed out on a loaded machine (once, at 200 ms) would mark the slow
+    // worker suspect, and the spread would no longer show the balancing alone.
     let (pool, _lines) = Pool::new(2, &[100, 0]).await;
     let c = Client::builder()
         .endpoints(pool.endpoints())
-        .attempt_timeout(ATTEMPT)
+        .attempt_timeout(Duration::from_secs(2))
         .balance(zmtp_rpc::Balance::LeastOutstanding)
         .connect()
         .await
