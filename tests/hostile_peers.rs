@@ -526,3 +526,139 @@ async fn mutated_requests_are_answered_or_dropped_and_the_server_serves_on() {
     let words = WordsClient::connect([ep]).await.unwrap();
     assert_eq!(words.shout("ok".into(), 3).await.unwrap(), "OKOKOK");
 }
+
+/// What a hostile server answers to one request.
+enum Answer {
+    /// The right reply, whole.
+    Right,
+    /// The right body behind a mutated envelope and header (bytes flipped or set to
+    /// MessagePack markers, frames cut, replaced, dropped or added).
+    Mutated,
+    /// Nothing.
+    Silence,
+    /// The right reply, twice.
+    Twice,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutated_replies_end_calls_with_the_right_result_or_an_error_by_their_deadline() {
+    const CALLERS: u64 = 4;
+    const CALLS: u64 = 30;
+    const SEED: u64 = 0x5eed_2026_1129;
+    const CALL_TIMEOUT: Duration = Duration::from_millis(600);
+    count_panics();
+    // A ROUTER that answers `words.shout` requests, often badly. The body is never
+    // touched: a reply whose header still names the call and says OK carries the
+    // right result.
+    let mut router = zmtp_rpc::transport::RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    tokio::spawn(async move {
+        #[derive(serde::Deserialize)]
+        struct Header {
+            id: zmtp_rpc::RequestId,
+        }
+        #[derive(serde::Deserialize)]
+        struct Args {
+            text: String,
+            times: u8,
+        }
+        #[derive(serde::Serialize)]
+        struct ReplyHeader {
+            v: u8,
+            id: zmtp_rpc::RequestId,
+            status: u8,
+            message: &'static str,
+        }
+        let mut rng = Rng(SEED);
+        while let Ok(m) = router.recv().await {
+            // [routing id][envelope...][empty][header][args]
+            let f = m.frames();
+            let d = f.iter().position(|b| b.is_empty()).unwrap();
+            let h: Header = rmp_serde::from_slice(&f[d + 1]).unwrap();
+            let a: Args = rmp_serde::from_slice(&f[d + 2]).unwrap();
+            let result = a.text.to_uppercase().repeat(usize::from(a.times % 4));
+            let header = ReplyHeader {
+                v: 1,
+                id: h.id,
+                status: 0,
+                message: "",
+            };
+            // The request's envelope (without the routing id), then the header.
+            let mut head = f[1..=d].to_vec();
+            head.push(bytes::Bytes::from(erased::Enc::enc(&header)));
+            let body = bytes::Bytes::from(erased::Enc::enc(&result));
+            let answer = match rng.below(8) {
+                0..=3 => Answer::Right,
+                4 | 5 => Answer::Mutated,
+                6 => Answer::Silence,
+                _ => Answer::Twice,
+            };
+            let reply = |head: Vec<bytes::Bytes>| {
+                let mut frames = vec![f[0].clone()];
+                frames.extend(head);
+                frames.push(body.clone());
+                zmtp_rpc::Message::from(frames)
+            };
+            let sends = match answer {
+                Answer::Right => vec![reply(head)],
+                Answer::Mutated => vec![reply(mutate(&mut rng, head))],
+                Answer::Silence => vec![],
+                Answer::Twice => vec![reply(head.clone()), reply(head)],
+            };
+            for r in sends {
+                router.send(r).await.unwrap();
+            }
+        }
+    });
+
+    let client = zmtp_rpc::Client::builder()
+        .endpoint(ep)
+        .attempt_timeout(Duration::from_millis(100))
+        .retries(3)
+        .call_timeout(CALL_TIMEOUT)
+        .connect()
+        .await
+        .unwrap();
+    let words = WordsClient::new(client.clone());
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|c| {
+            let words = words.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                for i in 0..CALLS {
+                    let text = format!("c{c}i{i}");
+                    let times = (i % 4) as u8;
+                    let t0 = Instant::now();
+                    match words.shout(text.clone(), times).await {
+                        Ok(s) => {
+                            assert_eq!(s, text.to_uppercase().repeat(usize::from(times)));
+                            ok += 1;
+                        }
+                        Err(_) => failed += 1,
+                    }
+                    let took = t0.elapsed();
+                    // The deadline, and the scheduling slack the README grants.
+                    assert!(
+                        took < CALL_TIMEOUT + Duration::from_millis(400),
+                        "caller {c}, call {i} took {took:?}"
+                    );
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for c in callers {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    let stats = client.stats();
+    println!("seed {SEED:#x}: {ok} right, {failed} failed; {stats:?}");
+    assert_eq!(u64::from(ok + failed), CALLERS * CALLS);
+    // Most calls get through (a bad or missing reply costs an attempt, not the call).
+    assert!(u64::from(ok) > CALLERS * CALLS / 4, "{ok} right");
+    assert!(stats.late_replies > 0, "the second copies were noticed");
+    assert!(stats.timeouts > 0, "the silences were noticed");
+    assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a task panicked");
+}
