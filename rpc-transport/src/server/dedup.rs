@@ -207,6 +207,32 @@ impl<W> ReplyCache<W> {
     pub fn len(&self) -> usize {
         self.order.len()
     }
+
+    /// Panics unless the byte count, the bounds and the eviction order agree with
+    /// the entries.
+    #[cfg(test)]
+    fn check(&self) {
+        let mut bytes = 0;
+        let mut finished = 0;
+        for (id, e) in &self.map {
+            let at = match e {
+                Entry::Running { .. } => continue,
+                Entry::Done { reply, at } => {
+                    bytes += reply.byte_len();
+                    at
+                }
+                Entry::Acked { at } => at,
+            };
+            finished += 1;
+            assert!(
+                self.order.contains(&(*id, *at)),
+                "a finished entry without its place in the eviction order"
+            );
+        }
+        assert_eq!(bytes, self.bytes, "byte count");
+        assert!(bytes <= self.max_bytes, "{bytes} bytes held");
+        assert!(finished <= self.max_entries, "{finished} entries held");
+    }
 }
 
 /// The callers of an entry being replaced: a running one's waiters; a finished one
@@ -326,6 +352,112 @@ mod tests {
         assert!(c.finish(third, out(vec![]), t0).1.is_ok());
         assert_eq!(c.len(), 2);
         assert_eq!(c.begin(id, env(6), t0), Lookup::Run, "oldest evicted");
+    }
+
+    /// What the cache may say about an id, by the operations made on it.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Model {
+        Absent,
+        Running(Vec<u32>),
+        Done(Outgoing),
+        Acked,
+    }
+
+    #[test]
+    fn random_operations_agree_with_a_model_of_the_cache() {
+        // Twelve ids, small bounds, time moving by random steps: eviction happens
+        // often. The model knows everything but eviction, so the cache may only differ
+        // by having let go of a finished id (never of a running one).
+        let mut seed = 0x5eed_dedc_u64;
+        let mut below = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let ids: Vec<RequestId> = (0..12).map(|_| RequestId::new()).collect();
+        let mut model = vec![Model::Absent; ids.len()];
+        let mut c: ReplyCache<u32> = ReplyCache::new(5, Duration::from_millis(50), 2000);
+        let mut now = Instant::now();
+        let mut next_waiter = 0u32;
+        let (mut runs, mut cached, mut evicted) = (0, 0, 0);
+        for step in 0..20_000 {
+            now += Duration::from_millis(below(4));
+            let k = below(ids.len() as u64) as usize;
+            let id = ids[k];
+            match below(4) {
+                0 | 1 => {
+                    next_waiter += 1;
+                    let got = c.begin(id, next_waiter, now);
+                    model[k] = match (&model[k], got) {
+                        (Model::Running(w), Lookup::Joined) => {
+                            let mut w = w.clone();
+                            w.push(next_waiter);
+                            Model::Running(w)
+                        }
+                        (Model::Done(r), Lookup::Cached(got, w)) => {
+                            assert_eq!((&got, w), (r, next_waiter), "step {step}");
+                            cached += 1;
+                            Model::Done(r.clone())
+                        }
+                        (Model::Acked, Lookup::Acked) => Model::Acked,
+                        (m, Lookup::Run) => {
+                            assert!(
+                                !matches!(m, Model::Running(_)),
+                                "step {step}: a running id ran again"
+                            );
+                            evicted += usize::from(*m != Model::Absent);
+                            runs += 1;
+                            Model::Running(vec![next_waiter])
+                        }
+                        (m, got) => panic!("step {step}: {m:?} answered {got:?}"),
+                    };
+                }
+                2 => {
+                    if let Model::Running(w) = &model[k] {
+                        let size = below(900) as usize;
+                        let reply = out(vec![Bytes::from(vec![k as u8; size])]);
+                        let (waiters, kept) = c.finish(id, reply.clone(), now);
+                        assert_eq!(all(waiters), *w, "step {step}: waiters");
+                        model[k] = match kept {
+                            Ok(r) => {
+                                assert_eq!(*r, reply);
+                                Model::Done(reply)
+                            }
+                            Err(r) => {
+                                assert_eq!(r, reply);
+                                Model::Absent
+                            }
+                        };
+                    } else if below(8) == 0 {
+                        c.ack(id);
+                        if matches!(model[k], Model::Done(_)) {
+                            model[k] = Model::Acked;
+                        }
+                    }
+                }
+                _ => {
+                    if matches!(model[k], Model::Running(_)) && below(4) == 0 {
+                        let Model::Running(w) = std::mem::replace(&mut model[k], Model::Absent)
+                        else {
+                            unreachable!()
+                        };
+                        assert_eq!(all(c.abandon(id)), w, "step {step}: abandoned");
+                    } else {
+                        c.ack(id);
+                        if matches!(model[k], Model::Done(_)) {
+                            model[k] = Model::Acked;
+                        }
+                    }
+                }
+            }
+            c.check();
+        }
+        // Every way was taken, many times.
+        assert!(
+            runs > 1000 && cached > 1000 && evicted > 500,
+            "{runs} {cached} {evicted}"
+        );
     }
 
     #[test]
