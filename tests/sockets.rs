@@ -519,3 +519,35 @@ async fn mixed_traffic_under_small_high_water_marks_arrives_whole_and_in_order()
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn past_the_connection_limit_a_connection_is_closed_until_a_place_frees_up() {
+    use tokio::io::AsyncReadExt;
+    // A REP that holds two connections: a third is closed at once, before any
+    // greeting; once one of the two goes away, a new peer is served.
+    let rep = RepSocket::with_options(SocketOptions::default().max_connections(2));
+    let ep = rep.bind("tcp://127.0.0.1:0").await.unwrap();
+    let port = ep.port().unwrap();
+    let ep = ep.to_string();
+    tokio::spawn(echo_rep(rep));
+    let mut a = ReqSocket::new();
+    a.connect(&ep).await.unwrap();
+    let mut b = ReqSocket::new();
+    b.connect(&ep).await.unwrap();
+    assert_eq!(round_trip(&mut a, "a").await, "a");
+    assert_eq!(round_trip(&mut b, "b").await, "b");
+    // A served connection would get the REP's greeting; this one gets nothing.
+    let mut third = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(T, third.read(&mut buf))
+        .await
+        .expect("closed at once")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the third connection was greeted: {:?}", &buf[..n]);
+    drop(a);
+    let mut c = ReqSocket::new();
+    c.connect(&ep).await.unwrap();
+    assert_eq!(round_trip(&mut c, "c").await, "c");
+}
