@@ -159,6 +159,19 @@ async fn first_room(
     .await
 }
 
+/// Queues `msg` for a peer without waiting: dropped (and `true`) when the peer is at
+/// its high-water mark, `false` when its connection is gone.
+fn offer(tx: &mpsc::Sender<Outgoing>, msg: Message) -> bool {
+    match tx.try_send(msg.into()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::debug!("peer at its high-water mark; message dropped");
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
 /// Removes its peer from the table when the connection's engine ends, however it ends.
 pub(crate) struct PeerGuard {
     core: Arc<Core>,
@@ -348,15 +361,7 @@ impl Core {
             .iter()
             .find(|p| p.id == peer)
             .map(|p| p.tx.clone());
-        let Some(tx) = tx else { return false };
-        match tx.try_send(msg.into()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!("peer at its high-water mark; message dropped");
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        tx.is_some_and(|tx| offer(&tx, msg))
     }
 
     /// Sends to one peer by routing id; `false` when there is no such peer. A peer at
@@ -372,14 +377,7 @@ impl Core {
         if self.opts.router_mandatory {
             return tx.send(msg.into()).await.is_ok();
         }
-        match tx.try_send(msg.into()) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!("ROUTER: peer at its high-water mark; message dropped");
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        offer(&tx, msg)
     }
 
     pub fn has_peer(&self, peer: PeerId) -> bool {
