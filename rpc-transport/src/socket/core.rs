@@ -273,8 +273,8 @@ impl Core {
 
     /// Sends to the next peer in round-robin order that has room, waiting for a peer
     /// (or for room) when there is none. Returns the peer it went to.
-    pub async fn send_round_robin(&self, msg: Message) -> Result<PeerId, SocketError> {
-        let mut msg = Outgoing::from(msg);
+    pub async fn send_round_robin(&self, msg: impl Into<Outgoing>) -> Result<PeerId, SocketError> {
+        let mut msg = msg.into();
         let mut count = self.peer_count.subscribe();
         loop {
             // Marked seen before looking, so that a peer arriving after the look wakes us.

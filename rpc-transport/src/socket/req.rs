@@ -39,7 +39,13 @@ impl ReqSocket {
             return Err(SocketError::EmptyMessage);
         }
         msg.push_front(Bytes::new());
-        let peer = self.base.core.send_round_robin(msg).await?;
+        // Lock-step: nothing of this socket's can still wait to be written, so the
+        // request may go straight to the socket from here (no wake-up of the
+        // connection's task), in the order it was sent.
+        let peer = match self.base.core.try_send_direct(msg.into()) {
+            Ok(peer) => peer,
+            Err(msg) => self.base.core.send_round_robin(msg).await?,
+        };
         self.awaiting = Some(peer);
         Ok(())
     }
