@@ -126,25 +126,36 @@ impl Outbox {
         from: &mut TxQueue,
         cork: bool,
     ) -> std::io::Result<usize> {
-        let mut g = self.lock();
-        let inner = &mut *g;
-        inner.corked = cork;
-        inner.held = 0;
-        inner.queue.append(from);
-        self.take_handed(&mut inner.queue);
-        if !inner.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            inner.task = Some(cx.waker().clone());
-        }
-        while !inner.queue.is_empty() {
-            match write_some(&mut inner.write, &mut inner.queue, cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Err(e),
-                Poll::Pending => break,
+        loop {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            inner.corked = cork;
+            inner.held = 0;
+            inner.queue.append(from);
+            self.take_handed(&mut inner.queue);
+            if !inner.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                inner.task = Some(cx.waker().clone());
+            }
+            while !inner.queue.is_empty() {
+                match write_some(&mut inner.write, &mut inner.queue, cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+            inner.stalled = !inner.queue.is_empty();
+            let left = inner.queue.len();
+            self.left.store(left, Ordering::Release);
+            drop(g);
+            // A caller that handed a message in while this held the writer, and then
+            // found it still held, left the message to this: look again, as senders
+            // do after letting go (a store then a load on each side). With bytes left,
+            // the socket wakes this task, whose next flush takes them.
+            fence(Ordering::SeqCst);
+            if left > 0 || self.handed_n.load(Ordering::Acquire) == 0 {
+                return Ok(left);
             }
         }
-        inner.stalled = !inner.queue.is_empty();
-        self.left.store(inner.queue.len(), Ordering::Release);
-        Ok(inner.queue.len())
     }
 
     /// Moves the handed-in messages to `queue`.
@@ -299,10 +310,15 @@ mod tests {
     use std::task::Wake;
 
     /// A socket that takes at most `room` bytes, then would block.
+    /// Runs once, inside the next write: whatever a caller does while the writer is
+    /// held.
+    type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
+
     #[derive(Clone, Default)]
     struct Sock {
         got: Arc<Mutex<Vec<u8>>>,
         room: Arc<AtomicUsize>,
+        during_write: Hook,
     }
 
     impl AsyncWrite for Sock {
@@ -311,6 +327,9 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<std::io::Result<usize>> {
+            if let Some(f) = self.during_write.lock().unwrap().take() {
+                f();
+            }
             let n = buf.len().min(self.room.load(Ordering::SeqCst));
             if n == 0 {
                 return Poll::Pending;
@@ -396,6 +415,36 @@ mod tests {
         sock.room.store(1000, Ordering::SeqCst);
         assert!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap() == 0);
         assert!(out.try_send(msg("closed")).is_err());
+    }
+
+    #[test]
+    fn a_message_handed_in_while_the_task_writes_is_written_by_it() {
+        // A caller hands its message over while the connection task holds the writer
+        // inside `flush` (the socket's write runs the caller). Once the task lets go,
+        // the message must not wait for the task's next wake-up: the task writes it.
+        let sock = Sock::default();
+        sock.room.store(1 << 20, Ordering::SeqCst);
+        let out = Arc::new(Outbox::new(Box::new(sock.clone()), 1 << 20));
+        let task = Arc::new(Flag::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap(), 0);
+        out.set_open(true);
+        let caller = Arc::downgrade(&out);
+        *sock.during_write.lock().unwrap() = Some(Box::new(move || {
+            let out = caller.upgrade().unwrap();
+            out.try_send(msg("late")).unwrap();
+        }));
+        let mut own = TxQueue::new();
+        own.push_message(&[Bytes::from_static(b"ping")], 1);
+        assert_eq!(out.flush(&mut cx, &mut own, false).unwrap(), 0);
+        let mut expect = wire("ping");
+        expect.extend(wire("late"));
+        assert_eq!(
+            *sock.got.lock().unwrap(),
+            expect,
+            "the handed message was left"
+        );
     }
 
     #[test]
