@@ -556,13 +556,8 @@ async fn concurrent_callers_with_blobs_of_every_size_are_all_answered_without_a_
         .map(|c| {
             let slicer = slicer.clone();
             tokio::spawn(async move {
-                let mut seed = 0x5eed_0000 + c;
-                let mut below = move |n: u64| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed % n
-                };
+                let mut rng = zmtp_rpc::transport::socket::SplitMix64::new(0x5eed_0000 + c);
+                let mut below = move |n: u64| rng.below(n);
                 for i in 0..CALLS {
                     let len = match below(3) {
                         0 => below(100),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use zmtp_rpc::transport::socket::SplitMix64;
 use zmtp_rpc::transport::{
     DealerSocket, Message, RepSocket, ReqSocket, RouterSocket, SocketError, SocketOptions,
 };
@@ -444,19 +445,6 @@ async fn a_rep_server_goes_on_serving_beside_a_peer_that_never_reads_its_replies
     drop(stuck);
 }
 
-/// Deterministic pseudo-random numbers (SplitMix64), so that a failure repeats.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_traffic_under_small_high_water_marks_arrives_whole_and_in_order() {
     // Three DEALERs send messages of 0 B to 400 KiB (some frames past the 256 KiB
@@ -482,7 +470,7 @@ async fn mixed_traffic_under_small_high_water_marks_arrives_whole_and_in_order()
         let mut d = DealerSocket::with_options(small.clone());
         d.connect(&ep).await.unwrap();
         peers.push(tokio::spawn(async move {
-            let mut rng = Rng(0x5eed + p);
+            let mut rng = SplitMix64::new(0x5eed + p);
             let sizes: Vec<usize> = (0..EACH)
                 .map(|_| match rng.below(4) {
                     0 => rng.below(64) as usize,

@@ -368,13 +368,8 @@ mod tests {
         // Twelve ids, small bounds, time moving by random steps: eviction happens
         // often. The model knows everything but eviction, so the cache may only differ
         // by having let go of a finished id (never of a running one).
-        let mut seed = 0x5eed_dedc_u64;
-        let mut below = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rng = crate::socket::SplitMix64::new(0x5eed_dedc);
+        let mut below = move |n: u64| rng.below(n);
         let ids: Vec<RequestId> = (0..12).map(|_| RequestId::new()).collect();
         let mut model = vec![Model::Absent; ids.len()];
         let mut c: ReplyCache<u32> = ReplyCache::new(5, Duration::from_millis(50), 2000);
