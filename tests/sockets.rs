@@ -539,3 +539,40 @@ async fn past_the_connection_limit_a_connection_is_closed_until_a_place_frees_up
     c.connect(&ep).await.unwrap();
     assert_eq!(round_trip(&mut c, "c").await, "c");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_keep_their_order_when_a_slow_reader_makes_the_sender_queue() {
+    // The reader pauses now and then, so the sender's writes stall and its messages
+    // queue (some written by the sending task, some by the connection's): their order
+    // must hold whichever way each went.
+    const N: u32 = 2000;
+    let mut router = RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut dealer = DealerSocket::new();
+    dealer.connect(&ep).await.unwrap();
+    let sender = tokio::spawn(async move {
+        let mut rng = SplitMix64::new(0x0de7);
+        for i in 0..N {
+            let mut body = vec![0u8; 4 + rng.below(96 * 1024) as usize];
+            body[..4].copy_from_slice(&i.to_be_bytes());
+            dealer.send(Bytes::from(body)).await.unwrap();
+            if rng.below(8) == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        dealer
+    });
+    let mut rng = SplitMix64::new(0x5e0d);
+    for i in 0..N {
+        let m = tokio::time::timeout(T, router.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} never came"))
+            .unwrap();
+        let got = u32::from_be_bytes(m.frames()[1][..4].try_into().unwrap());
+        assert_eq!(got, i, "out of order");
+        if rng.below(50) == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    drop(sender.await.unwrap());
+}

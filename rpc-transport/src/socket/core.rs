@@ -159,16 +159,50 @@ async fn first_room(
     .await
 }
 
-/// Queues `msg` for a peer without waiting: dropped (and `true`) when the peer is at
-/// its high-water mark, `false` when its connection is gone.
-fn offer(tx: &mpsc::Sender<Outgoing>, msg: Message) -> bool {
-    match tx.try_send(msg.into()) {
+/// Puts `msg` in a peer's channel without waiting (counted first for a socket that
+/// keeps order); gives it back when the channel is full or closed.
+fn queue_for(p: &PeerEntry, msg: Outgoing, ordered: bool) -> Result<(), Outgoing> {
+    enqueue(&p.tx, &p.out, msg, ordered)
+}
+
+fn enqueue(
+    tx: &mpsc::Sender<Outgoing>,
+    out: &Outbox,
+    msg: Outgoing,
+    ordered: bool,
+) -> Result<(), Outgoing> {
+    if ordered {
+        out.count_queued(true);
+    }
+    tx.try_send(msg).map_err(|e| {
+        if ordered {
+            out.count_queued(false);
+        }
+        match e {
+            mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+        }
+    })
+}
+
+/// Sends `msg` to one peer without waiting: straight to its socket when nothing of
+/// this socket's waits in its channel (`ordered`), else through the channel. Dropped
+/// (and `true`) when the peer is at its high-water mark, `false` when its connection
+/// is gone.
+fn offer(tx: &mpsc::Sender<Outgoing>, out: &Outbox, msg: Message, ordered: bool) -> bool {
+    let msg = match ordered {
+        true => match out.try_send_ordered(msg.into()) {
+            Ok(()) => return true,
+            Err(m) => m,
+        },
+        false => msg.into(),
+    };
+    match enqueue(tx, out, msg, ordered) {
         Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(_) if tx.is_closed() => false,
+        Err(_) => {
             tracing::debug!("peer at its high-water mark; message dropped");
             true
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -275,6 +309,14 @@ impl Core {
     /// (or for room) when there is none. Returns the peer it went to.
     pub async fn send_round_robin(&self, msg: impl Into<Outgoing>) -> Result<PeerId, SocketError> {
         let mut msg = msg.into();
+        if self.ordered() {
+            // Straight to the socket from here when nothing of ours waits in the
+            // channel (no wake-up of the connection's task).
+            msg = match self.try_send_ordered(msg) {
+                Ok(id) => return Ok(id),
+                Err(m) => m,
+            };
+        }
         let mut count = self.peer_count.subscribe();
         loop {
             // Marked seen before looking, so that a peer arriving after the look wakes us.
@@ -300,6 +342,11 @@ impl Core {
             // set changes first.
             tokio::select! {
                 Some((id, permit)) = first_room(waiting_on) => {
+                    if self.ordered() {
+                        if let Some(p) = lock(&self.peers).list.iter().find(|p| p.id == id) {
+                            p.out.count_queued(true);
+                        }
+                    }
                     permit.send(msg);
                     let mut peers = lock(&self.peers);
                     if let Some(i) = peers.list.iter().position(|p| p.id == id) {
@@ -315,36 +362,58 @@ impl Core {
     /// Sends to the next peer in round-robin order that has room, without waiting;
     /// gives the message back when no peer can take it now.
     pub fn try_send(&self, mut msg: Outgoing) -> Result<PeerId, Outgoing> {
+        let ordered = self.ordered();
         let mut peers = lock(&self.peers);
         let n = peers.list.len();
         for i in 0..n {
             let idx = (peers.rr + i) % n;
-            match peers.list[idx].tx.try_send(msg) {
+            let p = &peers.list[idx];
+            match queue_for(p, msg, ordered) {
                 Ok(()) => {
                     peers.rr = idx + 1;
                     return Ok(peers.list[idx].id);
                 }
-                Err(mpsc::error::TrySendError::Full(m))
-                | Err(mpsc::error::TrySendError::Closed(m)) => msg = m,
+                Err(m) => msg = m,
             }
         }
         Err(msg)
+    }
+
+    /// Whether this socket's messages keep their order through the connection's
+    /// channel (every socket but those with a direct sink: the reliable client's and
+    /// the server's, whose messages are independent of each other).
+    fn ordered(&self) -> bool {
+        self.direct.get().is_none()
+    }
+
+    /// An ordered socket's message, written straight to the next peer's socket
+    /// when none of its messages waits in that peer's channel; given back otherwise.
+    pub fn try_send_ordered(&self, msg: Outgoing) -> Result<PeerId, Outgoing> {
+        let Some((id, out)) = self.next_in_turn() else {
+            return Err(msg);
+        };
+        out.try_send_ordered(msg).map(|()| id)
+    }
+
+    /// The next peer in round-robin order (the turn moves on) and its outbox.
+    fn next_in_turn(&self) -> Option<(PeerId, Arc<Outbox>)> {
+        let mut peers = lock(&self.peers);
+        let n = peers.list.len();
+        if n == 0 {
+            return None;
+        }
+        let idx = peers.rr % n;
+        peers.rr = idx + 1;
+        let p = &peers.list[idx];
+        Some((p.id, p.out.clone()))
     }
 
     /// [`Core::try_send`] for messages whose order relative to each other does not
     /// matter (the reliable client's requests): written straight to the next peer's
     /// socket from the caller's task when nobody else is writing there.
     pub fn try_send_direct(&self, msg: Outgoing) -> Result<PeerId, Outgoing> {
-        let (id, out) = {
-            let mut peers = lock(&self.peers);
-            let n = peers.list.len();
-            if n == 0 {
-                return Err(msg);
-            }
-            let idx = peers.rr % n;
-            peers.rr = idx + 1;
-            let p = &peers.list[idx];
-            (p.id, p.out.clone())
+        let Some((id, out)) = self.next_in_turn() else {
+            return Err(msg);
         };
         match out.try_send(msg) {
             Ok(()) => Ok(id),
@@ -356,28 +425,46 @@ impl Core {
     /// gone. A peer at its high-water mark gets nothing (libzmq's REP drops there too:
     /// a peer that does not read its replies must not hold up the others).
     pub fn send_to_peer(&self, peer: PeerId, msg: Message) -> bool {
-        let tx = lock(&self.peers)
+        let link = lock(&self.peers)
             .list
             .iter()
             .find(|p| p.id == peer)
-            .map(|p| p.tx.clone());
-        tx.is_some_and(|tx| offer(&tx, msg))
+            .map(|p| (p.tx.clone(), p.out.clone()));
+        link.is_some_and(|(tx, out)| offer(&tx, &out, msg, self.ordered()))
     }
 
     /// Sends to one peer by routing id; `false` when there is no such peer. A peer at
     /// its high-water mark is waited for under `router_mandatory`; otherwise the
     /// message is dropped, as libzmq does.
     pub async fn send_to_routing_id(&self, rid: &[u8], msg: Message) -> bool {
-        let tx = lock(&self.peers)
+        let link = lock(&self.peers)
             .list
             .iter()
             .find(|p| p.routing_id == rid)
-            .map(|p| p.tx.clone());
-        let Some(tx) = tx else { return false };
-        if self.opts.router_mandatory {
-            return tx.send(msg.into()).await.is_ok();
+            .map(|p| (p.tx.clone(), p.out.clone()));
+        let Some((tx, out)) = link else { return false };
+        let ordered = self.ordered();
+        if !self.opts.router_mandatory {
+            return offer(&tx, &out, msg, ordered);
         }
-        offer(&tx, msg)
+        let msg = if ordered {
+            match out.try_send_ordered(msg.into()) {
+                Ok(()) => return true,
+                Err(m) => m,
+            }
+        } else {
+            msg.into()
+        };
+        // Waits for room; counted only once the place is taken (a send dropped while
+        // it waits leaves no count behind).
+        let Ok(permit) = tx.reserve().await else {
+            return false;
+        };
+        if ordered {
+            out.count_queued(true);
+        }
+        permit.send(msg);
+        true
     }
 
     pub fn has_peer(&self, peer: PeerId) -> bool {

@@ -96,6 +96,8 @@ struct Engine<'a> {
     reply_tx: Option<mpsc::Sender<Outgoing>>,
     guard: Option<PeerGuard>,
     pending: Option<Inbound>,
+    /// Messages taken from `out_rx` since the last flush.
+    taken: usize,
     /// The wait for room in the socket's queue for `pending` (only under backpressure).
     room: Option<RoomWait>,
     rbuf: RecvBuf,
@@ -267,6 +269,7 @@ impl<'a> Engine<'a> {
                 match self.out_rx.poll_recv(cx) {
                     Poll::Ready(Some(m)) => {
                         self.rx_armed = false;
+                        self.taken += 1;
                         if self.conn.send_frames(&m.frames, m.joined).is_err() {
                             break;
                         }
@@ -294,7 +297,15 @@ impl<'a> Engine<'a> {
                 || !self.out.idle()
             {
                 self.corked = cork;
-                match self.out.flush(cx, self.conn.transmit(), cork) {
+                // The socket's messages taken since the last flush leave the count
+                // that keeps its later ones behind them (sockets that keep order).
+                let taken = std::mem::take(&mut self.taken);
+                let taken = if self.core.direct.get().is_none() {
+                    taken
+                } else {
+                    0
+                };
+                match self.out.flush(cx, self.conn.transmit(), cork, taken) {
                     Ok(left) => self.backlog = left,
                     Err(e) => return Poll::Ready(Exit::End(End::Io(e))),
                 }
@@ -396,6 +407,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         reply_tx: None,
         guard: None,
         pending: None,
+        taken: 0,
         room: None,
         rbuf: RecvBuf::new(),
         // One timer for the connection's life (not a registration per loop turn).
@@ -433,7 +445,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
 
 /// Writes everything queued.
 async fn flush_all(out: &Outbox, conn: &mut Connection) -> std::io::Result<()> {
-    std::future::poll_fn(|cx| match out.flush(cx, conn.transmit(), false) {
+    std::future::poll_fn(|cx| match out.flush(cx, conn.transmit(), false, 0) {
         Ok(0) => Poll::Ready(Ok(())),
         Ok(_) => Poll::Pending,
         Err(e) => Poll::Ready(Err(e)),

@@ -34,6 +34,11 @@ pub(crate) struct Outbox {
     left: AtomicUsize,
     /// Most bytes queued before senders must go through the connection task.
     high: usize,
+    /// Messages of a socket whose messages keep their order (every socket but the
+    /// reliable client's and the server's) waiting in the connection's channel, or
+    /// taken from it and not yet in `queue`: while any do, that socket's next message
+    /// must follow them through the channel (see [`Outbox::try_send_ordered`]).
+    queued: AtomicUsize,
 }
 
 /// Most messages waiting in `handed`.
@@ -84,6 +89,7 @@ impl Outbox {
             handed_n: AtomicUsize::new(0),
             left: AtomicUsize::new(0),
             high,
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -120,19 +126,29 @@ impl Outbox {
     /// with the task's own context. Returns the bytes left: when some are, the task is
     /// registered to be woken once the socket takes more. With `cork`, senders hold
     /// their messages until the next flush, which the task must then make soon.
+    ///
+    /// `taken`: messages of an ordered socket that `from` carries out of the channel.
     pub fn flush(
         &self,
         cx: &mut Context<'_>,
         from: &mut TxQueue,
         cork: bool,
+        taken: usize,
     ) -> std::io::Result<usize> {
+        let mut taken = taken;
         loop {
             let mut g = self.lock();
             let inner = &mut *g;
             inner.corked = cork;
             inner.held = 0;
-            inner.queue.append(from);
+            // Handed messages first: an ordered socket's message is handed in only
+            // when none of its own waits in the channel, so those in `from` are newer.
             self.take_handed(&mut inner.queue);
+            inner.queue.append(from);
+            if taken > 0 {
+                self.queued.fetch_sub(taken, Ordering::Release);
+                taken = 0;
+            }
             if !inner.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 inner.task = Some(cx.waker().clone());
             }
@@ -200,6 +216,26 @@ impl Outbox {
         self.write_held(g, Some(msg))
     }
 
+    /// [`Outbox::try_send`] for a socket whose messages keep their order: only when
+    /// none of its messages waits in the connection's channel (the message would
+    /// overtake them), else the message is given back for the channel.
+    pub fn try_send_ordered(&self, msg: Outgoing) -> Result<(), Outgoing> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Err(msg);
+        }
+        self.try_send(msg)
+    }
+
+    /// An ordered socket puts a message in the connection's channel (counted before,
+    /// so that no later message overtakes it; `false` takes it back: not sent).
+    pub fn count_queued(&self, sent: bool) {
+        if sent {
+            self.queued.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Writes `first` and what was handed in, holding the writer; after letting go,
     /// looks again for messages handed in meanwhile (nobody else may have seen them).
     fn write_held<'a>(
@@ -218,13 +254,14 @@ impl Outbox {
                 && inner.held + 1 < CORK_MESSAGES
                 && inner.queue.len() + first.as_ref().map_or(0, Outgoing::byte_len) < CORK_BYTES;
             let waiting = inner.stalled || hold;
+            // Handed messages first: they were sent before `first`.
+            self.take_handed(&mut inner.queue);
             if let Some(m) = first.take() {
                 inner.queue.push_message(&m.frames, m.joined);
                 if hold {
                     inner.held += 1;
                 }
             }
-            self.take_handed(&mut inner.queue);
             // Bytes already left for the connection task: it writes these too.
             if !waiting {
                 inner.held = 0;
@@ -374,7 +411,7 @@ mod tests {
         let task = Arc::new(Flag::default());
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
-        assert!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap() == 0);
+        assert!(out.flush(&mut cx, &mut TxQueue::new(), false, 0).unwrap() == 0);
         out.set_open(true);
 
         sock.room.store(1000, Ordering::SeqCst);
@@ -396,7 +433,7 @@ mod tests {
         out.try_send(msg("!")).unwrap();
         assert_eq!(out.backlog(), 7);
         sock.room.store(1000, Ordering::SeqCst);
-        assert!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap() == 0);
+        assert!(out.flush(&mut cx, &mut TxQueue::new(), false, 0).unwrap() == 0);
         let mut expect = wire("hello");
         expect.extend(wire("world"));
         expect.extend(wire("!"));
@@ -413,7 +450,7 @@ mod tests {
         assert!(out.backlog() >= 64);
         out.set_open(false);
         sock.room.store(1000, Ordering::SeqCst);
-        assert!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap() == 0);
+        assert!(out.flush(&mut cx, &mut TxQueue::new(), false, 0).unwrap() == 0);
         assert!(out.try_send(msg("closed")).is_err());
     }
 
@@ -428,7 +465,10 @@ mod tests {
         let task = Arc::new(Flag::default());
         let waker = Waker::from(task.clone());
         let mut cx = Context::from_waker(&waker);
-        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap(), 0);
+        assert_eq!(
+            out.flush(&mut cx, &mut TxQueue::new(), false, 0).unwrap(),
+            0
+        );
         out.set_open(true);
         let caller = Arc::downgrade(&out);
         *sock.during_write.lock().unwrap() = Some(Box::new(move || {
@@ -437,7 +477,7 @@ mod tests {
         }));
         let mut own = TxQueue::new();
         own.push_message(&[Bytes::from_static(b"ping")], 1);
-        assert_eq!(out.flush(&mut cx, &mut own, false).unwrap(), 0);
+        assert_eq!(out.flush(&mut cx, &mut own, false, 0).unwrap(), 0);
         let mut expect = wire("ping");
         expect.extend(wire("late"));
         assert_eq!(
@@ -468,7 +508,7 @@ mod tests {
             expect.extend_from_slice(&body);
         }
         assert!(q.slice_count() > FEW_SLICES);
-        assert_eq!(out.flush(&mut cx, &mut q, false).unwrap(), 0);
+        assert_eq!(out.flush(&mut cx, &mut q, false, 0).unwrap(), 0);
         assert_eq!(*sock.got.lock().unwrap(), expect);
     }
 
@@ -484,7 +524,7 @@ mod tests {
         let written = || sock.got.lock().unwrap().len();
 
         // Corked: the first CORK_MESSAGES - 1 are held, the next writes them all.
-        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), true).unwrap(), 0);
+        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), true, 0).unwrap(), 0);
         for _ in 0..CORK_MESSAGES - 1 {
             out.try_send(msg("abc")).unwrap();
         }
@@ -496,7 +536,10 @@ mod tests {
         // Held ones leave with the task's next flush, which uncorks.
         out.try_send(msg("abc")).unwrap();
         assert_eq!(written(), CORK_MESSAGES * 5);
-        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), false).unwrap(), 0);
+        assert_eq!(
+            out.flush(&mut cx, &mut TxQueue::new(), false, 0).unwrap(),
+            0
+        );
         assert_eq!(written(), (CORK_MESSAGES + 1) * 5);
         assert!(out.idle());
         out.try_send(msg("abc")).unwrap();
@@ -507,7 +550,7 @@ mod tests {
         );
 
         // A large message is not held even when corked.
-        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), true).unwrap(), 0);
+        assert_eq!(out.flush(&mut cx, &mut TxQueue::new(), true, 0).unwrap(), 0);
         let big = Bytes::from(vec![7u8; CORK_BYTES]);
         out.try_send(Message::from(big).into()).unwrap();
         assert!(written() > (CORK_MESSAGES + 2) * 5 + CORK_BYTES);
