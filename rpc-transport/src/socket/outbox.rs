@@ -1,9 +1,10 @@
-//! The sending side of one connection, shared by its task and the reliable client.
+//! The sending side of one connection, shared by its task and the senders.
 //!
 //! The connection task writes what the protocol and the socket's channel queue for it.
-//! A call of the reliable client writes its request itself, from its own task, when
-//! nobody else is writing (a `try_lock`), or hands it to the one who is: the request
-//! leaves without waking the connection task. When the socket does not take everything
+//! A sender (a call of the reliable client, or any socket's `send` while none of its
+//! messages waits in the channel: see [`Outbox::try_send_ordered`]) writes its message
+//! itself, from its own task, when nobody else is writing (a `try_lock`), or hands it
+//! to the one who is: the message leaves without waking the connection task. When the socket does not take everything
 //! at once, the rest stays queued and the connection task is woken to finish it (its
 //! waker is the one registered with the socket).
 
@@ -346,11 +347,11 @@ mod tests {
     use std::sync::Arc;
     use std::task::Wake;
 
-    /// A socket that takes at most `room` bytes, then would block.
     /// Runs once, inside the next write: whatever a caller does while the writer is
     /// held.
     type Hook = Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>;
 
+    /// A socket that takes at most `room` bytes, then would block.
     #[derive(Clone, Default)]
     struct Sock {
         got: Arc<Mutex<Vec<u8>>>,
