@@ -448,8 +448,8 @@ async fn a_rep_server_goes_on_serving_beside_a_peer_that_never_reads_its_replies
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_traffic_under_small_high_water_marks_arrives_whole_and_in_order() {
     // Three DEALERs send messages of 0 B to 400 KiB (some frames past the 256 KiB
-    // write bound) through queues of two messages to a ROUTER that echoes them, while
-    // each reads its echoes in another task. Every echo must come back, whole, in the
+    // write bound) through queues of two messages to a ROUTER that echoes them, each
+    // reading its echoes between its sends. Every echo must come back, whole, in the
     // order sent: no connection may stall at any of the queues' bounds.
     const PEERS: u64 = 3;
     const EACH: u64 = 400;
