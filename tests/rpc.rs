@@ -740,6 +740,89 @@ async fn concurrent_callers_on_one_connection_all_get_their_own_answers_in_time(
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_dropped_at_random_points_leave_the_other_callers_served() {
+    // Sixteen callers on one connection give up on half their calls after a random
+    // number of scheduler turns: before sending, while waiting, or with the reply
+    // already in their slot and their turn in the line of woken callers coming. The
+    // calls kept must get their own answers, none waiting for a timer: a caller
+    // dropped just as its reply lands can be woken as the first of a line and not
+    // pass the turn on; the relay's watchdog must then wake the line within 200 ms
+    // (it slept until the next attempt deadline, here a minute away: 1 run in 6-25).
+    let (server, client) = serve_and_connect(
+        Server::builder()
+            .heartbeat(None)
+            .add_service(CalcServer::new(MyCalc::default())),
+        Client::builder()
+            .heartbeat(None)
+            .retries(0)
+            .attempt_timeout(Duration::from_secs(60))
+            .call_timeout(Duration::from_secs(60)),
+    )
+    .await;
+    let calc = CalcClient::new(client.clone());
+    let callers: Vec<_> = (0..16i64)
+        .map(|c| {
+            let calc = calc.clone();
+            tokio::spawn(async move {
+                let mut rng = zmtp_rpc::transport::socket::SplitMix64::new(0xd209 + c as u64);
+                let (mut kept, mut dropped) = (0u32, 0u32);
+                for i in 0..400i64 {
+                    let turns = if rng.below(2) == 0 {
+                        u64::MAX
+                    } else {
+                        rng.below(12)
+                    };
+                    let give_up = async {
+                        if turns == u64::MAX {
+                            return std::future::pending().await;
+                        }
+                        for _ in 0..turns {
+                            tokio::task::yield_now().await;
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                            panic!("caller {c}, call {i} waited for a timer")
+                        }
+                        r = calc.add(c * 1000, i) => {
+                            assert_eq!(r.expect("answered"), c * 1000 + i, "caller {c}");
+                            kept += 1;
+                        }
+                        _ = give_up => dropped += 1,
+                    }
+                }
+                // Then every call completes, none through a timer.
+                for i in 0..50i64 {
+                    let sum = tokio::select! {
+                        biased;
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                            panic!("caller {c} waited for a timer after the drops")
+                        }
+                        r = calc.add(c, i) => r.expect("answered"),
+                    };
+                    assert_eq!(sum, c + i);
+                }
+                (kept, dropped)
+            })
+        })
+        .collect();
+    let (mut kept, mut dropped) = (0, 0);
+    for c in callers {
+        let (k, d) = c.await.unwrap();
+        kept += k;
+        dropped += d;
+    }
+    // Both kinds happened, many times.
+    assert!(
+        kept > 1000 && dropped > 400,
+        "{kept} kept, {dropped} dropped"
+    );
+    assert_eq!(client.stats().timeouts, 0);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn acknowledged_replies_leave_the_cache_and_their_requests_never_run_again() {
     let (server, ep) = start().await;

@@ -30,6 +30,8 @@ pub(crate) struct Expiry {
     next: AtomicU64,
     notify: Notify,
     stopped: AtomicBool,
+    /// The task looks at the relay's line again within [`LINE_CHECK`].
+    watching: AtomicBool,
 }
 
 impl Expiry {
@@ -40,6 +42,7 @@ impl Expiry {
             next: AtomicU64::new(u64::MAX),
             notify: Notify::new(),
             stopped: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
         }
     }
 
@@ -57,10 +60,11 @@ impl Expiry {
         }
     }
 
-    /// A line of callers formed in the client's relay: an idle task wakes to watch it
-    /// (see [`Relay::unstick`](crate::socket::relay::Relay::unstick)).
+    /// A line of callers formed in the client's relay: a task that is not watching
+    /// lines (idle, or asleep until an attempt's deadline) wakes to watch it (see
+    /// [`Relay::unstick`](crate::socket::relay::Relay::unstick)).
     pub fn line_formed(&self) {
-        if self.next.load(Ordering::SeqCst) == u64::MAX {
+        if !self.watching.load(Ordering::SeqCst) {
             self.notify.notify_one();
         }
     }
@@ -75,15 +79,20 @@ impl Expiry {
 /// The expiry task of one client; ends with the client.
 pub(crate) async fn run(inner: Weak<Inner>, expiry: Arc<Expiry>) {
     while !expiry.stopped.load(Ordering::SeqCst) {
-        // Attempts registered while we look wake us again (`next` reads "none").
+        // Attempts registered and lines formed while we look wake us again (`next`
+        // reads "none", `watching` "no").
         expiry.next.store(u64::MAX, Ordering::SeqCst);
+        expiry.watching.store(false, Ordering::SeqCst);
         let now = Instant::now();
         let earliest = {
             let Some(inner) = inner.upgrade() else { return };
             let earliest = inner.expire(now);
             // While callers wait in line, look again soon.
             match inner.relay.unstick() {
-                true => Some(earliest.map_or(now + LINE_CHECK, |t| t.min(now + LINE_CHECK))),
+                true => {
+                    expiry.watching.store(true, Ordering::SeqCst);
+                    Some(earliest.map_or(now + LINE_CHECK, |t| t.min(now + LINE_CHECK)))
+                }
                 false => earliest,
             }
         };
