@@ -370,6 +370,21 @@ async fn serve_and_connect(
     (server, client)
 }
 
+/// A server of `service` and a client of it with nothing that wakes a connection by
+/// itself: no heartbeats on either side, no retries, attempts of a minute. A message
+/// left unwritten or a caller left unwoken then shows as a call waiting for a timer.
+async fn quiet_pair(service: impl zmtp_rpc::Dispatch) -> (ServerHandle, Client) {
+    serve_and_connect(
+        Server::builder().heartbeat(None).add_service(service),
+        Client::builder()
+            .heartbeat(None)
+            .retries(0)
+            .attempt_timeout(Duration::from_secs(60))
+            .call_timeout(Duration::from_secs(60)),
+    )
+    .await
+}
+
 /// A calculator server with `max_concurrency` and a client with `retries`.
 async fn calc_pair(max_concurrency: usize, retries: u32) -> (ServerHandle, CalcClient) {
     let (server, client) = serve_and_connect(
@@ -538,17 +553,7 @@ async fn concurrent_callers_with_blobs_of_every_size_are_all_answered_without_a_
     // cross the connection's write bound (256 KiB) and its queues in every way. With
     // no retries, no heartbeats and attempts of a minute, a message left unwritten
     // would leave its call waiting for a timer.
-    let (server, client) = serve_and_connect(
-        Server::builder()
-            .heartbeat(None)
-            .add_service(SlicerServer::new(MySlicer)),
-        Client::builder()
-            .heartbeat(None)
-            .retries(0)
-            .attempt_timeout(Duration::from_secs(60))
-            .call_timeout(Duration::from_secs(60)),
-    )
-    .await;
+    let (server, client) = quiet_pair(SlicerServer::new(MySlicer)).await;
     let slicer = SlicerClient::new(client.clone());
     const CALLERS: u64 = 16;
     const CALLS: u64 = 30;
@@ -693,17 +698,7 @@ async fn concurrent_callers_on_one_connection_all_get_their_own_answers_in_time(
     // can be a held one. The callers woken by one read wake each other in turn: none
     // may be left waiting for a turn either. Either fault would leave a call waiting
     // for the only timer left, its attempt timeout of a minute.
-    let (server, client) = serve_and_connect(
-        Server::builder()
-            .heartbeat(None)
-            .add_service(CalcServer::new(MyCalc::default())),
-        Client::builder()
-            .heartbeat(None)
-            .retries(0)
-            .attempt_timeout(Duration::from_secs(60))
-            .call_timeout(Duration::from_secs(60)),
-    )
-    .await;
+    let (server, client) = quiet_pair(CalcServer::new(MyCalc::default())).await;
     let calc = CalcClient::new(client.clone());
     let mut total = 0;
     for n in [2i64, 3, 16] {
@@ -749,17 +744,7 @@ async fn calls_dropped_at_random_points_leave_the_other_callers_served() {
     // dropped just as its reply lands can be woken as the first of a line and not
     // pass the turn on; the relay's watchdog must then wake the line within 200 ms
     // (it slept until the next attempt deadline, here a minute away: 1 run in 6-25).
-    let (server, client) = serve_and_connect(
-        Server::builder()
-            .heartbeat(None)
-            .add_service(CalcServer::new(MyCalc::default())),
-        Client::builder()
-            .heartbeat(None)
-            .retries(0)
-            .attempt_timeout(Duration::from_secs(60))
-            .call_timeout(Duration::from_secs(60)),
-    )
-    .await;
+    let (server, client) = quiet_pair(CalcServer::new(MyCalc::default())).await;
     let calc = CalcClient::new(client.clone());
     let callers: Vec<_> = (0..16i64)
         .map(|c| {
