@@ -695,11 +695,8 @@ impl Client {
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&ep.outstanding);
             inner.expiry.watch(attempt_deadline);
-            let turn = slot::Turn {
-                relay: &inner.relay,
-                slot,
-            };
-            let outcome = std::future::poll_fn(|cx| turn.slot.poll_take(cx)).await;
+            let mut turn = slot::Turn::new(&inner.relay, slot);
+            let outcome = std::future::poll_fn(|cx| turn.poll_take(cx)).await;
             // The next caller's turn, before this one's reply is decoded.
             drop(turn);
             match outcome {

@@ -40,6 +40,7 @@ impl<E> Slot<E> {
     }
 
     /// Whether an outcome was ever stored (taken or not).
+    #[cfg(test)]
     pub fn filled(&self) -> bool {
         self.lock().filled
     }
@@ -68,14 +69,43 @@ impl<E> Slot<E> {
 /// filled wakes the next one in line, or the callers behind it would wait for a
 /// wake-up that never comes.
 pub(crate) struct Turn<'a, E> {
-    pub relay: &'a Relay,
-    pub slot: Arc<Slot<E>>,
+    relay: &'a Relay,
+    slot: Arc<Slot<E>>,
+    taken: bool,
+}
+
+impl<'a, E> Turn<'a, E> {
+    /// The turn of the caller of `slot`.
+    pub fn new(relay: &'a Relay, slot: Arc<Slot<E>>) -> Turn<'a, E> {
+        Turn {
+            relay,
+            slot,
+            taken: false,
+        }
+    }
+
+    /// [`Slot::poll_take`], remembering that the outcome was taken.
+    pub fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<E> {
+        let r = self.slot.poll_take(cx);
+        self.taken |= r.is_ready();
+        r
+    }
 }
 
 impl<E> Drop for Turn<'_, E> {
     fn drop(&mut self) {
+        let filled = if self.taken {
+            true
+        } else {
+            // Given up before its outcome: a fill from now on must not hand this
+            // caller's waker over (woken as the first of a line, it would pass
+            // nothing on).
+            let mut st = self.slot.lock();
+            st.waker = None;
+            st.filled
+        };
         // With no one in line there is no one to wake (and no lock to take).
-        if !self.relay.is_empty() && self.slot.filled() {
+        if filled && !self.relay.is_empty() {
             self.relay.pass_on();
         }
     }
@@ -119,12 +149,7 @@ mod tests {
         }
         let mut turns: Vec<_> = slots
             .iter()
-            .map(|slot| {
-                Some(Turn {
-                    relay: &relay,
-                    slot: slot.clone(),
-                })
-            })
+            .map(|slot| Some(Turn::new(&relay, slot.clone())))
             .collect();
         relay.hand_over(&mut pass);
         assert_eq!(woken(&count), [1, 0, 0]);
@@ -137,11 +162,34 @@ mod tests {
         // An attempt that ends without a reply (a timeout) wakes no one.
         let (other, w) = counted(2);
         relay.hand_over(&mut w.clone());
-        let unfilled = Turn {
-            relay: &relay,
-            slot: Slot::<u8>::new(),
-        };
+        let unfilled = Turn::new(&relay, Slot::<u8>::new());
         drop(unfilled);
         assert_eq!(woken(&other), [1, 0]);
+    }
+
+    #[test]
+    fn a_caller_that_gave_up_is_not_handed_over_by_a_later_fill() {
+        // The caller waited (its waker is in the slot), then gave up before its reply
+        // landed: the fill must not hand its waker over, or it would be woken as the
+        // first of a line and pass nothing on.
+        let relay = Relay::patient();
+        let slot = Slot::new();
+        let (_, wakers) = counted(1);
+        let mut turn = Turn::new(&relay, slot.clone());
+        assert!(turn
+            .poll_take(&mut Context::from_waker(&wakers[0]))
+            .is_pending());
+        drop(turn);
+        assert!(
+            slot.fill(0u8).is_none(),
+            "a gone caller's waker was handed over"
+        );
+        // One that took its outcome keeps the usual course.
+        let slot = Slot::new();
+        let mut turn = Turn::new(&relay, slot.clone());
+        let cx = &mut Context::from_waker(&wakers[0]);
+        assert!(turn.poll_take(cx).is_pending());
+        assert!(slot.fill(1u8).is_some());
+        assert_eq!(turn.poll_take(cx), Poll::Ready(1));
     }
 }
