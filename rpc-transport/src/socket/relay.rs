@@ -17,12 +17,12 @@
 //!
 //! A caller woken but never polled again (nor dropped) would hold up the ones behind
 //! it, whose replies are already in their slots (no deadline of theirs is pending any
-//! more), and so would a caller dropped just as its reply lands (its turn's drop finds
-//! the slot still empty and passes nothing on; then it is woken as the first of a
-//! line): a watchdog (the client's expiry task, told when a line forms while it is not
-//! watching one) looks at a waiting line every [`LINE_CHECK`] and wakes everyone when
-//! no turn was passed on since its last look; the connection task also wakes the line
-//! when its timer fires (heartbeats).
+//! more). (A caller dropped before its reply lands takes its waker out of its slot,
+//! so that it is never woken as part of a line; see `client::slot::Turn`.) A watchdog
+//! (the client's expiry task, told when a line forms while it is not watching one)
+//! looks at a waiting line every [`LINE_CHECK`] and wakes everyone when no turn was
+//! passed on since its last look; the connection task also wakes the line when its
+//! timer fires (heartbeats).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
