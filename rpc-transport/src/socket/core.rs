@@ -124,19 +124,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A wait for room in one peer's send queue.
-type RoomWait = Pin<Box<dyn Future<Output = Option<(PeerId, mpsc::OwnedPermit<Outgoing>)>> + Send>>;
+/// A wait for room in one peer's send queue, tagged with what names the peer.
+type RoomWait<T> = Pin<Box<dyn Future<Output = Option<(T, mpsc::OwnedPermit<Outgoing>)>> + Send>>;
 
-/// Waits for room in any of the peers' send queues: the first peer with room and its
-/// reserved place, or `None` when every queue is closed.
-async fn first_room(
-    peers: Vec<(PeerId, mpsc::Sender<Outgoing>)>,
-) -> Option<(PeerId, mpsc::OwnedPermit<Outgoing>)> {
-    let mut waits: Vec<Option<RoomWait>> = peers
+/// Waits for room in any of the peers' send queues: the first peer with room (its
+/// tag) and its reserved place, or `None` when every queue is closed.
+async fn first_room<T: Send + 'static>(
+    peers: Vec<(T, mpsc::Sender<Outgoing>)>,
+) -> Option<(T, mpsc::OwnedPermit<Outgoing>)> {
+    let mut waits: Vec<Option<RoomWait<T>>> = peers
         .into_iter()
-        .map(|(id, tx)| {
+        .map(|(tag, tx)| {
             Some(
-                Box::pin(async move { tx.reserve_owned().await.ok().map(|p| (id, p)) }) as RoomWait,
+                Box::pin(async move { tx.reserve_owned().await.ok().map(|p| (tag, p)) })
+                    as RoomWait<T>,
             )
         })
         .collect();
@@ -159,29 +160,32 @@ async fn first_room(
     .await
 }
 
-/// Puts `msg` in a peer's channel without waiting (counted first for a socket that
-/// keeps order); gives it back when the channel is full or closed.
-fn queue_for(p: &PeerEntry, msg: Outgoing, ordered: bool) -> Result<(), Outgoing> {
-    enqueue(&p.tx, &p.out, msg, ordered)
-}
-
+/// Puts `msg` in a peer's channel without waiting (counted, for a socket that keeps
+/// order, once its place is taken); gives it back when the channel is full or closed.
 fn enqueue(
     tx: &mpsc::Sender<Outgoing>,
     out: &Outbox,
     msg: Outgoing,
     ordered: bool,
 ) -> Result<(), Outgoing> {
+    let Ok(permit) = tx.try_reserve() else {
+        return Err(msg);
+    };
     if ordered {
-        out.count_queued(true);
+        out.count_queued();
     }
-    tx.try_send(msg).map_err(|e| {
-        if ordered {
-            out.count_queued(false);
-        }
-        match e {
-            mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
-        }
-    })
+    permit.send(msg);
+    Ok(())
+}
+
+/// An ordered socket's message straight to the peer's socket when none of its
+/// messages waits in the peer's channel; given back (for the channel) otherwise, and
+/// always for a socket that does not keep order.
+fn try_direct(out: &Outbox, msg: Message, ordered: bool) -> Result<(), Outgoing> {
+    match ordered {
+        true => out.try_send_ordered(msg.into()),
+        false => Err(msg.into()),
+    }
 }
 
 /// Sends `msg` to one peer without waiting: straight to its socket when nothing of
@@ -189,12 +193,9 @@ fn enqueue(
 /// (and `true`) when the peer is at its high-water mark, `false` when its connection
 /// is gone.
 fn offer(tx: &mpsc::Sender<Outgoing>, out: &Outbox, msg: Message, ordered: bool) -> bool {
-    let msg = match ordered {
-        true => match out.try_send_ordered(msg.into()) {
-            Ok(()) => return true,
-            Err(m) => m,
-        },
-        false => msg.into(),
+    let msg = match try_direct(out, msg, ordered) {
+        Ok(()) => return true,
+        Err(m) => m,
     };
     match enqueue(tx, out, msg, ordered) {
         Ok(()) => true,
@@ -307,8 +308,8 @@ impl Core {
 
     /// Sends to the next peer in round-robin order that has room, waiting for a peer
     /// (or for room) when there is none. Returns the peer it went to.
-    pub async fn send_round_robin(&self, msg: impl Into<Outgoing>) -> Result<PeerId, SocketError> {
-        let mut msg = msg.into();
+    pub async fn send_round_robin(&self, msg: Message) -> Result<PeerId, SocketError> {
+        let mut msg = Outgoing::from(msg);
         if self.ordered() {
             // Straight to the socket from here when nothing of ours waits in the
             // channel (no wake-up of the connection's task).
@@ -328,7 +329,7 @@ impl Core {
             let waiting_on: Vec<_> = lock(&self.peers)
                 .list
                 .iter()
-                .map(|p| (p.id, p.tx.clone()))
+                .map(|p| ((p.id, p.out.clone()), p.tx.clone()))
                 .collect();
             if waiting_on.is_empty() {
                 if *self.shutdown.borrow() {
@@ -341,11 +342,9 @@ impl Core {
             // message (a peer that stopped reading holds up no one), unless the peer
             // set changes first.
             tokio::select! {
-                Some((id, permit)) = first_room(waiting_on) => {
+                Some(((id, out), permit)) = first_room(waiting_on) => {
                     if self.ordered() {
-                        if let Some(p) = lock(&self.peers).list.iter().find(|p| p.id == id) {
-                            p.out.count_queued(true);
-                        }
+                        out.count_queued();
                     }
                     permit.send(msg);
                     let mut peers = lock(&self.peers);
@@ -368,7 +367,7 @@ impl Core {
         for i in 0..n {
             let idx = (peers.rr + i) % n;
             let p = &peers.list[idx];
-            match queue_for(p, msg, ordered) {
+            match enqueue(&p.tx, &p.out, msg, ordered) {
                 Ok(()) => {
                     peers.rr = idx + 1;
                     return Ok(peers.list[idx].id);
@@ -382,7 +381,7 @@ impl Core {
     /// Whether this socket's messages keep their order through the connection's
     /// channel (every socket but those with a direct sink: the reliable client's and
     /// the server's, whose messages are independent of each other).
-    fn ordered(&self) -> bool {
+    pub fn ordered(&self) -> bool {
         self.direct.get().is_none()
     }
 
@@ -393,6 +392,18 @@ impl Core {
             return Err(msg);
         };
         out.try_send_ordered(msg).map(|()| id)
+    }
+
+    /// The channel and outbox of the first peer that `pick` chooses.
+    fn link(
+        &self,
+        pick: impl Fn(&PeerEntry) -> bool,
+    ) -> Option<(mpsc::Sender<Outgoing>, Arc<Outbox>)> {
+        lock(&self.peers)
+            .list
+            .iter()
+            .find(|p| pick(p))
+            .map(|p| (p.tx.clone(), p.out.clone()))
     }
 
     /// The next peer in round-robin order (the turn moves on) and its outbox.
@@ -425,35 +436,24 @@ impl Core {
     /// gone. A peer at its high-water mark gets nothing (libzmq's REP drops there too:
     /// a peer that does not read its replies must not hold up the others).
     pub fn send_to_peer(&self, peer: PeerId, msg: Message) -> bool {
-        let link = lock(&self.peers)
-            .list
-            .iter()
-            .find(|p| p.id == peer)
-            .map(|p| (p.tx.clone(), p.out.clone()));
-        link.is_some_and(|(tx, out)| offer(&tx, &out, msg, self.ordered()))
+        self.link(|p| p.id == peer)
+            .is_some_and(|(tx, out)| offer(&tx, &out, msg, self.ordered()))
     }
 
     /// Sends to one peer by routing id; `false` when there is no such peer. A peer at
     /// its high-water mark is waited for under `router_mandatory`; otherwise the
     /// message is dropped, as libzmq does.
     pub async fn send_to_routing_id(&self, rid: &[u8], msg: Message) -> bool {
-        let link = lock(&self.peers)
-            .list
-            .iter()
-            .find(|p| p.routing_id == rid)
-            .map(|p| (p.tx.clone(), p.out.clone()));
-        let Some((tx, out)) = link else { return false };
+        let Some((tx, out)) = self.link(|p| p.routing_id == rid) else {
+            return false;
+        };
         let ordered = self.ordered();
         if !self.opts.router_mandatory {
             return offer(&tx, &out, msg, ordered);
         }
-        let msg = if ordered {
-            match out.try_send_ordered(msg.into()) {
-                Ok(()) => return true,
-                Err(m) => m,
-            }
-        } else {
-            msg.into()
+        let msg = match try_direct(&out, msg, ordered) {
+            Ok(()) => return true,
+            Err(m) => m,
         };
         // Waits for room; counted only once the place is taken (a send dropped while
         // it waits leaves no count behind).
@@ -461,7 +461,7 @@ impl Core {
             return false;
         };
         if ordered {
-            out.count_queued(true);
+            out.count_queued();
         }
         permit.send(msg);
         true

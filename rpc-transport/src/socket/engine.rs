@@ -300,11 +300,7 @@ impl<'a> Engine<'a> {
                 // The socket's messages taken since the last flush leave the count
                 // that keeps its later ones behind them (sockets that keep order).
                 let taken = std::mem::take(&mut self.taken);
-                let taken = if self.core.direct.get().is_none() {
-                    taken
-                } else {
-                    0
-                };
+                let taken = if self.core.ordered() { taken } else { 0 };
                 match self.out.flush(cx, self.conn.transmit(), cork, taken) {
                     Ok(left) => self.backlog = left,
                     Err(e) => return Poll::Ready(Exit::End(End::Io(e))),

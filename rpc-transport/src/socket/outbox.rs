@@ -4,9 +4,9 @@
 //! A sender (a call of the reliable client, or any socket's `send` while none of its
 //! messages waits in the channel: see [`Outbox::try_send_ordered`]) writes its message
 //! itself, from its own task, when nobody else is writing (a `try_lock`), or hands it
-//! to the one who is: the message leaves without waking the connection task. When the socket does not take everything
-//! at once, the rest stays queued and the connection task is woken to finish it (its
-//! waker is the one registered with the socket).
+//! to the one who is: the message leaves without waking the connection task. When the
+//! socket does not take everything at once, the rest stays queued and the connection
+//! task is woken to finish it (its waker is the one registered with the socket).
 
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -227,14 +227,10 @@ impl Outbox {
         self.try_send(msg)
     }
 
-    /// An ordered socket puts a message in the connection's channel (counted before,
-    /// so that no later message overtakes it; `false` takes it back: not sent).
-    pub fn count_queued(&self, sent: bool) {
-        if sent {
-            self.queued.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// An ordered socket puts a message in the connection's channel (counted before
+    /// it goes in, so that no later message overtakes it).
+    pub fn count_queued(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Writes `first` and what was handed in, holding the writer; after letting go,

@@ -39,13 +39,9 @@ impl ReqSocket {
             return Err(SocketError::EmptyMessage);
         }
         msg.push_front(Bytes::new());
-        // Lock-step: nothing of this socket's can still wait to be written, so the
-        // request may go straight to the socket from here (no wake-up of the
-        // connection's task), in the order it was sent.
-        let peer = match self.base.core.try_send_direct(msg.into()) {
-            Ok(peer) => peer,
-            Err(msg) => self.base.core.send_round_robin(msg).await?,
-        };
+        // Straight to the socket when it can (see `Core::send_round_robin`): for a
+        // lock-step REQ, nothing of its own ever still waits in the channel.
+        let peer = self.base.core.send_round_robin(msg).await?;
         self.awaiting = Some(peer);
         Ok(())
     }
