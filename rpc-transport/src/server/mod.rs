@@ -558,7 +558,9 @@ impl Shared {
             Pin::new(&mut handler).poll(&mut cx)
         };
         if let Poll::Ready(outcome) = first {
-            return self.finish(id, outcome, permit, Some((here, answers)));
+            // Finished within this poll: the request's arrival time stands for the
+            // reply's (no second clock read).
+            return self.finish(id, outcome, permit, now, Some((here, answers)));
         }
         let shared = self.clone();
         tokio::spawn(
@@ -570,7 +572,7 @@ impl Shared {
                         "deadline passed while running",
                     )),
                 };
-                shared.finish(id, outcome, permit, None);
+                shared.finish(id, outcome, permit, Instant::now(), None);
             }
             .instrument(span),
         );
@@ -578,12 +580,13 @@ impl Shared {
 
     /// Answers a handler's outcome to everyone waiting for it, and keeps it in the
     /// reply cache. `here`: the connection task running this, and its answers, which
-    /// it writes without a trip through its own queue.
+    /// it writes without a trip through its own queue. `now`: when the reply is kept.
     fn finish(
         &self,
         id: RequestId,
         outcome: Result<Reply, String>,
         permit: OwnedSemaphorePermit,
+        now: Instant,
         here: Option<(PeerId, &mut Answers<'_>)>,
     ) {
         let reply = outcome.unwrap_or_else(|panic| {
@@ -595,7 +598,7 @@ impl Shared {
         // Sent under the cache's lock, from the copy it keeps (no second copy to make;
         // sending queues or hands over, it never waits).
         let mut cache = self.cache();
-        let (waiters, sent) = cache.finish(id, frames.into_keeping(), Instant::now().into_std());
+        let (waiters, sent) = cache.finish(id, frames.into_keeping(), now.into_std());
         let reply = match &sent {
             Ok(kept) => kept,
             Err(given) => given,
