@@ -103,6 +103,10 @@ struct Engine<'a> {
     rbuf: RecvBuf,
     timer: Pin<Box<tokio::time::Sleep>>,
     armed: Option<Instant>,
+    /// `timer` holds this task's waker for the armed deadline: until it fires (or
+    /// moves, or the waker changes), a look at its state replaces a poll (which
+    /// registers the waker again each time).
+    timer_polled: bool,
     far: Instant,
     handshaken: bool,
     /// Answers a direct sink gave at once in this poll.
@@ -213,6 +217,7 @@ impl<'a> Engine<'a> {
             .is_some_and(|w| w.will_wake(cx.waker()));
         if !registered {
             self.rx_armed = false;
+            self.timer_polled = false;
         }
         if !registered || self.stop_check.has_changed().unwrap_or(true) {
             if stopped.poll(cx).is_ready() {
@@ -347,8 +352,16 @@ impl<'a> Engine<'a> {
             if deadline != self.armed {
                 self.timer.as_mut().reset(deadline.unwrap_or(self.far));
                 self.armed = deadline;
+                self.timer_polled = false;
             }
-            if self.armed.is_some() && self.timer.as_mut().poll(cx).is_ready() {
+            let fired = self.armed.is_some()
+                && if self.timer_polled {
+                    self.timer.is_elapsed()
+                } else {
+                    self.timer_polled = true;
+                    self.timer.as_mut().poll(cx).is_ready()
+                };
+            if fired {
                 self.armed = None;
                 if let Some(r) = self.relay() {
                     // No caller waits behind one that is never polled for longer.
@@ -409,6 +422,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         // One timer for the connection's life (not a registration per loop turn).
         timer: Box::pin(tokio::time::sleep_until(far)),
         armed: None,
+        timer_polled: false,
         far,
         handshaken: false,
         answered: 0,
