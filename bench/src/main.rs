@@ -12,7 +12,8 @@
 //! client, MessagePack encode and decode counted). Knobs (environment): BENCH_PAYLOAD
 //! (bytes), BENCH_WARMUP, BENCH_WARMUP_SECS, BENCH_COUNT, BENCH_SECS, BENCH_CONC,
 //! BENCH_CONNS (connections of the typed RPC client, default 1),
-//! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3).
+//! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3),
+//! BENCH_PIN (suite: CPUs for `taskset -c`, e.g. `0` to pin server and client to one).
 //! BENCH_PAYLOADS, BENCH_CONCS (suite: comma-separated lists, default 64,4096,1048576 and
 //! 1,16), BENCH_KINDS (reqrep,dealer,rpc; raw TCP always runs). `rpc` servers: BENCH_NO_HEARTBEAT, BENCH_NO_CACHE (no reply cache) to measure those.
 //! Every server and client are separate processes on 127.0.0.1; callers run
@@ -41,9 +42,24 @@ pub struct ServerProc {
     pub port: u16,
 }
 
+/// A command that runs this program again: under `taskset -c BENCH_PIN` when
+/// BENCH_PIN names CPUs (`BENCH_PIN=0`: server and client share CPU 0, where only CPU
+/// cost counts).
+pub fn own_command() -> Command {
+    let exe = std::env::current_exe().expect("own path");
+    match std::env::var("BENCH_PIN") {
+        Ok(cpus) if !cpus.is_empty() => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(cpus).arg(exe);
+            cmd
+        }
+        _ => Command::new(exe),
+    }
+}
+
 /// Starts `zmtp-bench server KIND 127.0.0.1:0` and waits for its `READY <port>`.
 pub async fn spawn_server(kind: &str, extra_env: &[(&str, &str)]) -> ServerProc {
-    let mut cmd = Command::new(std::env::current_exe().expect("own path"));
+    let mut cmd = own_command();
     cmd.args(["server", kind, "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);

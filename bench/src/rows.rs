@@ -224,7 +224,7 @@ async fn client_process(
     k: &Knobs,
 ) -> (crate::measure::Measured, usize, Option<[f64; 4]>) {
     let addr = format!("127.0.0.1:{}", server.port);
-    let mut cmd = tokio::process::Command::new(std::env::current_exe().expect("own path"));
+    let mut cmd = crate::own_command();
     if let Some(pid) = server.child.id() {
         cmd.env("BENCH_SERVER_PID", pid.to_string());
     }
@@ -289,7 +289,12 @@ pub async fn suite() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
-    println!("medians of {rounds} rounds");
+    match std::env::var("BENCH_PIN") {
+        Ok(cpus) if !cpus.is_empty() => {
+            println!("medians of {rounds} rounds; server and client pinned to CPUs {cpus}")
+        }
+        _ => println!("medians of {rounds} rounds"),
+    }
     println!(
         "| name | mode | payload | rt/s | p50 µs | p99 µs | vs raw TCP | MB/s | CPU µs/call server+client | CPU vs raw TCP |"
     );
