@@ -182,9 +182,10 @@ fn enqueue(
 /// messages waits in the peer's channel; given back (for the channel) otherwise, and
 /// always for a socket that does not keep order.
 fn try_direct(out: &Outbox, msg: Message, ordered: bool) -> Result<(), Outgoing> {
-    match ordered {
-        true => out.try_send_ordered(msg.into()),
-        false => Err(msg.into()),
+    if ordered {
+        out.try_send_ordered(msg.into())
+    } else {
+        Err(msg.into())
     }
 }
 

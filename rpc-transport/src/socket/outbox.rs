@@ -134,9 +134,8 @@ impl Outbox {
         cx: &mut Context<'_>,
         from: &mut TxQueue,
         cork: bool,
-        taken: usize,
+        mut taken: usize,
     ) -> std::io::Result<usize> {
-        let mut taken = taken;
         loop {
             let mut g = self.lock();
             let inner = &mut *g;
