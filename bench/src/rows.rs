@@ -279,6 +279,16 @@ pub async fn client_row(kind: &str, addr: &str) {
     }
 }
 
+/// The kernel's default TCP congestion control (Linux), which shapes the large-payload
+/// rows: with `bbr` (and no queueing discipline on loopback) TCP paces its own sends
+/// with timers, and 1 MiB round trips with several in flight cost about twice the
+/// kernel time they cost with `cubic`, for raw TCP and for us.
+fn congestion_control() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Every round-trip row for 64 B, 4 KiB and 1 MiB, with ratios to raw TCP: rounds
 /// (BENCH_ROUNDS, default 3) run every row of a group in turn, and each column is the
 /// median over the rounds (the ratio is the median of the per-round ratios).
@@ -289,12 +299,14 @@ pub async fn suite() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
-    match std::env::var("BENCH_PIN") {
-        Ok(cpus) if !cpus.is_empty() => {
-            println!("medians of {rounds} rounds; server and client pinned to CPUs {cpus}")
-        }
-        _ => println!("medians of {rounds} rounds"),
-    }
+    let pinned = match std::env::var("BENCH_PIN") {
+        Ok(cpus) if !cpus.is_empty() => format!("; server and client pinned to CPUs {cpus}"),
+        _ => String::new(),
+    };
+    println!(
+        "medians of {rounds} rounds{pinned}; TCP congestion control {}",
+        congestion_control()
+    );
     println!(
         "| name | mode | payload | rt/s | p50 µs | p99 µs | vs raw TCP | MB/s | CPU µs/call server+client | CPU vs raw TCP |"
     );
