@@ -635,6 +635,81 @@ async fn calls_spread_over_the_connections_of_an_endpoint() {
 }
 
 #[tokio::test]
+async fn a_call_takes_the_connection_with_the_fewest_unanswered_requests() {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicBool;
+    use zmtp_rpc::transport::RouterSocket;
+    // Two connections to a ROUTER that, once told to, keeps the next request
+    // unanswered. Every call made while it waits must take the other connection
+    // (round robin alone sent every other one behind it: a large reply there would
+    // hold it up, and one connection would carry traffic both ways).
+    let mut router = RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let hold = Arc::new(AtomicBool::new(false));
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+    let (release_tx, mut release_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let hold = hold.clone();
+        async move {
+            let mut held = None;
+            loop {
+                tokio::select! {
+                    m = router.recv() => {
+                        let Ok(m) = m else { return };
+                        let rid = m.frames()[0].clone();
+                        if held.is_none() && hold.load(Ordering::SeqCst) {
+                            let _ = held_tx.send(rid);
+                            held = Some(m);
+                            continue;
+                        }
+                        let _ = seen_tx.send(rid);
+                        if router.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = &mut release_rx, if held.is_some() => {
+                        let m = held.take().unwrap();
+                        if router.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let client = Client::builder()
+        .endpoint(ep)
+        .connections_per_endpoint(2)
+        .call_timeout(Duration::from_secs(60))
+        .attempt_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    // Both connections up: calls until each has carried one.
+    let mut conns = HashSet::new();
+    while conns.len() < 2 {
+        client.request(Message::from("ping")).await.unwrap();
+        conns.insert(seen_rx.recv().await.unwrap());
+    }
+    hold.store(true, Ordering::SeqCst);
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.request(Message::from("held")).await }
+    });
+    let busy = held_rx.recv().await.unwrap();
+    for _ in 0..6 {
+        let reply = client.request(Message::from("ping")).await.unwrap();
+        assert_eq!(reply, Message::from("ping"));
+        let conn = seen_rx.recv().await.unwrap();
+        assert_ne!(conn, busy, "a call went behind the unanswered one");
+    }
+    release_tx.send(()).unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), Message::from("held"));
+    server.abort();
+}
+
+#[tokio::test]
 async fn a_burst_of_pipelined_requests_is_answered_in_full() {
     use zmtp_rpc::transport::DealerSocket;
     // 64 requests written before any answer is read: the server hands them over and

@@ -156,8 +156,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Connections opened to each endpoint (default 1). Calls spread over them, so
-    /// that many concurrent callers keep several server threads busy; an attempt
+    /// Connections opened to each endpoint (default 1). Calls spread over them (each
+    /// to the connection with the fewest unanswered requests), so that many
+    /// concurrent callers keep several server threads busy; an attempt
     /// timeout recreates all of an endpoint's connections, and the endpoint counts as
     /// down once none is left.
     pub fn connections_per_endpoint(mut self, n: usize) -> Self {

@@ -389,7 +389,7 @@ impl Core {
     /// An ordered socket's message, written straight to the next peer's socket
     /// when none of its messages waits in that peer's channel; given back otherwise.
     pub fn try_send_ordered(&self, msg: Outgoing) -> Result<PeerId, Outgoing> {
-        let Some((id, out)) = self.next_in_turn() else {
+        let Some((id, out, _)) = self.next_in_turn() else {
             return Err(msg);
         };
         out.try_send_ordered(msg).map(|()| id)
@@ -407,28 +407,51 @@ impl Core {
             .map(|p| (p.tx.clone(), p.out.clone()))
     }
 
-    /// The next peer in round-robin order (the turn moves on) and its outbox.
-    fn next_in_turn(&self) -> Option<(PeerId, Arc<Outbox>)> {
+    /// The peer with the fewest unanswered direct requests, the first in round-robin
+    /// order among equals (the turn moves on past it), its outbox, and whether there
+    /// was a choice (only then are requests counted).
+    fn next_in_turn(&self) -> Option<(PeerId, Arc<Outbox>, bool)> {
         let mut peers = lock(&self.peers);
         let n = peers.list.len();
         if n == 0 {
             return None;
         }
-        let idx = peers.rr % n;
+        let start = peers.rr % n;
+        let mut idx = start;
+        if n > 1 {
+            let mut least = usize::MAX;
+            for k in 0..n {
+                let i = (start + k) % n;
+                let load = peers.list[i].out.in_flight();
+                if load < least {
+                    (least, idx) = (load, i);
+                    if load == 0 {
+                        break;
+                    }
+                }
+            }
+        }
         peers.rr = idx + 1;
         let p = &peers.list[idx];
-        Some((p.id, p.out.clone()))
+        Some((p.id, p.out.clone(), n > 1))
     }
 
     /// [`Core::try_send`] for messages whose order relative to each other does not
-    /// matter (the reliable client's requests): written straight to the next peer's
-    /// socket from the caller's task when nobody else is writing there.
+    /// matter (the reliable client's requests): written straight to the least busy
+    /// peer's socket from the caller's task when nobody else is writing there.
     pub fn try_send_direct(&self, msg: Outgoing) -> Result<PeerId, Outgoing> {
-        let Some((id, out)) = self.next_in_turn() else {
+        let Some((id, out, count)) = self.next_in_turn() else {
             return Err(msg);
         };
         match out.try_send(msg) {
-            Ok(()) => Ok(id),
+            Ok(()) => {
+                if count {
+                    out.request_sent();
+                }
+                Ok(id)
+            }
+            // Its outbox is full: any peer with room (not counted: the count only
+            // steers the choice).
             Err(msg) => self.try_send(msg),
         }
     }

@@ -189,6 +189,7 @@ impl<'a> Engine<'a> {
                         reply: reply.clone(),
                     };
                     if let Some(direct) = self.core.direct.get() {
+                        self.out.answer_received();
                         let mut answers = Answers {
                             conn: &mut self.conn,
                             count: &mut self.answered,

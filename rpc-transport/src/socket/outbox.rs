@@ -40,6 +40,12 @@ pub(crate) struct Outbox {
     /// taken from it and not yet in `queue`: while any do, that socket's next message
     /// must follow them through the channel (see [`Outbox::try_send_ordered`]).
     queued: AtomicUsize,
+    /// Requests sent straight to this peer ([`Core::try_send_direct`]) whose reply has
+    /// not come back yet: the reliable client's next request goes to the connection
+    /// with the fewest.
+    ///
+    /// [`Core::try_send_direct`]: super::core::Core::try_send_direct
+    in_flight: AtomicUsize,
 }
 
 /// Most messages waiting in `handed`.
@@ -91,6 +97,7 @@ impl Outbox {
             left: AtomicUsize::new(0),
             high,
             queued: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -110,6 +117,24 @@ impl Outbox {
     /// True when nothing waits in the outbox: no queued bytes, no handed messages.
     pub fn idle(&self) -> bool {
         self.left.load(Ordering::Acquire) == 0 && self.handed_n.load(Ordering::Acquire) == 0
+    }
+
+    /// Requests sent to this peer directly and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// One more request sent directly.
+    pub fn request_sent(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message came from this peer: one request fewer waits (a peer that sends what
+    /// nobody asked for only brings the count to zero).
+    pub fn answer_received(&self) {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Lets senders write messages (after the handshake), or stops them (closing).
