@@ -299,12 +299,12 @@ pub async fn suite() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let pinned = match std::env::var("BENCH_PIN") {
+    let pin_note = match std::env::var("BENCH_PIN") {
         Ok(cpus) if !cpus.is_empty() => format!("; server and client pinned to CPUs {cpus}"),
         _ => String::new(),
     };
     println!(
-        "medians of {rounds} rounds{pinned}; TCP congestion control {}",
+        "medians of {rounds} rounds{pin_note}; TCP congestion control {}",
         congestion_control()
     );
     println!(
