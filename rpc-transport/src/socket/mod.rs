@@ -13,7 +13,8 @@
 //! # Layout
 //! - `endpoint.rs`: [`Endpoint`] parsing, listeners, connecting, the inproc registry.
 //! - `options.rs`: [`SocketOptions`].
-//! - `core.rs`: the peer table, round-robin (the least busy peer for direct sends), binds and connect loops.
+//! - `core.rs`: the peer table, round-robin (the least busy peer for direct sends),
+//!   binds and connect loops.
 //! - `engine.rs`: the per-connection task; `recv_buf.rs`: its receive buffers;
 //!   `relay.rs`: the order in which it wakes the callers of a burst of replies;
 //!   `outbox.rs`: its sending side, which the reliable client may write to directly.
