@@ -47,14 +47,21 @@ pub struct ServerProc {
 /// cost counts).
 pub fn own_command() -> Command {
     let exe = std::env::current_exe().expect("own path");
-    match std::env::var("BENCH_PIN") {
-        Ok(cpus) if !cpus.is_empty() => {
+    match pinned_cpus() {
+        Some(cpus) => {
             let mut cmd = Command::new("taskset");
             cmd.arg("-c").arg(cpus).arg(exe);
             cmd
         }
-        _ => Command::new(exe),
+        None => Command::new(exe),
     }
+}
+
+/// The CPUs BENCH_PIN names, if any.
+pub fn pinned_cpus() -> Option<String> {
+    std::env::var("BENCH_PIN")
+        .ok()
+        .filter(|cpus| !cpus.is_empty())
 }
 
 /// Starts `zmtp-bench server KIND 127.0.0.1:0` and waits for its `READY <port>`.

@@ -299,10 +299,9 @@ pub async fn suite() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let pin_note = match std::env::var("BENCH_PIN") {
-        Ok(cpus) if !cpus.is_empty() => format!("; server and client pinned to CPUs {cpus}"),
-        _ => String::new(),
-    };
+    let pin_note = crate::pinned_cpus()
+        .map(|cpus| format!("; server and client pinned to CPUs {cpus}"))
+        .unwrap_or_default();
     println!(
         "medians of {rounds} rounds{pin_note}; TCP congestion control {}",
         congestion_control()
