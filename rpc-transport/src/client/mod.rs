@@ -619,7 +619,11 @@ impl Client {
     ) -> Result<T, RpcError> {
         let inner = &self.inner;
         let c = &inner.counters;
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        // The start's clock reading serves the first attempt unless it waits for an
+        // endpoint.
+        let mut first = Some(start);
         let mut guard = CallGuard {
             inner,
             id,
@@ -636,11 +640,15 @@ impl Client {
             if attempts >= inner.config.max_attempts {
                 return Err(unavailable(attempts, last));
             }
-            let Some(idx) = inner.wait_for_endpoint(deadline, last_ep).await else {
-                return Err(unavailable(attempts, last));
+            let picked = first.take().and_then(|t| Some((inner.pick(last_ep)?, t)));
+            let (idx, now) = match picked {
+                Some(p) => p,
+                None => match inner.wait_for_endpoint(deadline, last_ep).await {
+                    Some(idx) => (idx, Instant::now()),
+                    None => return Err(unavailable(attempts, last)),
+                },
             };
             let ep = &inner.endpoints[idx];
-            let now = Instant::now();
             let remaining = deadline.saturating_duration_since(now);
             let msg = build(attempts + 1, remaining, ep)
                 .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);

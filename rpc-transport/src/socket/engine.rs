@@ -336,8 +336,9 @@ impl<'a> Engine<'a> {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Exit::End(End::Eof)),
                     Poll::Ready(Ok(n)) => {
                         self.rbuf.on_read(n, room);
-                        let now = Instant::now().into_std();
-                        if let Err(e) = self.conn.handle_input(self.rbuf.current(), now) {
+                        let clock = || Instant::now().into_std();
+                        let input = self.conn.handle_input_with_clock(self.rbuf.current(), clock);
+                        if let Err(e) = input {
                             return Poll::Ready(Exit::Failed(e));
                         }
                         self.rbuf.after_decode();

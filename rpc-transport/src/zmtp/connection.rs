@@ -160,14 +160,29 @@ impl Connection {
 
     /// Consumes received bytes from `src` (what is left is an incomplete frame).
     pub fn handle_input(&mut self, src: &mut BytesMut, now: Instant) -> Result<(), ZmtpError> {
-        let r = self.input(src, now);
+        self.handle_input_with_clock(src, || now)
+    }
+
+    /// As [`handle_input`](Self::handle_input), reading the time from `clock` only
+    /// if a command needs it (READY and PING do; messages do not): a clock read costs
+    /// ~20 ns here, two per round trip.
+    pub fn handle_input_with_clock(
+        &mut self,
+        src: &mut BytesMut,
+        clock: impl FnMut() -> Instant,
+    ) -> Result<(), ZmtpError> {
+        let r = self.input(src, clock);
         if let Err(e) = &r {
             self.fail(e);
         }
         r
     }
 
-    fn input(&mut self, src: &mut BytesMut, now: Instant) -> Result<(), ZmtpError> {
+    fn input(
+        &mut self,
+        src: &mut BytesMut,
+        mut clock: impl FnMut() -> Instant,
+    ) -> Result<(), ZmtpError> {
         if src.is_empty() {
             return Ok(());
         }
@@ -199,7 +214,7 @@ impl Connection {
                         return Err(ZmtpError::Malformed("message before READY"))
                     }
                     Some(Frame::Command(body)) => match Command::decode(body)? {
-                        Command::Ready(md) => self.on_ready(md, now)?,
+                        Command::Ready(md) => self.on_ready(md, clock())?,
                         Command::Error(reason) => return Err(ZmtpError::PeerError(reason)),
                         _ => return Err(ZmtpError::Malformed("expected READY")),
                     },
@@ -218,7 +233,9 @@ impl Connection {
                             self.events.push_back(Event::Message(Message::from(frames)));
                         }
                     }
-                    Some(Frame::Command(body)) => self.on_command(Command::decode(body)?, now)?,
+                    Some(Frame::Command(body)) => {
+                        self.on_command(Command::decode(body)?, &mut clock)?
+                    }
                 },
                 Phase::Closed => return Err(ZmtpError::NotActive),
             }
@@ -252,10 +269,14 @@ impl Connection {
         Ok(())
     }
 
-    fn on_command(&mut self, cmd: Command, now: Instant) -> Result<(), ZmtpError> {
+    fn on_command(
+        &mut self,
+        cmd: Command,
+        clock: &mut impl FnMut() -> Instant,
+    ) -> Result<(), ZmtpError> {
         match cmd {
             Command::Ping { ttl_ds, context } => {
-                self.heartbeat.on_ping(ttl_ds, now);
+                self.heartbeat.on_ping(ttl_ds, clock());
                 Command::Pong { context }.encode(&mut self.tx);
                 Ok(())
             }
