@@ -337,7 +337,9 @@ impl<'a> Engine<'a> {
                     Poll::Ready(Ok(n)) => {
                         self.rbuf.on_read(n, room);
                         let clock = || Instant::now().into_std();
-                        let input = self.conn.handle_input_with_clock(self.rbuf.current(), clock);
+                        let input = self
+                            .conn
+                            .handle_input_with_clock(self.rbuf.current(), clock);
                         if let Err(e) = input {
                             return Poll::Ready(Exit::Failed(e));
                         }
