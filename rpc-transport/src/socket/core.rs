@@ -388,11 +388,19 @@ impl Core {
 
     /// An ordered socket's message, written straight to the next peer's socket
     /// when none of its messages waits in that peer's channel; given back otherwise.
+    /// When it cannot be written now, the turn still stands: it goes to that peer's
+    /// channel if there is room (else back, for a peer with room).
     pub fn try_send_ordered(&self, msg: Outgoing) -> Result<PeerId, Outgoing> {
         let Some((id, out, _)) = self.next_in_turn() else {
             return Err(msg);
         };
-        out.try_send_ordered(msg).map(|()| id)
+        match out.try_send_ordered(msg) {
+            Ok(()) => Ok(id),
+            Err(msg) => match self.link(|p| p.id == id) {
+                Some((tx, out)) => enqueue(&tx, &out, msg, true).map(|()| id),
+                None => Err(msg),
+            },
+        }
     }
 
     /// The channel and outbox of the first peer that `pick` chooses.
@@ -604,5 +612,45 @@ impl Core {
                 t.abort.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zmtp::Metadata;
+
+    fn peer(core: &Arc<Core>, id: PeerId, open: bool) -> (PeerGuard, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(16);
+        let out = Arc::new(Outbox::new(Box::new(tokio::io::sink()), 1 << 20));
+        out.set_open(open);
+        let info = PeerInfo {
+            socket_type: SocketType::Router,
+            identity: Bytes::new(),
+            minor: 1,
+            metadata: Metadata::new(),
+        };
+        (core.add_peer(id, &info, tx, out).unwrap(), rx)
+    }
+
+    /// A peer whose turn it is keeps it when its socket cannot be written at once
+    /// (here: not open yet, as between entering the table and the engine opening
+    /// it): the message waits in its channel instead of going to the next peer.
+    #[tokio::test]
+    async fn round_robin_keeps_the_turn_of_a_peer_not_writable_at_once() {
+        let (core, _inbound) = Core::new(SocketType::Dealer, SocketOptions::default());
+        let (_a, mut rx_a) = peer(&core, 1, false);
+        let (_b, mut rx_b) = peer(&core, 2, true);
+        let mut to = Vec::new();
+        for i in 0..4u8 {
+            to.push(core.send_round_robin(Message::from(vec![i])).await.unwrap());
+        }
+        assert_eq!(to, [1, 2, 1, 2]);
+        // A's two went to its channel, in order; B's were written to its socket.
+        for want in [0u8, 2] {
+            assert_eq!(rx_a.try_recv().unwrap().frames, [Bytes::from(vec![want])]);
+        }
+        assert!(rx_a.try_recv().is_err());
+        assert!(rx_b.try_recv().is_err());
     }
 }

@@ -168,9 +168,11 @@ impl<'a> Engine<'a> {
                 Some(Event::Ready(info)) => {
                     let Some(tx) = self.out_tx.take() else { break };
                     self.reply_tx = Some(tx.clone());
+                    // Open before the peer can be found: a sender that finds it may
+                    // write at once (a closed outbox sends it to the channel).
+                    self.out.set_open(true);
                     match self.core.add_peer(self.id, &info, tx, self.out.clone()) {
                         Ok(g) => {
-                            self.out.set_open(true);
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");
                             self.guard = Some(g);
                             self.handshaken = true;
