@@ -162,6 +162,11 @@ impl<'a> Engine<'a> {
             Some(d) => d.batch,
             None => usize::MAX,
         };
+        let small = match self.core.direct.get() {
+            Some(d) if d.small_batch > 0 && several_cpus() => Some((d.small_batch, d.small_bytes)),
+            _ => None,
+        };
+        let mut handled = 0;
         while self.pending.is_none() {
             if budget == 0 {
                 return Ok(true);
@@ -203,6 +208,12 @@ impl<'a> Engine<'a> {
                         (direct.sink)(inbound, &mut answers);
                         self.delivered += 1;
                         budget -= 1;
+                        handled += 1;
+                        if small.is_some_and(|(n, bytes)| {
+                            handled == n && self.conn.transmit_len() < bytes
+                        }) {
+                            budget = 0;
+                        }
                         continue;
                     }
                     match self.core.inbound_tx.try_send(inbound) {
