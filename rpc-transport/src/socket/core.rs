@@ -394,13 +394,15 @@ impl Core {
     /// An ordered socket's message, written straight to the next peer's socket
     /// when none of its messages waits in that peer's channel; given back otherwise.
     /// When it cannot be written now, the turn still stands: it goes to that peer's
-    /// channel if there is room (else back, for a peer with room).
+    /// channel if there is room (else back, for a peer with room), unless that peer's
+    /// connection is closing.
     pub fn try_send_ordered(&self, msg: Outgoing) -> Result<PeerId, Outgoing> {
         let Some((id, out, _)) = self.next_in_turn() else {
             return Err(msg);
         };
         match out.try_send_ordered(msg) {
             Ok(()) => Ok(id),
+            Err(msg) if !out.is_open() => Err(msg),
             Err(msg) => match self.link(|p| p.id == id) {
                 Some((tx, out)) => enqueue(&tx, &out, msg, true).map(|()| id),
                 None => Err(msg),
@@ -625,7 +627,13 @@ mod tests {
     use super::*;
     use crate::zmtp::Metadata;
 
-    fn peer(core: &Arc<Core>, id: PeerId, open: bool) -> (PeerGuard, mpsc::Receiver<Outgoing>) {
+    struct TestPeer {
+        _guard: PeerGuard,
+        rx: mpsc::Receiver<Outgoing>,
+        out: Arc<Outbox>,
+    }
+
+    fn peer(core: &Arc<Core>, id: PeerId, open: bool) -> TestPeer {
         let (tx, rx) = mpsc::channel(16);
         let out = Arc::new(Outbox::new(Box::new(tokio::io::sink()), 1 << 20));
         out.set_open(open);
@@ -635,27 +643,48 @@ mod tests {
             minor: 1,
             metadata: Metadata::new(),
         };
-        (core.add_peer(id, &info, tx, out).unwrap(), rx)
+        let guard = core.add_peer(id, &info, tx, out.clone()).unwrap();
+        TestPeer {
+            _guard: guard,
+            rx,
+            out,
+        }
     }
 
-    /// A peer whose turn it is keeps it when its socket cannot be written at once
-    /// (here: not open yet, as between entering the table and the engine opening
-    /// it): the message waits in its channel instead of going to the next peer.
-    #[tokio::test]
-    async fn round_robin_keeps_the_turn_of_a_peer_not_writable_at_once() {
-        let (core, _inbound) = Core::new(SocketType::Dealer, SocketOptions::default());
-        let (_a, mut rx_a) = peer(&core, 1, false);
-        let (_b, mut rx_b) = peer(&core, 2, true);
+    async fn send_four(core: &Arc<Core>) -> Vec<PeerId> {
         let mut to = Vec::new();
         for i in 0..4u8 {
             to.push(core.send_round_robin(Message::from(vec![i])).await.unwrap());
         }
-        assert_eq!(to, [1, 2, 1, 2]);
+        to
+    }
+
+    /// A peer whose turn it is keeps it when its socket cannot be written at once
+    /// (here: a message of its waits in its channel, so a direct write would
+    /// overtake it): the message goes behind it instead of to the next peer.
+    #[tokio::test]
+    async fn round_robin_keeps_the_turn_of_a_peer_not_writable_at_once() {
+        let (core, _inbound) = Core::new(SocketType::Dealer, SocketOptions::default());
+        let mut a = peer(&core, 1, true);
+        let mut b = peer(&core, 2, true);
+        a.out.count_queued();
+        assert_eq!(send_four(&core).await, [1, 2, 1, 2]);
         // A's two went to its channel, in order; B's were written to its socket.
         for want in [0u8, 2] {
-            assert_eq!(rx_a.try_recv().unwrap().frames, [Bytes::from(vec![want])]);
+            assert_eq!(a.rx.try_recv().unwrap().frames, [Bytes::from(vec![want])]);
         }
-        assert!(rx_a.try_recv().is_err());
-        assert!(rx_b.try_recv().is_err());
+        assert!(a.rx.try_recv().is_err());
+        assert!(b.rx.try_recv().is_err());
+    }
+
+    /// A peer whose connection is closing (still in the table until its task ends)
+    /// gives its turn away: what would wait in its channel would die with it.
+    #[tokio::test]
+    async fn round_robin_passes_over_a_closing_peer() {
+        let (core, _inbound) = Core::new(SocketType::Dealer, SocketOptions::default());
+        let mut a = peer(&core, 1, false);
+        let _b = peer(&core, 2, true);
+        assert_eq!(send_four(&core).await, [2, 2, 2, 2]);
+        assert!(a.rx.try_recv().is_err());
     }
 }

@@ -142,6 +142,11 @@ impl Outbox {
         self.lock().open = open;
     }
 
+    /// Whether senders may write (false once the connection is closing).
+    pub fn is_open(&self) -> bool {
+        self.lock().open
+    }
+
     /// Bytes waiting to be written.
     #[cfg(test)]
     pub fn backlog(&self) -> usize {
