@@ -151,8 +151,7 @@ impl Endpoint {
             relay: Some(inner.relay.clone()),
             // Handing replies over in groups gained nothing on the client side.
             batch: usize::MAX,
-            small_batch: 0,
-            small_bytes: 0,
+            small_answers: None,
             answers: false,
         });
         let mut st = ep.lock();

@@ -189,8 +189,7 @@ impl ServerBuilder {
                 }
             }),
             batch: ANSWER_BATCH,
-            small_batch: SMALL_ANSWER_BATCH,
-            small_bytes: SMALL_ANSWER_BYTES,
+            small_answers: Some((SMALL_ANSWER_BATCH, SMALL_ANSWER_BYTES)),
             answers: true,
             relay: None,
         });
@@ -315,6 +314,7 @@ const ANSWER_BATCH: usize = 4;
 /// and a single CPU, where the writes' cost counts, keep fours (pairs: 4 KiB -5-9%,
 /// pinned 64 B -7%).
 const SMALL_ANSWER_BATCH: usize = 2;
+/// What "small" means for [`SMALL_ANSWER_BATCH`]: the pass's answers so far, in bytes.
 const SMALL_ANSWER_BYTES: usize = 2048;
 
 /// Who waits for a reply: the connection's queue and the request's envelope.

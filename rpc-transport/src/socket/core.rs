@@ -73,11 +73,9 @@ impl Answers<'_> {
 pub(crate) struct Direct {
     pub sink: DirectSink,
     pub batch: usize,
-    /// With several CPUs, the pass ends after this many messages already when their
-    /// answers so far are under `small_bytes` (0: never).
-    pub small_batch: usize,
-    /// Bytes of answers under which [`small_batch`](Self::small_batch) applies.
-    pub small_bytes: usize,
+    /// `(messages, bytes)`: with several CPUs, the pass ends after that many messages
+    /// already when their answers so far are under that many bytes.
+    pub small_answers: Option<(usize, usize)>,
     /// The sink answers what it receives (a server): while this peer's answers wait
     /// to be written, its connection reads no more, so that a peer that does not read
     /// them is not served without limit. Never for a client: its reads must go on
@@ -404,7 +402,7 @@ impl Core {
             Ok(()) => Ok(id),
             Err(msg) if !out.is_open() => Err(msg),
             Err(msg) => match self.link(|p| p.id == id) {
-                Some((tx, out)) => enqueue(&tx, &out, msg, true).map(|()| id),
+                Some((tx, _)) => enqueue(&tx, &out, msg, true).map(|()| id),
                 None => Err(msg),
             },
         }

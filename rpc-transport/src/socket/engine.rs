@@ -101,12 +101,12 @@ struct Engine<'a> {
     /// The wait for room in the socket's queue for `pending` (only under backpressure).
     room: Option<RoomWait>,
     rbuf: RecvBuf,
-    /// The connection's one timer, while it has a deadline. None otherwise: a timer
+    /// The connection's one timer, set to its deadline, while it has one and until it
+    /// fires. None otherwise: a timer
     /// left registered, even a year away, gives every `epoll_wait` of the runtime a
     /// timeout (tokio wakes at its wheel's slot boundaries), which the kernel arms and
     /// cancels each time: pinned REQ-REP without heartbeats did 3% fewer round trips.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    armed: Option<Instant>,
     /// `timer` holds this task's waker for the armed deadline: until it fires (or
     /// moves, or the waker changes), a look at its state replaces a poll (which
     /// registers the waker again each time).
@@ -157,14 +157,10 @@ impl<'a> Engine<'a> {
     /// Hands over what the connection decoded, until the socket's queue is full or a
     /// direct sink had its batch; true when decoded messages are left.
     fn deliver(&mut self) -> Result<bool, End> {
-        let mut budget = match self.core.direct.get() {
-            _ if self.answers_wait() => 0,
-            Some(d) => d.batch,
-            None => usize::MAX,
-        };
-        let small = match self.core.direct.get() {
-            Some(d) if d.small_batch > 0 && several_cpus() => Some((d.small_batch, d.small_bytes)),
-            _ => None,
+        let (mut budget, small) = match self.core.direct.get() {
+            _ if self.answers_wait() => (0, None),
+            Some(d) => (d.batch, d.small_answers.filter(|_| several_cpus())),
+            None => (usize::MAX, None),
         };
         let mut handled = 0;
         while self.pending.is_none() {
@@ -369,17 +365,15 @@ impl<'a> Engine<'a> {
 
             // The one timer of the connection, moved when the deadline changes.
             let deadline = self.conn.poll_timeout().map(Instant::from_std);
-            if deadline != self.armed {
+            if deadline != self.timer.as_ref().map(|t| t.deadline()) {
                 match (deadline, self.timer.as_mut()) {
                     (Some(t), Some(timer)) => timer.as_mut().reset(t),
                     (Some(t), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(t))),
                     (None, _) => self.timer = None,
                 }
-                self.armed = deadline;
                 self.timer_polled = false;
             }
             let fired = match self.timer.as_mut() {
-                Some(_) if self.armed.is_none() => false,
                 Some(timer) if self.timer_polled => timer.is_elapsed(),
                 Some(timer) => {
                     self.timer_polled = true;
@@ -388,7 +382,7 @@ impl<'a> Engine<'a> {
                 None => false,
             };
             if fired {
-                self.armed = None;
+                self.timer = None;
                 if let Some(r) = self.relay() {
                     // No caller waits behind one that is never polled for longer.
                     r.wake_all();
@@ -446,7 +440,6 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         rbuf: RecvBuf::new(),
         // Made with the first deadline, then moved (not a registration per loop turn).
         timer: None,
-        armed: None,
         timer_polled: false,
         handshaken: false,
         answered: 0,
