@@ -91,6 +91,9 @@ pub async fn serve(kind: &str, addr: &str) {
             if std::env::var("BENCH_NO_CACHE").is_ok() {
                 b = b.reply_cache_bytes(0);
             }
+            if let Ok(n) = std::env::var("BENCH_CACHE_ENTRIES") {
+                b = b.reply_cache(n.parse().unwrap(), std::time::Duration::from_secs(60));
+            }
             let server = b
                 .add_service(EchoServer::new(EchoImpl))
                 .start()
@@ -179,13 +182,14 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
             (s, k.conc)
         }
         "rpc" => {
-            let client = Client::builder()
+            let mut b = Client::builder()
                 .endpoint(ep)
                 .connections_per_endpoint(k.conns)
-                .max_message_size(64 << 20)
-                .connect()
-                .await
-                .unwrap();
+                .max_message_size(64 << 20);
+            if std::env::var("BENCH_NO_HEARTBEAT").is_ok() {
+                b = b.heartbeat(None);
+            }
+            let client = b.connect().await.unwrap();
             client
                 .wait_healthy(1, std::time::Duration::from_secs(10))
                 .await;

@@ -115,7 +115,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Reply cache bounds (0 entries turns deduplication of finished calls off).
+    /// Reply cache bounds (0 entries turns deduplication of finished calls off). The
+    /// cache lets go of replies half of it at a time: each is kept at least half of
+    /// each bound (`entries / 2` newer replies, `max_age / 2`), never beyond one.
     pub fn reply_cache(mut self, entries: usize, max_age: Duration) -> Self {
         self.cache_entries = entries;
         self.cache_age = max_age;
