@@ -129,6 +129,12 @@ impl Relay {
     }
 
     fn hand_over_at(&self, callers: &mut Vec<Waker>, now: impl FnOnce() -> Instant) {
+        // One caller and no line: woken now, as under the lock (a line formed
+        // meanwhile by another pass is as if that pass came after this one).
+        if callers.len() == 1 && self.is_empty() {
+            callers.drain(..).for_each(Waker::wake);
+            return;
+        }
         let (first, formed) = {
             let mut q = self.lock();
             let mut it = callers.drain(..);
