@@ -69,8 +69,19 @@ struct Generation {
     map: IdMap<Finished>,
     /// Bytes of the replies held (acknowledged ones no longer count).
     bytes: usize,
-    /// When its first reply was stored.
-    since: Option<Instant>,
+    /// When it ages, from its first reply on (none while empty).
+    ages: Option<Ages>,
+}
+
+/// The moments a generation ages at, reckoned once from its first reply (a comparison
+/// per request instead of a time difference; `None`: never, for an age too long to
+/// add to the clock).
+#[derive(Clone, Copy)]
+struct Ages {
+    /// Half the cache's age after its first reply: the young generation turns old.
+    turn: Option<Instant>,
+    /// The whole age after it: the old generation ends.
+    end: Option<Instant>,
 }
 
 impl Generation {
@@ -78,14 +89,13 @@ impl Generation {
     fn clear(&mut self) {
         self.map.clear();
         self.bytes = 0;
-        self.since = None;
+        self.ages = None;
     }
+}
 
-    /// Whether its first reply is `age` old at `now`.
-    fn older_than(&self, now: Instant, age: Duration) -> bool {
-        self.since
-            .is_some_and(|t| now.saturating_duration_since(t) >= age)
-    }
+/// Whether `now` is at or past `t` (never, for none).
+fn reached(t: Option<Instant>, now: Instant) -> bool {
+    t.is_some_and(|t| now >= t)
 }
 
 /// Bounded reply cache keyed by request id. `W` is whatever identifies a caller waiting
@@ -163,7 +173,11 @@ impl<W> ReplyCache<W> {
         }
         let young = &mut self.young;
         young.bytes += size;
-        young.since.get_or_insert(now);
+        let max_age = self.max_age;
+        young.ages.get_or_insert_with(|| Ages {
+            turn: now.checked_add(max_age / 2),
+            end: now.checked_add(max_age),
+        });
         // An id runs once: it is in no generation yet.
         let kept = young.map.entry(id).insert_entry(Finished::Done(reply));
         let Finished::Done(reply) = kept.into_mut() else {
@@ -196,10 +210,10 @@ impl<W> ReplyCache<W> {
     /// Ends the generations past their age: the young one at half the age (so that
     /// each reply is kept at least half of it), the old one at the whole.
     fn age(&mut self, now: Instant) {
-        if self.young.older_than(now, self.max_age / 2) {
+        if self.young.ages.is_some_and(|a| reached(a.turn, now)) {
             self.turn();
         }
-        if self.old.older_than(now, self.max_age) {
+        if self.old.ages.is_some_and(|a| reached(a.end, now)) {
             self.old.clear();
         }
     }
@@ -235,7 +249,7 @@ impl<W> ReplyCache<W> {
                 })
                 .sum();
             assert_eq!(bytes, g.bytes, "byte count");
-            assert_eq!(g.map.is_empty(), g.since.is_none(), "start of a generation");
+            assert_eq!(g.map.is_empty(), g.ages.is_none(), "start of a generation");
         }
         for id in self.young.map.keys() {
             assert!(!self.old.map.contains_key(id), "in both generations");
@@ -321,6 +335,18 @@ mod tests {
         assert!(matches!(c.begin(ids[4], env(0), half), Lookup::Cached(..)));
         let later = t0 + Duration::from_secs(10);
         assert_eq!(c.begin(ids[4], env(0), later), Lookup::Run, "expired");
+        c.check();
+    }
+
+    #[test]
+    fn an_age_too_long_for_the_clock_never_ends_a_generation() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(10, Duration::MAX, 1 << 20);
+        let id = RequestId::new();
+        assert_eq!(c.begin(id, env(0), t0), Lookup::Run);
+        assert!(c.finish(id, out(vec![]), t0).1.is_ok());
+        let later = t0 + Duration::from_secs(365 * 24 * 3600);
+        assert!(matches!(c.begin(id, env(0), later), Lookup::Cached(..)));
         c.check();
     }
 
