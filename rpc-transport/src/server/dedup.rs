@@ -1,14 +1,17 @@
 //! The reply cache: a retried request id gets the first execution's reply, and an id
 //! still running is not started again. Bounded in entries, in bytes and in age.
 //!
-//! Finished ids live in two generations, each a hash map: new replies go to the young
-//! one; when it holds half of a bound (half the entries, half the bytes, or its first
-//! reply is half the age old), the old generation is cleared and the young one becomes
-//! it. Nothing is evicted one entry at a time: an eviction order and a look-up per
-//! eviction into a table of 10,000 entries cost the server a cache miss or two per
-//! request (pinned to one CPU, a cache of 10,000 replies cost sequential calls ~6%
-//! against one of 1,000; the generations, with small entries, most of that back).
-//! Every finished reply is kept for at least half of each bound and never beyond one.
+//! Finished ids live in two generations, each a hash map from id to the place of its
+//! reply in the generation's list: new replies go to the young one; when it holds half
+//! of a bound (half the entries, half the bytes, or its first reply is half the age
+//! old), the old generation ends and the young one becomes it. Nothing is evicted one
+//! entry at a time: an eviction order and a look-up per eviction into a table of
+//! 10,000 entries cost the server a cache miss or two per request (pinned to one CPU,
+//! a cache of 10,000 replies cost sequential calls ~6% against one of 1,000). An
+//! ended generation's map is emptied at once (its entries are plain values), its
+//! replies (those not acknowledged) are let go of two per request, so that no request
+//! pays for thousands of them. Every finished reply is kept for at least half of each
+//! bound and never beyond one.
 //! Running ids are in a map of their own, as small as the requests running.
 
 use std::time::{Duration, Instant};
@@ -31,9 +34,12 @@ pub(crate) enum Lookup<W> {
     Acked,
 }
 
-/// A finished id.
+/// A finished id, in its generation's map: where its reply is in the generation's
+/// list, or that the reply was acknowledged. Nothing to drop: a map of them is
+/// emptied at once.
+#[derive(Clone, Copy)]
 enum Finished {
-    Done(Outgoing),
+    Done(u32),
     /// The reply acknowledged by its client (let go of): the id is kept so that a
     /// stale copy of the request does not run again.
     Acked,
@@ -67,7 +73,9 @@ impl<W> IntoIterator for Waiters<W> {
 #[derive(Default)]
 struct Generation {
     map: IdMap<Finished>,
-    /// Bytes of the replies held (acknowledged ones no longer count).
+    /// Its replies in the order they were kept; `None` once acknowledged.
+    replies: Vec<Option<Outgoing>>,
+    /// Bytes of the replies held.
     bytes: usize,
     /// When it ages, from its first reply on (none while empty).
     ages: Option<Ages>,
@@ -85,11 +93,26 @@ struct Ages {
 }
 
 impl Generation {
-    /// Empties it, keeping the table's memory for the next generation.
-    fn clear(&mut self) {
-        self.map.clear();
-        self.bytes = 0;
-        self.ages = None;
+    /// The reply of a finished id of this generation (none once acknowledged).
+    fn reply(&self, f: Finished) -> Option<&Outgoing> {
+        match f {
+            Finished::Done(i) => self.replies.get(i as usize)?.as_ref(),
+            Finished::Acked => None,
+        }
+    }
+
+    /// Lets go of the reply of `id` if it is here; returns whether the id is here.
+    fn ack(&mut self, id: RequestId) -> bool {
+        let Some(f) = self.map.get_mut(&id) else {
+            return false;
+        };
+        if let Finished::Done(i) = *f {
+            if let Some(r) = self.replies.get_mut(i as usize).and_then(Option::take) {
+                self.bytes -= r.byte_len();
+            }
+            *f = Finished::Acked;
+        }
+        true
     }
 }
 
@@ -98,12 +121,20 @@ fn reached(t: Option<Instant>, now: Instant) -> bool {
     t.is_some_and(|t| now >= t)
 }
 
+/// Replies of an ended generation let go of per request (a list of 5,000 unacknowledged
+/// replies dropped at once held the cache's lock ~0.4 ms).
+const LET_GO_PER_REQUEST: usize = 2;
+
 /// Bounded reply cache keyed by request id. `W` is whatever identifies a caller waiting
 /// for the reply (its envelope and connection).
 pub(crate) struct ReplyCache<W> {
     running: IdMap<Waiters<W>>,
     young: Generation,
     old: Generation,
+    /// The replies of the generation that ended last, let go of a few per request
+    /// (counted in the bytes held until then).
+    ended: Vec<Option<Outgoing>>,
+    ended_bytes: usize,
     max_entries: usize,
     max_age: Duration,
     max_bytes: usize,
@@ -117,6 +148,8 @@ impl<W> ReplyCache<W> {
             running: IdMap::default(),
             young: Generation::default(),
             old: Generation::default(),
+            ended: Vec::new(),
+            ended_bytes: 0,
             max_entries,
             max_age,
             max_bytes,
@@ -130,10 +163,16 @@ impl<W> ReplyCache<W> {
             w.more.push(waiter);
             return Lookup::Joined;
         }
-        let finished = self.young.map.get(&id).or_else(|| self.old.map.get(&id));
+        let (young, old) = (&self.young, &self.old);
+        let finished = match young.map.get(&id) {
+            Some(f) => Some((*f, young)),
+            None => old.map.get(&id).map(|f| (*f, old)),
+        };
         match finished {
-            Some(Finished::Done(reply)) => Lookup::Cached(reply.clone(), waiter),
-            Some(Finished::Acked) => Lookup::Acked,
+            Some((f, g)) => match g.reply(f) {
+                Some(reply) => Lookup::Cached(reply.clone(), waiter),
+                None => Lookup::Acked,
+            },
             None => {
                 let waiters = Waiters {
                     first: Some(waiter),
@@ -165,13 +204,20 @@ impl<W> ReplyCache<W> {
         if full {
             self.turn();
         }
+        if self.bytes() + size > self.max_bytes {
+            self.let_go_all();
+        }
         let (y, o) = (&self.young, &self.old);
         if y.map.len() + o.map.len() + 1 > self.max_entries
             || y.bytes + o.bytes + size > self.max_bytes
         {
-            self.old.clear();
+            self.end_old();
+            self.let_go_all();
         }
         let young = &mut self.young;
+        let Ok(i) = u32::try_from(young.replies.len()) else {
+            return (waiters, Err(reply));
+        };
         young.bytes += size;
         let max_age = self.max_age;
         young.ages.get_or_insert_with(|| Ages {
@@ -179,26 +225,19 @@ impl<W> ReplyCache<W> {
             end: now.checked_add(max_age),
         });
         // An id runs once: it is in no generation yet.
-        let kept = young.map.entry(id).insert_entry(Finished::Done(reply));
-        let Finished::Done(reply) = kept.into_mut() else {
+        young.map.insert(id, Finished::Done(i));
+        young.replies.push(Some(reply));
+        let Some(Some(kept)) = young.replies.last() else {
             unreachable!("just stored")
         };
-        (waiters, Ok(reply))
+        (waiters, Ok(kept))
     }
 
     /// The client of `id` has its reply: the reply is let go of (its bytes leave the
     /// count at once), the id stays until its generation ends. Unknown or running ids
     /// are left alone.
     pub fn ack(&mut self, id: RequestId) {
-        for g in [&mut self.young, &mut self.old] {
-            if let Some(e) = g.map.get_mut(&id) {
-                if let Finished::Done(reply) = e {
-                    g.bytes -= reply.byte_len();
-                    *e = Finished::Acked;
-                }
-                return;
-            }
-        }
+        let _ = self.young.ack(id) || self.old.ack(id);
     }
 
     /// Forgets a running id that will not run after all (refused for overload);
@@ -208,25 +247,51 @@ impl<W> ReplyCache<W> {
     }
 
     /// Ends the generations past their age: the young one at half the age (so that
-    /// each reply is kept at least half of it), the old one at the whole.
+    /// each reply is kept at least half of it), the old one at the whole. Lets go of
+    /// a few replies of the generation that ended last.
     fn age(&mut self, now: Instant) {
         if self.young.ages.is_some_and(|a| reached(a.turn, now)) {
             self.turn();
         }
         if self.old.ages.is_some_and(|a| reached(a.end, now)) {
-            self.old.clear();
+            self.end_old();
+        }
+        for _ in 0..LET_GO_PER_REQUEST {
+            match self.ended.pop() {
+                Some(r) => self.ended_bytes -= r.map_or(0, |r| r.byte_len()),
+                None => break,
+            }
         }
     }
 
     /// The old generation ends; the young one becomes it.
     fn turn(&mut self) {
+        self.end_old();
         std::mem::swap(&mut self.young, &mut self.old);
-        self.young.clear();
+    }
+
+    /// The old generation ends: its ids are forgotten at once, its replies are let
+    /// go of a few per request (what is left of the generation before goes now). Its
+    /// memory is kept for the next generation.
+    fn end_old(&mut self) {
+        self.let_go_all();
+        let old = &mut self.old;
+        std::mem::swap(&mut old.replies, &mut self.ended);
+        self.ended_bytes = old.bytes;
+        old.map.clear();
+        old.bytes = 0;
+        old.ages = None;
+    }
+
+    /// Lets go at once of the replies of the generation that ended last.
+    fn let_go_all(&mut self) {
+        self.ended.clear();
+        self.ended_bytes = 0;
     }
 
     /// Bytes of finished replies held.
     pub fn bytes(&self) -> usize {
-        self.young.bytes + self.old.bytes
+        self.young.bytes + self.old.bytes + self.ended_bytes
     }
 
     /// Finished replies held.
@@ -235,22 +300,31 @@ impl<W> ReplyCache<W> {
         self.young.map.len() + self.old.map.len()
     }
 
-    /// Panics unless the byte counts and the bounds agree with the entries, and an id
-    /// is in one place at most.
+    /// Panics unless the byte counts and the bounds agree with the entries, every
+    /// finished id's reply is in its generation's list, and an id is in one place at
+    /// most.
     #[cfg(test)]
     fn check(&self) {
+        let sum = |list: &[Option<Outgoing>]| -> usize {
+            list.iter().flatten().map(Outgoing::byte_len).sum()
+        };
         for g in [&self.young, &self.old] {
-            let bytes: usize = g
-                .map
-                .values()
-                .map(|e| match e {
-                    Finished::Done(r) => r.byte_len(),
-                    Finished::Acked => 0,
-                })
-                .sum();
-            assert_eq!(bytes, g.bytes, "byte count");
+            assert_eq!(sum(&g.replies), g.bytes, "byte count");
             assert_eq!(g.map.is_empty(), g.ages.is_none(), "start of a generation");
+            let mut listed = 0;
+            for f in g.map.values() {
+                if let Finished::Done(i) = f {
+                    assert!(g.replies[*i as usize].is_some(), "a reply let go of early");
+                    listed += 1;
+                }
+            }
+            assert_eq!(
+                listed,
+                g.replies.iter().flatten().count(),
+                "replies not listed"
+            );
         }
+        assert_eq!(sum(&self.ended), self.ended_bytes, "bytes of the ended one");
         for id in self.young.map.keys() {
             assert!(!self.old.map.contains_key(id), "in both generations");
         }
@@ -347,6 +421,28 @@ mod tests {
         assert!(c.finish(id, out(vec![]), t0).1.is_ok());
         let later = t0 + Duration::from_secs(365 * 24 * 3600);
         assert!(matches!(c.begin(id, env(0), later), Lookup::Cached(..)));
+        c.check();
+    }
+
+    #[test]
+    fn an_ended_generation_is_let_go_of_a_few_replies_per_request() {
+        let t0 = Instant::now();
+        let mut c = ReplyCache::new(10, Duration::from_secs(60), 1 << 20);
+        let reply = || out(vec![Bytes::from(vec![7u8; 100])]);
+        let ids: Vec<RequestId> = (0..11).map(|_| RequestId::new()).collect();
+        for id in &ids {
+            c.begin(*id, env(0), t0);
+            assert!(c.finish(*id, reply(), t0).1.is_ok());
+            c.check();
+        }
+        // The eleventh reply ended the generation of the first five: their ids are
+        // gone, their bytes still held until let go of, two per request.
+        assert_eq!((c.len(), c.ended.len(), c.bytes()), (6, 5, 1100));
+        assert_eq!(c.begin(ids[0], env(0), t0), Lookup::Run);
+        assert_eq!((c.ended.len(), c.bytes()), (3, 900));
+        c.begin(RequestId::new(), env(0), t0);
+        c.begin(RequestId::new(), env(0), t0);
+        assert_eq!((c.ended.len(), c.bytes()), (0, 600));
         c.check();
     }
 
