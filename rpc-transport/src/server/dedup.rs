@@ -9,8 +9,8 @@
 //! 10,000 entries cost the server a cache miss or two per request (pinned to one CPU,
 //! a cache of 10,000 replies cost sequential calls ~6% against one of 1,000). An
 //! ended generation's map is emptied at once (its entries are plain values), its
-//! replies (those not acknowledged) are let go of two per request, so that no request
-//! pays for thousands of them. Every finished reply is kept for at least half of each
+//! replies (those not acknowledged) are let go of two at each look at the cache (a
+//! request's start and its end), so that no request pays for thousands of them. Every finished reply is kept for at least half of each
 //! bound and never beyond one.
 //! Running ids are in a map of their own, as small as the requests running.
 
@@ -121,9 +121,10 @@ fn reached(t: Option<Instant>, now: Instant) -> bool {
     t.is_some_and(|t| now >= t)
 }
 
-/// Replies of an ended generation let go of per request (a list of 5,000 unacknowledged
-/// replies dropped at once held the cache's lock ~0.4 ms).
-const LET_GO_PER_REQUEST: usize = 2;
+/// Replies of an ended generation let go of at each look at the cache (a request's
+/// start and its end); 5,000 unacknowledged replies dropped at once held the cache's
+/// lock ~0.4 ms.
+const LET_GO_PER_LOOK: usize = 2;
 
 /// Bounded reply cache keyed by request id. `W` is whatever identifies a caller waiting
 /// for the reply (its envelope and connection).
@@ -131,7 +132,7 @@ pub(crate) struct ReplyCache<W> {
     running: IdMap<Waiters<W>>,
     young: Generation,
     old: Generation,
-    /// The replies of the generation that ended last, let go of a few per request
+    /// The replies of the generation that ended last, let go of a few at each look
     /// (counted in the bytes held until then).
     ended: Vec<Option<Outgoing>>,
     ended_bytes: usize,
@@ -256,7 +257,7 @@ impl<W> ReplyCache<W> {
         if self.old.ages.is_some_and(|a| reached(a.end, now)) {
             self.end_old();
         }
-        for _ in 0..LET_GO_PER_REQUEST {
+        for _ in 0..LET_GO_PER_LOOK {
             match self.ended.pop() {
                 Some(r) => self.ended_bytes -= r.map_or(0, |r| r.byte_len()),
                 None => break,
@@ -271,7 +272,7 @@ impl<W> ReplyCache<W> {
     }
 
     /// The old generation ends: its ids are forgotten at once, its replies are let
-    /// go of a few per request (what is left of the generation before goes now). Its
+    /// go of a few at each look (what is left of the generation before goes now). Its
     /// memory is kept for the next generation.
     fn end_old(&mut self) {
         self.let_go_all();
@@ -436,7 +437,7 @@ mod tests {
             c.check();
         }
         // The eleventh reply ended the generation of the first five: their ids are
-        // gone, their bytes still held until let go of, two per request.
+        // gone, their bytes still held until let go of, two at each look.
         assert_eq!((c.len(), c.ended.len(), c.bytes()), (6, 5, 1100));
         assert_eq!(c.begin(ids[0], env(0), t0), Lookup::Run);
         assert_eq!((c.ended.len(), c.bytes()), (3, 900));
