@@ -15,7 +15,9 @@
 //! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3),
 //! BENCH_PIN (suite: CPUs for `taskset -c`, e.g. `0` to pin server and client to one).
 //! BENCH_PAYLOADS, BENCH_CONCS (suite: comma-separated lists, default 64,4096,1048576 and
-//! 1,16), BENCH_KINDS (reqrep,dealer,rpc; raw TCP always runs). `rpc` rows: BENCH_NO_HEARTBEAT (neither side), BENCH_NO_CACHE (server without reply cache), BENCH_CACHE_ENTRIES (its bound) to measure those.
+//! 1,16), BENCH_KINDS (reqrep,dealer,rpc; raw TCP always runs). To measure what the
+//! guarantees cost, `rpc` rows read BENCH_NO_HEARTBEAT (neither side), BENCH_NO_CACHE
+//! (server without reply cache) and BENCH_CACHE_ENTRIES (the cache's bound).
 //! Every server and client are separate processes on 127.0.0.1; callers run
 //! in spawned tasks; each call is timed on its own; percentiles are nearest-rank.
 //! The suite also reports the CPU time (user + system, from `/proc/<pid>/stat`) the

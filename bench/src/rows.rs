@@ -92,7 +92,8 @@ pub async fn serve(kind: &str, addr: &str) {
                 b = b.reply_cache_bytes(0);
             }
             if let Ok(n) = std::env::var("BENCH_CACHE_ENTRIES") {
-                b = b.reply_cache(n.parse().unwrap(), std::time::Duration::from_secs(60));
+                let n = n.parse().expect("BENCH_CACHE_ENTRIES: a number of entries");
+                b = b.reply_cache(n, std::time::Duration::from_secs(60));
             }
             let server = b
                 .add_service(EchoServer::new(EchoImpl))
