@@ -205,14 +205,15 @@ impl<W> ReplyCache<W> {
         if full {
             self.turn();
         }
-        if self.bytes() + size > self.max_bytes {
-            self.let_go_all();
-        }
         let (y, o) = (&self.young, &self.old);
         if y.map.len() + o.map.len() + 1 > self.max_entries
             || y.bytes + o.bytes + size > self.max_bytes
         {
             self.end_old();
+        }
+        // Replies of an ended generation count until let go of: at once when the
+        // bytes allow no more.
+        if self.bytes() + size > self.max_bytes {
             self.let_go_all();
         }
         let young = &mut self.young;

@@ -132,7 +132,9 @@ impl Relay {
         // One caller and no line: woken now, as under the lock (a line formed
         // meanwhile by another pass is as if that pass came after this one).
         if callers.len() == 1 && self.is_empty() {
-            callers.drain(..).for_each(Waker::wake);
+            if let Some(w) = callers.pop() {
+                w.wake();
+            }
             return;
         }
         let (first, formed) = {
