@@ -185,3 +185,36 @@ where
         s => Err(RpcError::Protocol(format!("unexpected status {s:?}"))),
     }
 }
+#[cfg(test)]
+mod tests {
+    use super::Call;
+    use crate::client::Client;
+    use rpc_core::{MethodInfo, Payload, RetryPolicy};
+
+    /// glibc serves blocks up to 1,032 bytes from its per-thread cache (tcache); a
+    /// larger one takes its slower paths. A typed call's future is boxed once per call.
+    const SMALL_BLOCK: usize = 1024;
+
+    #[tokio::test]
+    async fn a_calls_future_fits_the_allocators_per_thread_cache() {
+        // Never accepts: the call is only built, not awaited.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let client = Client::builder()
+            .endpoint(format!("tcp://{addr}"))
+            .connect()
+            .await
+            .expect("client");
+        static M: MethodInfo = MethodInfo {
+            name: "Svc.method",
+            retry: RetryPolicy::Retry,
+        };
+        let call = Call::new(client, &M, Ok(Payload::default()), |_| Ok(()));
+        let fut = std::future::IntoFuture::into_future(call);
+        let size = std::mem::size_of_val(&*fut);
+        assert!(
+            size <= SMALL_BLOCK,
+            "a call's future is {size} bytes: box its rare waits"
+        );
+    }
+}

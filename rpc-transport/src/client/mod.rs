@@ -643,7 +643,9 @@ impl Client {
             let picked = first.take().and_then(|t| Some((inner.pick(last_ep)?, t)));
             let (idx, now) = match picked {
                 Some(p) => p,
-                None => match inner.wait_for_endpoint(deadline, last_ep).await {
+                // Boxed: the wait (hundreds of bytes) would otherwise widen every
+                // call's future past the allocator's small-size cache.
+                None => match Box::pin(inner.wait_for_endpoint(deadline, last_ep)).await {
                     Some(idx) => (idx, Instant::now()),
                     None => return Err(unavailable(attempts, last)),
                 },
@@ -672,7 +674,8 @@ impl Client {
                     // Never left: not an attempt. Let the health state catch up.
                     inner.pending().remove(&id);
                     last_ep = Some(idx);
-                    tokio::time::sleep_until((now + Duration::from_millis(1)).min(deadline)).await;
+                    let pause = (now + Duration::from_millis(1)).min(deadline);
+                    Box::pin(tokio::time::sleep_until(pause)).await;
                     continue;
                 }
             };
