@@ -185,6 +185,7 @@ where
         s => Err(RpcError::Protocol(format!("unexpected status {s:?}"))),
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::Call;
