@@ -423,6 +423,65 @@ async fn past_the_concurrency_limit_the_server_answers_overloaded_at_once() {
     assert_eq!(busy.await.unwrap().unwrap(), 500);
 }
 
+/// The last attempt's error of a call that ran out of attempts.
+fn last_error(e: &RpcError) -> &RpcError {
+    match e {
+        RpcError::Unavailable {
+            last: Some(last), ..
+        } => last,
+        other => panic!("not out of attempts: {other:?}"),
+    }
+}
+
+#[rpc_service]
+pub trait Hold {
+    /// Keeps `data` for `ms`, then answers its length.
+    async fn hold(&self, data: String, ms: u64) -> u64;
+}
+
+struct Holder;
+
+impl Hold for Holder {
+    async fn hold(&self, data: String, ms: u64) -> u64 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        data.len() as u64
+    }
+}
+
+#[tokio::test]
+async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
+    let (server, client) = serve_and_connect(
+        Server::builder()
+            .max_waiting_bytes(10_000)
+            .add_service(HoldServer::new(Holder)),
+        Client::builder().retries(0),
+    )
+    .await;
+    let hold = HoldClient::new(client);
+    // Alone, a request runs even past the bound.
+    let first = tokio::spawn({
+        let hold = hold.clone();
+        async move { hold.hold("x".repeat(12_000), 400).await }
+    });
+    while server.stats().waiting_bytes == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(server.stats().waiting_bytes >= 12_000);
+    // While it waits, more arguments would pass the bound: refused at once, not run.
+    let t0 = std::time::Instant::now();
+    let e = hold.hold("y".repeat(100), 0).await.unwrap_err();
+    assert!(t0.elapsed() < Duration::from_millis(300), "not at once");
+    assert!(matches!(last_error(&e), RpcError::Overloaded(_)), "{e:?}");
+    assert_eq!(server.stats().overloaded, 1);
+    assert_eq!(server.stats().executed, 1);
+    // Once it is done, nothing is counted and requests run again.
+    assert_eq!(first.await.unwrap().unwrap(), 12_000);
+    assert_eq!(server.stats().waiting_bytes, 0);
+    assert_eq!(hold.hold("z".repeat(100), 0).await.unwrap(), 100);
+    // Handlers that finish at once are not counted either.
+    assert_eq!(server.stats().waiting_bytes, 0);
+}
+
 #[tokio::test]
 async fn graceful_shutdown_finishes_running_calls_and_refuses_new_ones() {
     let (server, calc) = calc_pair(1024, 0).await;
@@ -434,13 +493,7 @@ async fn graceful_shutdown_finishes_running_calls_and_refuses_new_ones() {
     let stop = tokio::spawn(server.shutdown());
     tokio::time::sleep(Duration::from_millis(50)).await;
     let e = calc.add(1, 1).await.unwrap_err();
-    let RpcError::Unavailable {
-        last: Some(last), ..
-    } = &e
-    else {
-        panic!("{e:?}")
-    };
-    assert!(matches!(**last, RpcError::ShuttingDown(_)), "{last:?}");
+    assert!(matches!(last_error(&e), RpcError::ShuttingDown(_)), "{e:?}");
     assert!(
         !stop.is_finished(),
         "shutdown must wait for the running call"

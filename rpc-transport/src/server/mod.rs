@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -58,13 +58,15 @@ impl Server {
 
 /// Builds and starts a server.
 ///
-/// Defaults: 1024 requests running at once (more answer OVERLOADED at once); a reply
-/// cache of 10,000 replies (64 MiB at most) kept up to 60 s; 10 s to drain on shutdown; heartbeat
-/// every 1 s with a 3 s timeout; 4 MiB messages.
+/// Defaults: 1024 requests running at once (more answer OVERLOADED at once), whose
+/// handlers, when they wait, hold 256 MiB of arguments at most; a reply cache of 10,000
+/// replies (64 MiB at most) kept up to 60 s; 10 s to drain on shutdown; heartbeat every
+/// 1 s with a 3 s timeout; 4 MiB messages.
 pub struct ServerBuilder {
     endpoints: Vec<String>,
     services: HashMap<&'static str, Arc<dyn Dispatch>>,
     max_concurrency: usize,
+    max_waiting_bytes: usize,
     cache_entries: usize,
     cache_age: Duration,
     cache_bytes: usize,
@@ -85,6 +87,7 @@ impl ServerBuilder {
             endpoints: Vec::new(),
             services: HashMap::new(),
             max_concurrency: 1024,
+            max_waiting_bytes: 256 << 20,
             cache_entries: 10_000,
             cache_age: Duration::from_secs(60),
             cache_bytes: 64 << 20,
@@ -112,6 +115,16 @@ impl ServerBuilder {
     /// Most requests running at once.
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.max_concurrency = n.max(1);
+        self
+    }
+
+    /// Most argument bytes that requests whose handlers wait may hold together (default
+    /// 256 MiB): past it, new requests are answered OVERLOADED until some of those
+    /// finish (one is always let in). Without it the bound would be the concurrency
+    /// limit times the message size (4 GiB at the defaults). Handlers that finish at
+    /// once, in the connection's task, hold nothing beyond their own request.
+    pub fn max_waiting_bytes(mut self, n: usize) -> Self {
+        self.max_waiting_bytes = n;
         self
     }
 
@@ -174,6 +187,8 @@ impl ServerBuilder {
             routes,
             limit: Arc::new(Semaphore::new(self.max_concurrency)),
             max_concurrency: self.max_concurrency,
+            waiting_bytes: AtomicUsize::new(0),
+            max_waiting_bytes: self.max_waiting_bytes,
             cache: Mutex::new(ReplyCache::new(
                 self.cache_entries,
                 self.cache_age,
@@ -250,6 +265,7 @@ impl ServerHandle {
     pub fn stats(&self) -> ServerStats {
         let mut stats = self.shared.counters.snapshot();
         stats.cached_bytes = self.shared.cache().bytes() as u64;
+        stats.waiting_bytes = self.shared.waiting_bytes.load(Ordering::Relaxed) as u64;
         stats
     }
 }
@@ -274,6 +290,9 @@ pub struct ServerStats {
     /// Bytes of finished replies the reply cache holds now (those not yet
     /// acknowledged by their clients, within the cache's bounds).
     pub cached_bytes: u64,
+    /// Argument bytes that requests whose handlers wait hold now (see
+    /// [`ServerBuilder::max_waiting_bytes`]).
+    pub waiting_bytes: u64,
 }
 
 #[derive(Default)]
@@ -298,8 +317,9 @@ impl Counters {
             shutting_down: r(&self.shutting_down),
             rejected: r(&self.rejected),
             panics: r(&self.panics),
-            // A gauge, filled in by the caller.
+            // Gauges, filled in by the caller.
             cached_bytes: 0,
+            waiting_bytes: 0,
         }
     }
 }
@@ -318,6 +338,22 @@ const ANSWER_BATCH: usize = 4;
 const SMALL_ANSWER_BATCH: usize = 2;
 /// What "small" means for [`SMALL_ANSWER_BATCH`]: the pass's answers so far, in bytes.
 const SMALL_ANSWER_BYTES: usize = 2048;
+
+/// A request whose handler waits, counted in [`Shared::waiting_bytes`] until dropped.
+struct Waiting(Arc<Shared>, usize);
+
+impl Waiting {
+    fn new(shared: Arc<Shared>, size: usize) -> Waiting {
+        shared.waiting_bytes.fetch_add(size, Ordering::Relaxed);
+        Waiting(shared, size)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting_bytes.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
 
 /// Who waits for a reply: the connection's queue and the request's envelope.
 struct Waiter {
@@ -379,6 +415,9 @@ struct Shared {
     routes: HashMap<&'static [u8], Route, BuildNameHasher>,
     limit: Arc<Semaphore>,
     max_concurrency: usize,
+    /// Argument bytes held by requests whose handlers wait, and their bound.
+    waiting_bytes: AtomicUsize,
+    max_waiting_bytes: usize,
     cache: Mutex<ReplyCache<Waiter>>,
     draining: AtomicBool,
     counters: Counters,
@@ -539,15 +578,12 @@ impl Shared {
                 return;
             }
         }
+        let size = args.len();
+        if !self.may_wait(size) {
+            return self.overloaded(id, "memory limit of waiting requests reached");
+        }
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
-            bump(&self.counters.overloaded);
-            let frames = reply_frames(
-                id,
-                Reply::status(Status::Overloaded, "concurrency limit reached"),
-            );
-            let waiters = self.cache().abandon(id);
-            send_all(waiters, &frames, None);
-            return;
+            return self.overloaded(id, "concurrency limit reached");
         };
         bump(&self.counters.executed);
         let deadline = now + Duration::from_millis(header.timeout_ms);
@@ -574,6 +610,9 @@ impl Shared {
             // reply's (no second clock read).
             return self.finish(id, outcome, permit, now, Some((here, answers)));
         }
+        // Its arguments count against the bound of waiting requests until it ends
+        // (or its task is dropped).
+        let waiting = Waiting::new(self.clone(), size);
         let shared = self.clone();
         tokio::spawn(
             async move {
@@ -584,10 +623,29 @@ impl Shared {
                         "deadline passed while running",
                     )),
                 };
+                // Its arguments are gone with the handler: no longer counted
+                // when its reply arrives.
+                drop(waiting);
                 shared.finish(id, outcome, permit, Instant::now(), None);
             }
             .instrument(span),
         );
+    }
+
+    /// Whether a request of `size` argument bytes may run: always while no handler
+    /// waits, else within [`ServerBuilder::max_waiting_bytes`] with theirs.
+    fn may_wait(&self, size: usize) -> bool {
+        let held = self.waiting_bytes.load(Ordering::Relaxed);
+        held == 0 || held.saturating_add(size) <= self.max_waiting_bytes
+    }
+
+    /// Refuses request `id` with OVERLOADED, to everyone waiting for it.
+    fn overloaded(&self, id: RequestId, why: &str) {
+        bump(&self.counters.overloaded);
+        tracing::debug!(request_id = %id, why, "request refused: overloaded");
+        let frames = reply_frames(id, Reply::status(Status::Overloaded, why));
+        let waiters = self.cache().abandon(id);
+        send_all(waiters, &frames, None);
     }
 
     /// Answers a handler's outcome to everyone waiting for it, and keeps it in the
