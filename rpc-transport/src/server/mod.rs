@@ -122,7 +122,9 @@ impl ServerBuilder {
     /// 256 MiB): past it, new requests are answered OVERLOADED until some of those
     /// finish (one is always let in). Without it the bound would be the concurrency
     /// limit times the message size (4 GiB at the defaults). Handlers that finish at
-    /// once, in the connection's task, hold nothing beyond their own request.
+    /// once, in the connection's task, hold nothing beyond their own request. The sum
+    /// is looked at before a request runs: requests let in at the same moment by
+    /// other threads may pass the bound by one message each.
     pub fn max_waiting_bytes(mut self, n: usize) -> Self {
         self.max_waiting_bytes = n;
         self
