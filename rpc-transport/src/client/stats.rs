@@ -4,8 +4,10 @@ use std::sync::atomic::AtomicU64;
 
 use super::health::HealthState;
 
-/// Client-wide counters, read with [`crate::client::Client::stats`].
+/// Client-wide counters, read with [`crate::client::Client::stats`]. More counters
+/// may come: match with `..`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientStats {
     /// Calls started.
     pub calls: u64,
@@ -31,6 +33,7 @@ pub struct ClientStats {
 
 /// Counters of one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EndpointStats {
     /// The endpoint address.
     pub endpoint: String,

@@ -272,8 +272,9 @@ impl ServerHandle {
     }
 }
 
-/// Server counters.
+/// Server counters. More counters may come: match with `..`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerStats {
     /// Requests received.
     pub requests: u64,
