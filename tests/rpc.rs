@@ -435,25 +435,29 @@ fn last_error(e: &RpcError) -> &RpcError {
 
 #[rpc_service]
 pub trait Hold {
-    /// Keeps `data` for `ms`, then answers its length.
-    async fn hold(&self, data: String, ms: u64) -> u64;
+    /// Answers the length of `data`; more than 1,000 bytes are kept until the test
+    /// lets go.
+    async fn hold(&self, data: String) -> u64;
 }
 
-struct Holder;
+struct Holder(Arc<tokio::sync::Semaphore>);
 
 impl Hold for Holder {
-    async fn hold(&self, data: String, ms: u64) -> u64 {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    async fn hold(&self, data: String) -> u64 {
+        if data.len() > 1000 {
+            let _go = self.0.acquire().await;
+        }
         data.len() as u64
     }
 }
 
 #[tokio::test]
 async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
     let (server, client) = serve_and_connect(
         Server::builder()
             .max_waiting_bytes(10_000)
-            .add_service(HoldServer::new(Holder)),
+            .add_service(HoldServer::new(Holder(go.clone()))),
         Client::builder().retries(0),
     )
     .await;
@@ -461,7 +465,7 @@ async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
     // Alone, a request runs even past the bound.
     let first = tokio::spawn({
         let hold = hold.clone();
-        async move { hold.hold("x".repeat(12_000), 400).await }
+        async move { hold.hold("x".repeat(12_000)).await }
     });
     while server.stats().waiting_bytes == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -469,15 +473,16 @@ async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
     assert!(server.stats().waiting_bytes >= 12_000);
     // While it waits, more arguments would pass the bound: refused at once, not run.
     let t0 = std::time::Instant::now();
-    let e = hold.hold("y".repeat(100), 0).await.unwrap_err();
+    let e = hold.hold("y".repeat(1_001)).await.unwrap_err();
     assert!(t0.elapsed() < Duration::from_millis(300), "not at once");
     assert!(matches!(last_error(&e), RpcError::Overloaded(_)), "{e:?}");
     assert_eq!(server.stats().overloaded, 1);
     assert_eq!(server.stats().executed, 1);
     // Once it is done, nothing is counted and requests run again.
+    go.add_permits(1);
     assert_eq!(first.await.unwrap().unwrap(), 12_000);
     assert_eq!(server.stats().waiting_bytes, 0);
-    assert_eq!(hold.hold("z".repeat(100), 0).await.unwrap(), 100);
+    assert_eq!(hold.hold("z".repeat(100)).await.unwrap(), 100);
     // Handlers that finish at once are not counted either.
     assert_eq!(server.stats().waiting_bytes, 0);
 }
