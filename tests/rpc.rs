@@ -488,6 +488,37 @@ async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
 }
 
 #[tokio::test]
+async fn a_server_holds_at_most_max_connections() {
+    let (server, first) = serve_and_connect(
+        Server::builder()
+            .max_connections(1)
+            .add_service(CalcServer::new(MyCalc::default())),
+        Client::builder(),
+    )
+    .await;
+    let first = CalcClient::new(first);
+    assert_eq!(first.add(1, 2).await.unwrap(), 3);
+    // A second client's connection is closed at once: its call finds no server.
+    let second = Client::builder()
+        .endpoint(server.endpoints()[0].to_string())
+        .call_timeout(Duration::from_millis(300))
+        .connect()
+        .await
+        .unwrap();
+    let second = CalcClient::new(second);
+    let e = second.add(2, 3).await.unwrap_err();
+    assert!(
+        matches!(e, RpcError::Unavailable { .. } | RpcError::DeadlineExceeded),
+        "{e:?}"
+    );
+    assert_eq!(server.stats().requests, 1, "the second client got through");
+    // Once the first client is gone, the second is served.
+    drop(first);
+    let sum = second.add(2, 3).timeout(Duration::from_secs(10)).await;
+    assert_eq!(sum.unwrap(), 5);
+}
+
+#[tokio::test]
 async fn graceful_shutdown_finishes_running_calls_and_refuses_new_ones() {
     let (server, calc) = calc_pair(1024, 0).await;
     let running = tokio::spawn({

@@ -166,6 +166,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Most client connections held at once (default 65,536); one more is accepted
+    /// and closed at once, logged. With [`ServerBuilder::max_message_size`] it bounds
+    /// what requests being received can hold: each connection buffers at most one
+    /// partly received message.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.socket.max_connections = n;
+        self
+    }
+
     /// Binds every endpoint and starts serving in the background.
     pub async fn start(self) -> Result<ServerHandle, SocketError> {
         let router = RouterSocket::with_options(self.socket.clone());
