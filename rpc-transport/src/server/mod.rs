@@ -61,7 +61,7 @@ impl Server {
 /// Defaults: 1024 requests running at once (more answer OVERLOADED at once), whose
 /// handlers, when they wait, hold 256 MiB of arguments at most; a reply cache of 10,000
 /// replies (64 MiB at most) kept up to 60 s; 10 s to drain on shutdown; heartbeat every
-/// 1 s with a 3 s timeout; 4 MiB messages.
+/// 1 s with a 3 s timeout; 4 MiB messages; 65,536 connections.
 pub struct ServerBuilder {
     endpoints: Vec<String>,
     services: HashMap<&'static str, Arc<dyn Dispatch>>,
