@@ -351,19 +351,29 @@ const SMALL_ANSWER_BATCH: usize = 2;
 /// What "small" means for [`SMALL_ANSWER_BATCH`]: the pass's answers so far, in bytes.
 const SMALL_ANSWER_BYTES: usize = 2048;
 
-/// A request whose handler waits, counted in [`Shared::waiting_bytes`] until dropped.
-struct Waiting(Arc<Shared>, usize);
+/// A request whose handler waits, counted in [`Shared::waiting_bytes`] until it ends
+/// or is dropped.
+struct Waiting {
+    shared: Arc<Shared>,
+    size: usize,
+}
 
 impl Waiting {
     fn new(shared: Arc<Shared>, size: usize) -> Waiting {
         shared.waiting_bytes.fetch_add(size, Ordering::Relaxed);
-        Waiting(shared, size)
+        Waiting { shared, size }
+    }
+
+    /// No longer counted (its handler is done with the arguments).
+    fn end(&mut self) {
+        let size = std::mem::take(&mut self.size);
+        self.shared.waiting_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.waiting_bytes.fetch_sub(self.1, Ordering::Relaxed);
+        self.end();
     }
 }
 
@@ -624,8 +634,7 @@ impl Shared {
         }
         // Its arguments count against the bound of waiting requests until it ends
         // (or its task is dropped).
-        let waiting = Waiting::new(self.clone(), size);
-        let shared = self.clone();
+        let mut waiting = Waiting::new(self.clone(), size);
         tokio::spawn(
             async move {
                 let outcome = match tokio::time::timeout_at(deadline, handler).await {
@@ -637,8 +646,9 @@ impl Shared {
                 };
                 // Its arguments are gone with the handler: no longer counted
                 // when its reply arrives.
-                drop(waiting);
-                shared.finish(id, outcome, permit, Instant::now(), None);
+                waiting.end();
+                let now = Instant::now();
+                waiting.shared.finish(id, outcome, permit, now, None);
             }
             .instrument(span),
         );
