@@ -20,6 +20,8 @@
 //! - [`server`]: the RPC server: a ROUTER socket, dispatch to `rpc_core::Dispatch`
 //!   services, concurrency limit, reply cache that lets go of acknowledged replies
 //!   (`dedup.rs`), graceful drain.
+//! - `timer.rs`: heartbeats and attempt deadlines, kept by a thread of the crate so that
+//!   tokio's threads sleep in `epoll_wait` without a timeout.
 
 #![warn(missing_docs)]
 
@@ -28,6 +30,7 @@ mod counter;
 pub mod message;
 pub mod server;
 pub mod socket;
+mod timer;
 pub mod zmtp;
 
 pub use message::Message;

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::Inner;
 use crate::socket::relay::LINE_CHECK;
+use crate::timer::Alarm;
 
 /// When the client's expiry task wakes next.
 pub(crate) struct Expiry {
@@ -78,6 +79,8 @@ impl Expiry {
 
 /// The expiry task of one client; ends with the client.
 pub(crate) async fn run(inner: Weak<Inner>, expiry: Arc<Expiry>) {
+    // The crate's timer thread, not tokio's timer (see `crate::timer`).
+    let mut alarm = Alarm::default();
     while !expiry.stopped.load(Ordering::SeqCst) {
         // Attempts registered and lines formed while we look wake us again (`next`
         // reads "none", `watching` "no").
@@ -103,7 +106,7 @@ pub(crate) async fn run(inner: Weak<Inner>, expiry: Arc<Expiry>) {
             Some(t) => {
                 tokio::select! {
                     _ = expiry.notify.notified() => {}
-                    _ = tokio::time::sleep_until(t) => {}
+                    _ = std::future::poll_fn(|cx| alarm.poll_until(t.into_std(), cx)) => {}
                 }
             }
             None => expiry.notify.notified().await,

@@ -19,6 +19,7 @@ use super::outbox::Outbox;
 use super::recv_buf::RecvBuf;
 use super::relay::Relay;
 use crate::message::Outgoing;
+use crate::timer::Alarm;
 use crate::zmtp::{Connection, ConnectionConfig, Event, ZmtpError};
 
 /// Stop taking messages from the socket while this much waits to be written.
@@ -101,16 +102,9 @@ struct Engine<'a> {
     /// The wait for room in the socket's queue for `pending` (only under backpressure).
     room: Option<RoomWait>,
     rbuf: RecvBuf,
-    /// The connection's one timer, set to its deadline, while it has one and until it
-    /// fires. None otherwise: a timer
-    /// left registered, even a year away, gives every `epoll_wait` of the runtime a
-    /// timeout (tokio wakes at its wheel's slot boundaries), which the kernel arms and
-    /// cancels each time: pinned REQ-REP without heartbeats did 3% fewer round trips.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// `timer` holds this task's waker for the armed deadline: until it fires (or
-    /// moves, or the waker changes), a look at its state replaces a poll (which
-    /// registers the waker again each time).
-    timer_polled: bool,
+    /// The connection's deadline (handshake, heartbeats), kept by the crate's timer
+    /// thread rather than tokio's: see `crate::timer`.
+    alarm: Alarm,
     handshaken: bool,
     /// Answers a direct sink gave at once in this poll.
     answered: usize,
@@ -230,7 +224,6 @@ impl<'a> Engine<'a> {
             .is_some_and(|w| w.will_wake(cx.waker()));
         if !registered {
             self.rx_armed = false;
-            self.timer_polled = false;
         }
         if !registered || self.stop_check.has_changed().unwrap_or(true) {
             if stopped.poll(cx).is_ready() {
@@ -363,26 +356,8 @@ impl<'a> Engine<'a> {
                 }
             }
 
-            // The one timer of the connection, moved when the deadline changes.
-            let deadline = self.conn.poll_timeout().map(Instant::from_std);
-            if deadline != self.timer.as_ref().map(|t| t.deadline()) {
-                match (deadline, self.timer.as_mut()) {
-                    (Some(t), Some(timer)) => timer.as_mut().reset(t),
-                    (Some(t), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(t))),
-                    (None, _) => self.timer = None,
-                }
-                self.timer_polled = false;
-            }
-            let fired = match self.timer.as_mut() {
-                Some(timer) if self.timer_polled => timer.is_elapsed(),
-                Some(timer) => {
-                    self.timer_polled = true;
-                    timer.as_mut().poll(cx).is_ready()
-                }
-                None => false,
-            };
-            if fired {
-                self.timer = None;
+            // The connection's deadline: fired, or armed (again) for the next one.
+            if self.alarm.take_fired() {
                 if let Some(r) = self.relay() {
                     // No caller waits behind one that is never polled for longer.
                     r.wake_all();
@@ -391,6 +366,11 @@ impl<'a> Engine<'a> {
                     return Poll::Ready(Exit::Failed(e));
                 }
                 progress = true;
+            } else {
+                match self.conn.poll_timeout() {
+                    Some(t) => self.alarm.arm(t, cx.waker()),
+                    None => self.alarm.cancel(),
+                }
             }
 
             if !progress {
@@ -439,8 +419,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         room: None,
         rbuf: RecvBuf::new(),
         // Made with the first deadline, then moved (not a registration per loop turn).
-        timer: None,
-        timer_polled: false,
+        alarm: Alarm::default(),
         handshaken: false,
         answered: 0,
         delivered: 0,
