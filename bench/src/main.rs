@@ -10,8 +10,9 @@
 //! KIND: `tcp` (4-byte length prefix, TCP_NODELAY, one write per frame, reads that take
 //! all that is there: one `recv` for a small frame, as in the anchors' raw TCP; a
 //! connection per caller), `tcpmux` (the same with all callers on one connection; the
-//! suite runs it for 1 MiB with sixteen callers), `reqrep`, `dealer` (DEALER to ROUTER), `rpc` (typed `#[rpc_service]` call through the reliable
-//! client, MessagePack encode and decode counted). Knobs (environment): BENCH_PAYLOAD
+//! suite runs it for 1 MiB with sixteen callers), `reqrep`, `dealer` (DEALER to
+//! ROUTER), `rpc` (typed `#[rpc_service]` call through the reliable client, MessagePack
+//! encode and decode counted). Knobs (environment): BENCH_PAYLOAD
 //! (bytes), BENCH_WARMUP, BENCH_WARMUP_SECS, BENCH_COUNT, BENCH_SECS, BENCH_CONC,
 //! BENCH_CONNS (connections of the typed RPC client, default 1),
 //! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3),

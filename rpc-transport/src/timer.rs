@@ -25,6 +25,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use crate::socket::core::lock;
+
 /// One deadline of one task, reused: arm it, look whether it fired, arm it again.
 #[derive(Debug, Default)]
 pub(crate) struct Alarm {
@@ -171,10 +173,6 @@ struct Heap {
 /// Fewest entries before the heap is pruned of stale ones.
 const PRUNE_MIN: usize = 1024;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn timers() -> &'static Timers {
     static TIMERS: OnceLock<&'static Timers> = OnceLock::new();
     TIMERS.get_or_init(|| {
@@ -263,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn armed_earlier_it_fires_at_the_earlier_deadline() {
         let mut alarm = Alarm::default();
-        let waker = futures_waker();
+        let waker = noop_waker();
         let start = Instant::now();
         alarm.arm(start + Duration::from_secs(60), &waker);
         let soon = start + Duration::from_millis(20);
@@ -281,7 +279,7 @@ mod tests {
     #[test]
     fn a_cancelled_alarm_does_not_fire() {
         let mut alarm = Alarm::default();
-        let waker = futures_waker();
+        let waker = noop_waker();
         alarm.arm(Instant::now() + Duration::from_millis(5), &waker);
         alarm.cancel();
         std::thread::sleep(Duration::from_millis(30));
@@ -297,7 +295,7 @@ mod tests {
 
     #[test]
     fn stale_entries_do_not_pile_up() {
-        let waker = futures_waker();
+        let waker = noop_waker();
         let far = Instant::now() + Duration::from_secs(3600);
         let mut alarm = Alarm::default();
         // Each arming earlier than the last registers again; the older entries are
@@ -314,7 +312,7 @@ mod tests {
         assert!(mine <= PRUNE_MIN * 2, "{mine} entries of one alarm");
     }
 
-    fn futures_waker() -> Waker {
+    fn noop_waker() -> Waker {
         Waker::noop().clone()
     }
 }

@@ -121,9 +121,9 @@ pub(crate) struct Core {
     rng: Mutex<SplitMix64>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave them inconsistent (every update is
-    // a single push/remove), so a poisoned lock is still usable.
+/// Locks `m`, poisoned or not: for locks whose every update is a single push, remove or
+/// replacement (this module's, the timer thread's), which a panic cannot leave half done.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

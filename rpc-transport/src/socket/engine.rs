@@ -418,7 +418,6 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         taken: 0,
         room: None,
         rbuf: RecvBuf::new(),
-        // Made with the first deadline, then moved (not a registration per loop turn).
         alarm: Alarm::default(),
         handshaken: false,
         answered: 0,
