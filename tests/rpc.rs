@@ -723,79 +723,180 @@ async fn calls_spread_over_the_connections_of_an_endpoint() {
     server.abort();
 }
 
-#[tokio::test]
-async fn a_call_takes_the_connection_with_the_fewest_unanswered_requests() {
-    use std::collections::HashSet;
-    use std::sync::atomic::AtomicBool;
-    use zmtp_rpc::transport::RouterSocket;
-    // Two connections to a ROUTER that, once told to, keeps the next request
-    // unanswered. Every call made while it waits must take the other connection
-    // (round robin alone sent every other one behind it: a large reply there would
-    // hold it up, and one connection would carry traffic both ways).
-    let mut router = RouterSocket::new();
-    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
-    let hold = Arc::new(AtomicBool::new(false));
-    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-    let (held_tx, mut held_rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-    let (release_tx, mut release_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn({
-        let hold = hold.clone();
-        async move {
-            let mut held = None;
-            loop {
-                tokio::select! {
-                    m = router.recv() => {
-                        let Ok(m) = m else { return };
-                        let rid = m.frames()[0].clone();
-                        if held.is_none() && hold.load(Ordering::SeqCst) {
-                            let _ = held_tx.send(rid);
-                            held = Some(m);
-                            continue;
+/// A ROUTER that answers every request with itself, reporting each answered request's
+/// connection (routing id) on `seen`; once `hold` is set, it keeps the next request
+/// unanswered (its connection reported on `held`) until `release`.
+struct HoldingRouter {
+    ep: String,
+    hold: Arc<std::sync::atomic::AtomicBool>,
+    seen: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    held: tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+    release: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HoldingRouter {
+    async fn start() -> HoldingRouter {
+        use zmtp_rpc::transport::RouterSocket;
+        let mut router = RouterSocket::new();
+        let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let (held_tx, held) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let (release, mut release_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let hold = hold.clone();
+            async move {
+                let mut held = None;
+                loop {
+                    tokio::select! {
+                        m = router.recv() => {
+                            let Ok(m) = m else { return };
+                            let rid = m.frames()[0].clone();
+                            if held.is_none() && hold.load(Ordering::SeqCst) {
+                                let _ = held_tx.send(rid);
+                                held = Some(m);
+                                continue;
+                            }
+                            let _ = seen_tx.send(rid);
+                            if router.send(m).await.is_err() {
+                                return;
+                            }
                         }
-                        let _ = seen_tx.send(rid);
-                        if router.send(m).await.is_err() {
-                            return;
-                        }
-                    }
-                    _ = &mut release_rx, if held.is_some() => {
-                        let m = held.take().unwrap();
-                        if router.send(m).await.is_err() {
-                            return;
+                        _ = &mut release_rx, if held.is_some() => {
+                            let m = held.take().unwrap();
+                            if router.send(m).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
             }
+        });
+        HoldingRouter {
+            ep,
+            hold,
+            seen,
+            held,
+            release: Some(release),
+            task,
         }
-    });
-    let client = Client::builder()
+    }
+
+    /// Starts `request` through `client` with the router holding it; returns the call
+    /// and the connection it is held on.
+    async fn hold_one(
+        &mut self,
+        client: &Client,
+        request: Message,
+    ) -> (tokio::task::JoinHandle<Result<Message, RpcError>>, Bytes) {
+        self.hold.store(true, Ordering::SeqCst);
+        let waiting = tokio::spawn({
+            let client = client.clone();
+            async move { client.request(request).await }
+        });
+        (waiting, self.held.recv().await.unwrap())
+    }
+
+    /// Answers the held request.
+    fn release(&mut self) {
+        self.release.take().unwrap().send(()).unwrap();
+    }
+}
+
+/// A client of one endpoint that waits long for its replies.
+async fn patient_client(ep: &str, connections: usize, bulk: usize) -> Client {
+    Client::builder()
         .endpoint(ep)
-        .connections_per_endpoint(2)
+        .connections_per_endpoint(connections)
+        .bulk_connections(bulk)
         .call_timeout(Duration::from_secs(60))
         .attempt_timeout(Duration::from_secs(30))
         .connect()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_call_takes_the_connection_with_the_fewest_unanswered_requests() {
+    use std::collections::HashSet;
+    // Two connections to a ROUTER that, once told to, keeps the next request
+    // unanswered. Every call made while it waits must take the other connection
+    // (round robin alone sent every other one behind it: a large reply there would
+    // hold it up, and one connection would carry traffic both ways).
+    let mut r = HoldingRouter::start().await;
+    let client = patient_client(&r.ep, 2, 2).await;
     // Both connections up: calls until each has carried one.
     let mut conns = HashSet::new();
     while conns.len() < 2 {
         client.request(Message::from("ping")).await.unwrap();
-        conns.insert(seen_rx.recv().await.unwrap());
+        conns.insert(r.seen.recv().await.unwrap());
     }
-    hold.store(true, Ordering::SeqCst);
-    let waiting = tokio::spawn({
-        let client = client.clone();
-        async move { client.request(Message::from("held")).await }
-    });
-    let busy = held_rx.recv().await.unwrap();
+    let (waiting, busy) = r.hold_one(&client, Message::from("held")).await;
     for _ in 0..6 {
         let reply = client.request(Message::from("ping")).await.unwrap();
         assert_eq!(reply, Message::from("ping"));
-        let conn = seen_rx.recv().await.unwrap();
+        let conn = r.seen.recv().await.unwrap();
         assert_ne!(conn, busy, "a call went behind the unanswered one");
     }
-    release_tx.send(()).unwrap();
+    r.release();
     assert_eq!(waiting.await.unwrap().unwrap(), Message::from("held"));
-    server.abort();
+    r.task.abort();
+}
+
+#[tokio::test]
+async fn overlapping_bulk_requests_open_a_second_connection() {
+    let bulk = || Message::from(vec![7u8; 100 * 1024]);
+    let mut r = HoldingRouter::start().await;
+    let client = patient_client(&r.ep, 1, 2).await;
+    // Alone, a bulk request opens nothing.
+    assert_eq!(client.request(bulk()).await.unwrap(), bulk());
+    let first = r.seen.recv().await.unwrap();
+    assert_eq!(client.stats().endpoints[0].connections, 1);
+    let (waiting, busy) = r.hold_one(&client, bulk()).await;
+    assert_eq!(busy, first);
+    // Another one while that one is unanswered: a second connection.
+    assert_eq!(client.request(bulk()).await.unwrap(), bulk());
+    assert_eq!(client.stats().endpoints[0].connections, 2);
+    // Once it is up, calls take it (the first one holds an unanswered request); more
+    // overlapping bulk requests open no third.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request came on a second connection"
+        );
+        assert_eq!(client.request(bulk()).await.unwrap(), bulk());
+        if r.seen.recv().await.unwrap() != busy {
+            break;
+        }
+    }
+    assert_eq!(client.stats().endpoints[0].connections, 2);
+    r.release();
+    assert_eq!(waiting.await.unwrap().unwrap(), bulk());
+    r.task.abort();
+}
+
+#[tokio::test]
+async fn small_requests_or_growth_turned_off_keep_one_connection() {
+    // (request size, bulk_connections)
+    for (size, bulk) in [(1024, 2), (100 * 1024, 1)] {
+        let request = || Message::from(vec![1u8; size]);
+        let mut r = HoldingRouter::start().await;
+        let client = patient_client(&r.ep, 1, bulk).await;
+        let (waiting, _) = r.hold_one(&client, request()).await;
+        for _ in 0..3 {
+            assert_eq!(client.request(request()).await.unwrap(), request());
+        }
+        assert_eq!(
+            client.stats().endpoints[0].connections,
+            1,
+            "{size} B requests, bulk_connections({bulk})"
+        );
+        r.release();
+        assert_eq!(waiting.await.unwrap().unwrap(), request());
+        r.task.abort();
+    }
 }
 
 #[tokio::test]

@@ -14,7 +14,8 @@
 //! ROUTER), `rpc` (typed `#[rpc_service]` call through the reliable client, MessagePack
 //! encode and decode counted). Knobs (environment): BENCH_PAYLOAD
 //! (bytes), BENCH_WARMUP, BENCH_WARMUP_SECS, BENCH_COUNT, BENCH_SECS, BENCH_CONC,
-//! BENCH_CONNS (connections of the typed RPC client, default 1),
+//! BENCH_CONNS (connections of the typed RPC client, default 1), BENCH_BULK_CONNS (its
+//! `bulk_connections`, default the client's: 2; `1` keeps one connection),
 //! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3),
 //! BENCH_PIN (suite: CPUs for `taskset -c`, e.g. `0` to pin server and client to one).
 //! BENCH_PAYLOADS, BENCH_CONCS (suite: comma-separated lists, default 64,4096,1048576 and

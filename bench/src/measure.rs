@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
+    env_opt(key).unwrap_or(default)
+}
+
+/// The variable `key`, parsed; none when unset or unparsable.
+pub fn env_opt<T: std::str::FromStr>(key: &str) -> Option<T> {
+    std::env::var(key).ok().and_then(|v| v.trim().parse().ok())
 }
 
 /// Knobs from BENCH_* variables.
@@ -235,8 +237,9 @@ where
     }
 }
 
-/// The mode column: `seq` or `cN/Mconn`, with BENCH_TAG appended.
-pub fn mode(conc: usize, conns: usize) -> String {
+/// The mode column: `seq` or `cN/Mconn` (`M` as [`crate::rows::measure`] reports it),
+/// with BENCH_TAG appended.
+pub fn mode(conc: usize, conns: &str) -> String {
     let m = if conc == 1 {
         "seq".to_string()
     } else {
@@ -261,16 +264,16 @@ pub struct Measured {
 }
 
 impl Measured {
-    /// Reads `| name | mode | rt/s | p50 | p99 |`; the connection count from the mode.
-    pub fn parse(line: &str) -> Option<(Measured, usize)> {
+    /// Reads `| name | mode | rt/s | p50 | p99 |`; the connections from the mode.
+    pub fn parse(line: &str) -> Option<(Measured, String)> {
         let cols: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
         let [_, mode, rate, p50, p99] = cols[..] else {
             return None;
         };
         let conns = mode
             .split_once('/')
-            .and_then(|(_, c)| c.trim_end_matches("conn").parse().ok())
-            .unwrap_or(1);
+            .map_or("1", |(_, c)| c.trim_end_matches("conn"))
+            .to_string();
         let m = Measured {
             rate: rate.parse().ok()?,
             p50: p50.parse().ok()?,

@@ -158,8 +158,10 @@ struct Tcp {
     frames: Frames,
 }
 
-/// Measures `kind` against a server at `addr` with `k.conc` callers.
-pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
+/// Measures `kind` against a server at `addr` with `k.conc` callers; also returns the
+/// connections used, for the mode column (`1→2`: the typed client started with one
+/// and opened a second for bulk requests).
+pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, String) {
     let payload = k.payload_bytes();
     let ep = format!("tcp://{addr}");
     match kind {
@@ -183,9 +185,9 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
                 c
             })
             .await;
-            (s, k.conc)
+            (s, k.conc.to_string())
         }
-        "tcpmux" => (tcp_mux(addr, k, payload).await, 1),
+        "tcpmux" => (tcp_mux(addr, k, payload).await, "1".to_string()),
         "reqrep" => {
             let mut socks = Vec::new();
             for _ in 0..k.conc {
@@ -202,7 +204,7 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
                 (req, p)
             })
             .await;
-            (s, k.conc)
+            (s, k.conc.to_string())
         }
         "dealer" => {
             let mut socks = Vec::new();
@@ -222,13 +224,16 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
                 (d, p)
             })
             .await;
-            (s, k.conc)
+            (s, k.conc.to_string())
         }
         "rpc" => {
             let mut b = Client::builder()
                 .endpoint(ep)
                 .connections_per_endpoint(k.conns)
                 .max_message_size(64 << 20);
+            if let Some(n) = crate::measure::env_opt("BENCH_BULK_CONNS") {
+                b = b.bulk_connections(n);
+            }
             if std::env::var("BENCH_NO_HEARTBEAT").is_ok() {
                 b = b.heartbeat(None);
             }
@@ -236,7 +241,7 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
             client
                 .wait_healthy(1, std::time::Duration::from_secs(10))
                 .await;
-            let echo = EchoClient::new(client);
+            let echo = EchoClient::new(client.clone());
             let states: Vec<_> = (0..k.conc)
                 .map(|_| (echo.clone(), payload.clone()))
                 .collect();
@@ -246,7 +251,13 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, usize) {
                 (echo, p)
             })
             .await;
-            (s, k.conns)
+            let now = client.stats().endpoints[0].connections;
+            let used = if now == k.conns {
+                now.to_string()
+            } else {
+                format!("{}→{now}", k.conns)
+            };
+            (s, used)
         }
         other => panic!("unknown client kind {other}"),
     }
@@ -318,7 +329,7 @@ async fn client_process(
     kind: &str,
     server: &crate::ServerProc,
     k: &Knobs,
-) -> (crate::measure::Measured, usize, Option<[f64; 4]>) {
+) -> (crate::measure::Measured, String, Option<[f64; 4]>) {
     let addr = format!("127.0.0.1:{}", server.port);
     let mut cmd = crate::own_command();
     if let Some(pid) = server.child.id() {
@@ -369,7 +380,7 @@ pub async fn client_row(kind: &str, addr: &str) {
     })
     .await
     .unwrap();
-    println!("{}", row(name(kind), &mode(k.conc, conns), &s));
+    println!("{}", row(name(kind), &mode(k.conc, &conns), &s));
     if let Some(cpu) = s.cpu {
         eprintln!("{CPU_LINE}{}", cpu.per_call(s.lat_ns.len()));
     }
@@ -448,7 +459,7 @@ pub async fn suite() {
             // results[kind] = per round (rate, p50, p99, ratio, server CPU, client CPU,
             // CPU ratio); `used`: connections per kind.
             let mut results = vec![Vec::new(); kinds.len()];
-            let mut used = vec![1; kinds.len()];
+            let mut used = vec![String::new(); kinds.len()];
             for _ in 0..rounds {
                 let (mut baseline, mut base_cpu) = (f64::NAN, f64::NAN);
                 for (i, &(kind, conns)) in kinds.iter().enumerate() {
@@ -480,7 +491,7 @@ pub async fn suite() {
                 println!(
                     "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1}+{:.1} | {:.2} |",
                     name(kind),
-                    mode(conc, used[i]),
+                    mode(conc, &used[i]),
                     human(payload),
                     col(0),
                     col(1),

@@ -72,13 +72,16 @@ pub(crate) struct Config {
     max_attempts: u32,
     balance: Balance,
     pub(crate) connections: usize,
+    /// Most connections an endpoint grows to for bulk requests.
+    pub(crate) bulk_connections: usize,
     pub(crate) socket: SocketOptions,
 }
 
 /// Builds a [`Client`].
 ///
 /// Defaults: call deadline 5 s; attempt timeout 1 s; 3 retries (4 attempts);
-/// round-robin; heartbeat every 500 ms with a 1.5 s timeout; 4 MiB messages;
+/// round-robin; one connection per endpoint, two once large requests overlap;
+/// heartbeat every 500 ms with a 1.5 s timeout; 4 MiB messages;
 /// reconnect after 100 ms doubling to 1 s, with jitter.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -103,6 +106,7 @@ impl ClientBuilder {
                 max_attempts: 4,
                 balance: Balance::RoundRobin,
                 connections: 1,
+                bulk_connections: 2,
                 socket: SocketOptions::default()
                     .heartbeat(HeartbeatConfig {
                         interval: Duration::from_millis(500),
@@ -163,6 +167,19 @@ impl ClientBuilder {
     /// down once none is left.
     pub fn connections_per_endpoint(mut self, n: usize) -> Self {
         self.config.connections = n.max(1);
+        self
+    }
+
+    /// Most connections an endpoint grows to for large requests (default 2; `1`, or
+    /// no more than [`connections_per_endpoint`](Self::connections_per_endpoint),
+    /// turns growth off). A request of 64 KiB or more sent while another attempt is
+    /// in flight at its endpoint opens one more connection there; calls then spread
+    /// over them as over those opened at the start, until the endpoint's connections
+    /// are recreated. On loopback, one TCP connection carried sixteen callers' 1 MiB
+    /// calls at 0.71-0.91 of what sixteen connections did, two at 1.00-1.06; small
+    /// calls do better on one (their messages share reads and writes).
+    pub fn bulk_connections(mut self, n: usize) -> Self {
+        self.config.bulk_connections = n;
         self
     }
 
@@ -668,7 +685,7 @@ impl Client {
                     deadline: attempt_deadline,
                 },
             );
-            let generation = match ep.try_send(msg) {
+            let generation = match ep.try_send(msg, inner.config.bulk_connections) {
                 Ok(g) => g,
                 Err(_) => {
                     // Never left: not an attempt. Let the health state catch up.
@@ -775,13 +792,22 @@ impl Client {
                 .inner
                 .endpoints
                 .iter()
-                .map(|e| EndpointStats {
-                    endpoint: e.addr.clone(),
-                    health: e.lock().health.state(now),
-                    sent: read(&e.counters.sent),
-                    replies: read(&e.counters.replies),
-                    timeouts: read(&e.counters.timeouts),
-                    disconnects: read(&e.counters.disconnects),
+                .map(|e| {
+                    // One look under the lock (a guard in the literal would live
+                    // to its end).
+                    let (health, connections) = {
+                        let st = e.lock();
+                        (st.health.state(now), st.connections())
+                    };
+                    EndpointStats {
+                        endpoint: e.addr.clone(),
+                        health,
+                        sent: read(&e.counters.sent),
+                        replies: read(&e.counters.replies),
+                        timeouts: read(&e.counters.timeouts),
+                        disconnects: read(&e.counters.disconnects),
+                        connections,
+                    }
                 })
                 .collect(),
         }

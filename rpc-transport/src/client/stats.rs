@@ -47,6 +47,9 @@ pub struct EndpointStats {
     pub timeouts: u64,
     /// Attempts here lost to a disconnect.
     pub disconnects: u64,
+    /// Connections kept to it (up or connecting): those opened at the start and those
+    /// added for bulk requests (see [`crate::client::ClientBuilder::bulk_connections`]).
+    pub connections: usize,
 }
 
 /// Live atomic counters.
