@@ -17,8 +17,8 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`Client`], [`ClientBuilder`], the attempt loop.
-//! - `endpoint.rs`: one endpoint's connection, reader task and recreation, and the
-//!   acknowledgements waiting to go there.
+//! - `endpoint.rs`: one endpoint's connections (a second one opened when bulk requests
+//!   overlap), reader task and recreation, and the acknowledgements waiting to go there.
 //! - `health.rs`: [`Health`], the per-endpoint policy as a plain value.
 //! - `expiry.rs`: the task that ends attempts past their deadline.
 //! - `slot.rs`: where an attempt's reply waits for its caller, and its turn to pass on.
