@@ -119,13 +119,16 @@ impl Endpoint {
     /// The lock is held only to take the connection: a write (a system call) under it
     /// made concurrent callers and the picking of endpoints sleep on it.
     pub fn try_send(&self, msg: Outgoing, bulk_max: usize) -> Result<u64, Outgoing> {
-        let grow = msg.byte_len() >= BULK_MIN && self.outstanding.load(Ordering::Relaxed) > 0;
         let (core, generation) = {
             let mut st = self.lock();
             let Some(core) = st.conn.as_ref().map(|c| c.core.clone()) else {
                 return Err(msg);
             };
-            if grow && st.opened < bulk_max {
+            // The bound first: once reached (or with growth off) a call looks no further.
+            if st.opened < bulk_max
+                && self.outstanding.load(Ordering::Relaxed) > 0
+                && msg.byte_len() >= BULK_MIN
+            {
                 // Connecting only starts a task; the request goes to a connection
                 // that is up, and later ones spread over both.
                 st.opened += 1;
