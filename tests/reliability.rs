@@ -490,3 +490,86 @@ async fn least_outstanding_sends_most_calls_to_the_fast_worker() {
     assert_eq!(st.timeouts, 0, "{st:?}");
     assert!(fast > 5 * slow, "slow got {slow}, fast {fast}");
 }
+
+// The three wrong decisions a chaos run found, end to end (the pure rules are table-tested
+// in `client/retry.rs` and `client/health.rs`).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_most_once_call_whose_deadline_passes_after_sending_is_indeterminate() {
+    let _serial = SERIAL.lock().await;
+    let (pool, _lines) = Pool::new(1, &[]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(1, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    // The handler takes 600 ms; the call has 100 ms (and attempts 200 ms).
+    let e = work
+        .charge(1, 600)
+        .timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, RpcError::Indeterminate(cause) if matches!(**cause, RpcError::DeadlineExceeded)),
+        "{e:?}"
+    );
+    // It did run: `Indeterminate` was the truth, `DeadlineExceeded` would not have been.
+    assert_eq!(work.report().await.unwrap().charges, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stall_is_one_strike_however_many_calls_it_timed_out() {
+    let _serial = SERIAL.lock().await;
+    let (pool, _lines) = Pool::new(2, &[]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(2, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    pool.signal(0, "-STOP");
+    // Sixteen callers at once: about half are written to the frozen worker together.
+    let calls: Vec<_> = (0..16)
+        .map(|job| {
+            let work = work.clone();
+            tokio::spawn(async move { work.slow(job, 0).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("failed over to the live worker");
+    }
+    let st = c.stats();
+    pool.signal(0, "-CONT");
+    assert!(st.endpoints[0].timeouts >= 1, "{st:?}");
+    assert_eq!(st.endpoints[0].strikes, 1, "{st:?}");
+    assert_eq!(st.reconnects, 1, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_times_out_alone_and_the_calls_beside_it_go_on() {
+    let _serial = SERIAL.lock().await;
+    let (pool, _lines) = Pool::new(1, &[]).await;
+    let c = client(pool.endpoints()).await;
+    assert!(c.wait_healthy(1, Duration::from_secs(5)).await);
+    let work = WorkClient::new(c.clone());
+    // 700 ms of work, attempts of 200 ms: it times out (three times) on a connection
+    // whose heartbeats and other replies keep arriving.
+    let slow = tokio::spawn({
+        let work = work.clone();
+        async move { work.slow(1, 700).await }
+    });
+    // Meanwhile at_most_once calls share the connection, one always in flight.
+    let mut charges = 0;
+    while !slow.is_finished() {
+        let d = work.charge(100 + charges, 20).await;
+        assert!(d.is_ok(), "charge {charges} beside the slow call: {d:?}");
+        charges += 1;
+    }
+    assert_eq!(slow.await.unwrap().unwrap().job, 1);
+    let st = c.stats();
+    assert!(st.timeouts >= 1, "{st:?}");
+    assert_eq!(
+        st.reconnects, 0,
+        "an alive connection was recreated: {st:?}"
+    );
+    assert_eq!(st.endpoints[0].strikes, 0, "{st:?}");
+    let r = work.report().await.unwrap();
+    assert_eq!(r.charges, charges, "every charge ran once");
+    // The slow job ran once: its resends joined the running execution.
+    assert_eq!(r.executions, charges + 1, "{r:?}");
+}

@@ -31,7 +31,20 @@ pub(crate) struct State {
     opened: usize,
 }
 
+/// Where an attempt was written: the connection generation, and how many reads had
+/// brought bytes on it just before (to tell later whether it went silent).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sent {
+    pub generation: u64,
+    pub reads: u64,
+}
+
 impl State {
+    /// Reads that brought bytes on the current connection, if there is one.
+    pub fn reads(&self) -> Option<u64> {
+        self.conn.as_ref().map(|c| c.core.reads())
+    }
+
     /// Connections the current generation keeps (up or connecting); none while closed.
     pub fn connections(&self) -> usize {
         if self.conn.is_some() {
@@ -112,13 +125,13 @@ impl Endpoint {
 
     /// Sends without waiting on the current connection; gives the message back when
     /// there is none or it is full (the request provably never left). Returns the
-    /// generation of the connection written to. A bulk request (at least [`BULK_MIN`])
+    /// generation of the connection written to and its reads so far. A bulk request (at least [`BULK_MIN`])
     /// sent while another attempt is in flight here opens one more connection, until
     /// the generation has `bulk_max`.
     ///
     /// The lock is held only to take the connection: a write (a system call) under it
     /// made concurrent callers and the picking of endpoints sleep on it.
-    pub fn try_send(&self, msg: Outgoing, bulk_max: usize) -> Result<u64, Outgoing> {
+    pub fn try_send(&self, msg: Outgoing, bulk_max: usize) -> Result<Sent, Outgoing> {
         let (core, generation) = {
             let mut st = self.lock();
             let Some(core) = st.conn.as_ref().map(|c| c.core.clone()) else {
@@ -142,7 +155,9 @@ impl Endpoint {
         };
         // Recreated meanwhile: the old connection closes and fails its attempts
         // (`fail_in_flight` of that generation), this one included.
-        core.try_send_direct(msg).map(|_| generation)
+        let reads = core.reads();
+        core.try_send_direct(msg)
+            .map(|_| Sent { generation, reads })
     }
 
     /// The current generation, without the lock.
@@ -170,6 +185,13 @@ impl Endpoint {
     /// Opens a fresh connection (closing the old one, if any): Lazy Pirate's "close the
     /// socket, open a new one". Returns the new generation.
     pub fn recreate(inner: &Arc<Inner>, idx: usize) -> u64 {
+        let mut st = inner.endpoints[idx].lock();
+        Endpoint::recreate_locked(inner, idx, &mut st)
+    }
+
+    /// [`Endpoint::recreate`] under the state's lock, held by the caller since it
+    /// decided to: two callers cannot both recreate one connection.
+    pub fn recreate_locked(inner: &Arc<Inner>, idx: usize, st: &mut State) -> u64 {
         let ep = &inner.endpoints[idx];
         let sock = DealerSocket::with_options(inner.config.socket.clone());
         let core = sock.core().clone();
@@ -190,7 +212,6 @@ impl Endpoint {
             small_answers: None,
             answers: false,
         });
-        let mut st = ep.lock();
         st.generation += 1;
         let generation = st.generation;
         ep.generation.store(generation, Ordering::Release);
@@ -198,7 +219,7 @@ impl Endpoint {
             old.reader.abort();
         }
         st.health.on_disconnected();
-        ep.set_ready(&st);
+        ep.set_ready(st);
         // One socket, `connections` connections: the socket spreads sends over them.
         st.opened = inner.config.connections;
         for _ in 0..inner.config.connections {

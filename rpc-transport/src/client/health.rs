@@ -7,6 +7,10 @@
 //!   each consecutive timeout (from the attempt timeout up to 16 of them); a suspect
 //!   endpoint gets no calls until the penalty ends. A reply clears the strikes.
 //! - A disconnect (TCP close, heartbeat timeout) makes it *down* until reconnected.
+//!
+//! Whether an attempt timeout is a stall at all is [`judge_stall`]'s call: one stall of
+//! one connection is one strike, however many attempts it timed out, and a connection
+//! that still speaks has not stalled.
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +77,11 @@ impl Health {
         self.suspect_until = Some(now + penalty);
     }
 
+    /// Stalls since the last reply (each one doubled the penalty).
+    pub fn strikes(&self) -> u32 {
+        self.strikes
+    }
+
     /// A reply arrived from this endpoint.
     pub fn on_reply(&mut self) {
         self.strikes = 0;
@@ -106,9 +115,77 @@ impl Health {
     }
 }
 
+/// What an attempt timeout says about the connection the attempt was written to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stall {
+    /// That connection was already recreated (for this stall or another): nothing to do.
+    Recreated,
+    /// Something arrived on it since the attempt was written (a reply, a heartbeat):
+    /// the server is alive and only the call was slow. The connection is kept.
+    Alive,
+    /// Nothing arrived since: the connection is recreated and the endpoint struck.
+    Silent,
+}
+
+/// Judges an attempt timeout: the attempt was written to connection generation
+/// `sent_generation` after `sent_reads` reads had brought bytes there; the endpoint is at
+/// `generation` now, whose connection has made `reads` such reads (`None`: closed).
+pub(crate) fn judge_stall(
+    sent_generation: u64,
+    sent_reads: u64,
+    generation: u64,
+    reads: Option<u64>,
+) -> Stall {
+    if generation != sent_generation {
+        Stall::Recreated
+    } else if reads.is_some_and(|r| r != sent_reads) {
+        Stall::Alive
+    } else {
+        Stall::Silent
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stall_is_judged_once_per_connection() {
+        // Sent on generation 3 after 10 reads.
+        let rows = [
+            ((3, Some(10)), Stall::Silent),
+            ((3, Some(11)), Stall::Alive),
+            ((3, None), Stall::Silent),
+            // Another attempt of the same stall, after the first recreated it.
+            ((4, Some(0)), Stall::Recreated),
+            ((4, Some(10)), Stall::Recreated),
+        ];
+        for ((generation, reads), want) in rows {
+            assert_eq!(
+                judge_stall(3, 10, generation, reads),
+                want,
+                "{generation} {reads:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn eight_attempts_of_one_stall_are_one_strike() {
+        // As `Client` applies it: only a silent judgement strikes, then recreates.
+        let t0 = Instant::now();
+        let base = Duration::from_millis(100);
+        let mut h = Health::new();
+        h.on_connected();
+        let mut generation = 1;
+        for _ in 0..8 {
+            if judge_stall(1, 5, generation, Some(5)) == Stall::Silent {
+                h.on_timeout(t0, base);
+                generation += 1;
+            }
+        }
+        assert_eq!(h.strikes(), 1);
+        assert!(h.eligible(t0 + base));
+    }
 
     #[test]
     fn lifecycle() {

@@ -7,19 +7,24 @@
 //!
 //! For each call: pick a connected, healthy endpoint (round-robin or
 //! least-outstanding), waiting for one within the deadline; send; wait up to the
-//! attempt timeout. On timeout, close and recreate that endpoint's connection, mark it
-//! suspect, and resend the same request id to the next healthy endpoint; a lost
-//! connection ends the attempt at once; OVERLOADED and SHUTTING_DOWN fail over at once.
-//! `at_most_once` calls are resent only when the request never left or the server
-//! said it did not run it. A typed call whose reply ended it is acknowledged to that
-//! server with the next requests there (`acks` in the header), so that the server's
-//! reply cache lets go of the reply.
+//! attempt timeout. What happens next is decided in `retry.rs`, as a plain value:
+//! a timeout or a lost connection resends the same request id to the next healthy
+//! endpoint; OVERLOADED and SHUTTING_DOWN fail over at once; `at_most_once` calls are
+//! resent only when the request never left or the server said it did not run it.
+//! A timed-out attempt's connection is recreated (Lazy Pirate) only when it went
+//! silent; one that still brings heartbeats or replies is kept. A typed call whose
+//! reply ended it is acknowledged to that server with the next requests there (`acks`
+//! in the header), so that the server's reply cache lets go of the reply.
 //!
 //! # Layout
-//! - `mod.rs`: [`Client`], [`ClientBuilder`], the attempt loop.
+//! - `mod.rs`: [`Client`], [`ClientBuilder`], the attempt loop (the async shell that
+//!   carries out the retry decisions).
+//! - `retry.rs`: the retry and failover decision as a value: outcome and time in,
+//!   resend (where, when) or fail (with what) out.
 //! - `endpoint.rs`: one endpoint's connections (a second one opened when bulk requests
 //!   overlap), reader task and recreation, and the acknowledgements waiting to go there.
-//! - `health.rs`: [`Health`], the per-endpoint policy as a plain value.
+//! - `health.rs`: [`Health`], the per-endpoint policy as a plain value, and the
+//!   judgement of a stall (one stall of one connection, one strike).
 //! - `expiry.rs`: the task that ends attempts past their deadline.
 //! - `slot.rs`: where an attempt's reply waits for its caller, and its turn to pass on.
 //! - `call.rs`: typed calls ([`Call`]) and the RPC envelope on top of the loop.
@@ -29,6 +34,7 @@ mod call;
 mod endpoint;
 mod expiry;
 mod health;
+mod retry;
 mod slot;
 mod stats;
 
@@ -45,7 +51,9 @@ use rpc_core::{IdMap, RequestId, RetryPolicy, RpcError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use self::endpoint::Endpoint;
+use self::endpoint::{Endpoint, Sent};
+use self::health::Stall;
+use self::retry::{Decision, Outcome, Retry};
 use self::stats::Counters;
 use crate::counter::{bump, read};
 use crate::message::{Message, Outgoing};
@@ -396,22 +404,33 @@ impl Inner {
         earliest
     }
 
-    /// Lazy Pirate: an attempt on `idx` (generation `generation`) timed out.
-    fn pirate(self: &Arc<Inner>, idx: usize, generation: u64) {
+    /// An attempt sent to `idx` as `sent` timed out. Lazy Pirate, for connections
+    /// that went silent: if nothing at all (no reply, no heartbeat) arrived on that
+    /// connection since the attempt was sent, it is closed and recreated, and the
+    /// endpoint gets one strike. A connection that still speaks is alive and kept:
+    /// only the slow call fails over, and the calls sharing it go on. One stall is one
+    /// strike however many attempts it timed out: those on a connection already
+    /// recreated change nothing.
+    fn stalled(self: &Arc<Inner>, idx: usize, sent: Sent) {
         let ep = &self.endpoints[idx];
         {
             let mut st = ep.lock();
-            st.health.on_timeout(now_std(), self.config.attempt_timeout);
-            ep.set_ready(&st);
-            if st.generation != generation {
-                // Another call already recreated this connection.
-                return;
+            match health::judge_stall(sent.generation, sent.reads, st.generation, st.reads()) {
+                Stall::Recreated => return,
+                Stall::Alive => {
+                    tracing::debug!(endpoint = %ep.addr, "the connection is alive: kept");
+                    return;
+                }
+                Stall::Silent => {}
             }
+            st.health.on_timeout(now_std(), self.config.attempt_timeout);
+            bump(&self.counters.reconnects);
+            tracing::info!(endpoint = %ep.addr, "connection silent: recreating it");
+            // Under the lock of the judgement: another attempt of this stall finds
+            // the connection recreated.
+            Endpoint::recreate_locked(self, idx, &mut st);
         }
-        bump(&self.counters.reconnects);
-        tracing::info!(endpoint = %ep.addr, "attempt timed out: recreating the connection");
-        Endpoint::recreate(self, idx);
-        self.fail_in_flight(idx, generation);
+        self.fail_in_flight(idx, sent.generation);
         self.changed.send_replace(());
     }
 
@@ -625,10 +644,12 @@ impl Client {
         r
     }
 
+    /// The thin async shell around [`Retry`]: picks endpoints, registers and sends
+    /// attempts, waits for their ends, and carries out what the policy decides.
     async fn attempts<T>(
         &self,
         id: RequestId,
-        retry: RetryPolicy,
+        policy: RetryPolicy,
         timeout: Duration,
         acks: bool,
         build: &mut impl FnMut(u32, Duration, &Endpoint) -> Outgoing,
@@ -636,44 +657,50 @@ impl Client {
     ) -> Result<T, RpcError> {
         let inner = &self.inner;
         let c = &inner.counters;
-        let start = Instant::now();
-        let deadline = start + timeout;
-        // The start's clock reading serves the first attempt unless it waits for an
-        // endpoint.
-        let mut first = Some(start);
+        // One clock reading serves the first attempt unless it waits for an endpoint.
+        let mut now = Instant::now();
+        let cfg = &inner.config;
+        let mut retry = Retry::new(
+            policy,
+            cfg.max_attempts,
+            cfg.attempt_timeout,
+            now.into_std(),
+            timeout,
+        );
+        let deadline = Instant::from_std(retry.deadline());
         let mut guard = CallGuard {
             inner,
             id,
             clear: false,
         };
-        let mut attempts = 0u32;
-        let mut last: Option<RpcError> = None;
-        let mut last_ep: Option<usize> = None;
-        let unavailable = |attempts, last: Option<RpcError>| RpcError::Unavailable {
-            attempts,
-            last: last.map(Box::new),
-        };
+        let mut decision = retry.start(now.into_std());
         loop {
-            if attempts >= inner.config.max_attempts {
-                return Err(unavailable(attempts, last));
-            }
-            let picked = first.take().and_then(|t| Some((inner.pick(last_ep)?, t)));
-            let (idx, now) = match picked {
-                Some(p) => p,
-                // Boxed: the wait (hundreds of bytes) would otherwise widen every
-                // call's future past the allocator's small-size cache.
-                None => match Box::pin(inner.wait_for_endpoint(deadline, last_ep)).await {
+            let avoid = match decision {
+                Decision::Fail(e) => return Err(e),
+                Decision::Send { avoid, not_before } => {
+                    let not_before = Instant::from_std(not_before);
+                    if not_before > now {
+                        // Boxed, as every rare wait here: the call's future stays small.
+                        Box::pin(tokio::time::sleep_until(not_before)).await;
+                        now = Instant::now();
+                    }
+                    avoid
+                }
+            };
+            let (idx, sent_at) = match inner.pick(avoid) {
+                Some(idx) => (idx, now),
+                None => match Box::pin(inner.wait_for_endpoint(deadline, avoid)).await {
                     Some(idx) => (idx, Instant::now()),
-                    None => return Err(unavailable(attempts, last)),
+                    None => return Err(retry.gave_up()),
                 },
             };
             let ep = &inner.endpoints[idx];
-            let remaining = deadline.saturating_duration_since(now);
-            let msg = build(attempts + 1, remaining, ep)
+            let remaining = deadline.saturating_duration_since(sent_at);
+            let msg = build(retry.attempts() + 1, remaining, ep)
                 .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
             guard.clear = false;
             let slot = slot::Slot::new();
-            let attempt_deadline = (now + inner.config.attempt_timeout).min(deadline);
+            let attempt_deadline = Instant::from_std(retry.attempt_deadline(sent_at.into_std()));
             // Registered before sending, so that even an instant reply finds it.
             let registered = ep.generation();
             inner.pending().insert(
@@ -685,50 +712,31 @@ impl Client {
                     deadline: attempt_deadline,
                 },
             );
-            let generation = match ep.try_send(msg, inner.config.bulk_connections) {
-                Ok(g) => g,
+            let sent = match ep.try_send(msg, cfg.bulk_connections) {
+                Ok(sent) => sent,
                 Err(_) => {
-                    // Never left: not an attempt. Let the health state catch up.
                     inner.pending().remove(&id);
-                    last_ep = Some(idx);
-                    let pause = (now + Duration::from_millis(1)).min(deadline);
-                    Box::pin(tokio::time::sleep_until(pause)).await;
+                    now = Instant::now();
+                    decision = retry.on_outcome(idx, Outcome::NotSent, now.into_std());
                     continue;
                 }
             };
-            if generation != registered {
+            if sent.generation != registered {
                 // The connection was recreated between registering and sending.
                 if let Some(p) = inner.pending().get_mut(&id) {
-                    p.generation = generation;
+                    p.generation = sent.generation;
                 }
             }
-            attempts += 1;
-            bump(&c.attempts);
-            bump(&ep.counters.sent);
-            if attempts > 1 {
-                bump(&c.retries);
-                if let Some(from) = last_ep.filter(|l| *l != idx) {
-                    bump(&c.failovers);
-                    tracing::info!(
-                        from = %inner.endpoints[from].addr,
-                        to = %ep.addr,
-                        attempt = attempts,
-                        "failing over"
-                    );
-                }
-            }
-            let span = tracing::Span::current();
-            span.record("attempt", attempts);
-            span.record("endpoint", ep.addr.as_str());
-            tracing::debug!("attempt sent");
+            retry.sent();
+            self.count_sent(ep, idx, avoid, retry.attempts());
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&ep.outstanding);
             inner.expiry.watch(attempt_deadline);
             let mut turn = slot::Turn::new(&inner.relay, slot);
-            let outcome = std::future::poll_fn(|cx| turn.poll_take(cx)).await;
+            let event = std::future::poll_fn(|cx| turn.poll_take(cx)).await;
             // The next caller's turn, before this one's reply is decoded.
             drop(turn);
-            match outcome {
+            let (from, outcome) = match event {
                 Event::Reply { from, msg } => {
                     // `on_reply` removed the entry before handing the reply over.
                     guard.clear = true;
@@ -742,36 +750,56 @@ impl Client {
                         Verdict::Done(t) => return Ok(t),
                         Verdict::Fail(e) => return Err(e),
                         Verdict::NotRun(e) => {
-                            tracing::debug!(endpoint = %inner.endpoints[from].addr, error = %e, "not run; failing over");
-                            last = Some(e);
-                            last_ep = Some(from);
+                            let addr = &inner.endpoints[from].addr;
+                            tracing::debug!(endpoint = %addr, error = %e, "not run; failing over");
+                            (from, Outcome::NotRun(e))
                         }
                     }
                 }
                 Event::Lost => {
                     tracing::debug!(endpoint = %ep.addr, "connection lost during attempt");
-                    if retry == RetryPolicy::AtMostOnce {
-                        return Err(RpcError::Indeterminate(Box::new(RpcError::Disconnected)));
-                    }
-                    last = Some(RpcError::Disconnected);
-                    last_ep = Some(idx);
+                    (idx, Outcome::Lost)
                 }
                 Event::TimedOut => {
                     bump(&c.timeouts);
                     bump(&ep.counters.timeouts);
-                    if Instant::now() >= deadline {
-                        return Err(RpcError::DeadlineExceeded);
+                    let attempt = retry.attempts();
+                    tracing::info!(endpoint = %ep.addr, attempt, "attempt timed out");
+                    // Cut short by the call's deadline, the attempt says nothing
+                    // about the server: it did not have its attempt timeout.
+                    if attempt_deadline < deadline {
+                        inner.stalled(idx, sent);
                     }
-                    tracing::info!(endpoint = %ep.addr, attempt = attempts, "attempt timed out");
-                    inner.pirate(idx, generation);
-                    if retry == RetryPolicy::AtMostOnce {
-                        return Err(RpcError::Indeterminate(Box::new(RpcError::AttemptTimeout)));
-                    }
-                    last = Some(RpcError::AttemptTimeout);
-                    last_ep = Some(idx);
+                    (idx, Outcome::TimedOut)
                 }
+            };
+            now = Instant::now();
+            decision = retry.on_outcome(from, outcome, now.into_std());
+        }
+    }
+
+    /// Counts an attempt sent to `idx` (a resend when `attempt` > 1, a failover when
+    /// the endpoint that failed before was another).
+    fn count_sent(&self, ep: &Endpoint, idx: usize, failed: Option<usize>, attempt: u32) {
+        let c = &self.inner.counters;
+        bump(&c.attempts);
+        bump(&ep.counters.sent);
+        if attempt > 1 {
+            bump(&c.retries);
+            if let Some(from) = failed.filter(|l| *l != idx) {
+                bump(&c.failovers);
+                tracing::info!(
+                    from = %self.inner.endpoints[from].addr,
+                    to = %ep.addr,
+                    attempt,
+                    "failing over"
+                );
             }
         }
+        let span = tracing::Span::current();
+        span.record("attempt", attempt);
+        span.record("endpoint", ep.addr.as_str());
+        tracing::debug!("attempt sent");
     }
 
     /// A snapshot of the counters.
@@ -795,9 +823,9 @@ impl Client {
                 .map(|e| {
                     // One look under the lock (a guard in the literal would live
                     // to its end).
-                    let (health, connections) = {
+                    let (health, connections, strikes) = {
                         let st = e.lock();
-                        (st.health.state(now), st.connections())
+                        (st.health.state(now), st.connections(), st.health.strikes())
                     };
                     EndpointStats {
                         endpoint: e.addr.clone(),
@@ -807,6 +835,7 @@ impl Client {
                         timeouts: read(&e.counters.timeouts),
                         disconnects: read(&e.counters.disconnects),
                         connections,
+                        strikes,
                     }
                 })
                 .collect(),

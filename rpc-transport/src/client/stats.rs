@@ -50,6 +50,9 @@ pub struct EndpointStats {
     /// Connections kept to it (up or connecting): those opened at the start and those
     /// added for bulk requests (see [`crate::client::ClientBuilder::bulk_connections`]).
     pub connections: usize,
+    /// Stalls since its last reply: times its connection went silent through an
+    /// attempt timeout and was recreated (each doubles the suspect penalty).
+    pub strikes: u32,
 }
 
 /// Live atomic counters.

@@ -119,6 +119,9 @@ pub(crate) struct Core {
     endpoints: Mutex<Vec<EndpointTask>>,
     conn_limit: Arc<Semaphore>,
     rng: Mutex<SplitMix64>,
+    /// Reads that brought bytes, on any of the socket's connections: a peer that sent
+    /// anything (a reply, a heartbeat) since a moment is alive.
+    reads: AtomicU64,
 }
 
 /// Locks `m`, poisoned or not: for locks whose every update is a single push, remove or
@@ -249,6 +252,7 @@ impl Core {
             next_id: AtomicU64::new(1),
             endpoints: Mutex::new(Vec::new()),
             conn_limit: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+            reads: AtomicU64::new(0),
             rng: Mutex::new(rng),
             opts,
         };
@@ -447,6 +451,16 @@ impl Core {
         peers.rr = idx + 1;
         let p = &peers.list[idx];
         Some((p.id, p.out.clone(), n > 1))
+    }
+
+    /// Reads that brought bytes so far (see `reads`).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Counts a read that brought bytes.
+    pub fn on_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// [`Core::try_send`] for messages whose order relative to each other does not

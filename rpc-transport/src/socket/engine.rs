@@ -341,6 +341,10 @@ impl<'a> Engine<'a> {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Exit::End(End::Eof)),
                     Poll::Ready(Ok(n)) => {
                         self.rbuf.on_read(n, room);
+                        if self.relay().is_some() {
+                            // The reliable client's: whether a server is alive.
+                            self.core.on_read();
+                        }
                         let clock = || Instant::now().into_std();
                         let input = self
                             .conn

@@ -1,0 +1,439 @@
+//! When a call is sent again, where, and how it ends: the retry and failover decision
+//! as a plain value.
+//!
+//! The attempt loop (`Client::attempts`) carries the decisions out; [`Retry`] makes
+//! them. It is told what became of each attempt ([`Outcome`]) and the time, and
+//! answers [`Decision::Send`] (avoiding which endpoint, not before when) or
+//! [`Decision::Fail`] (with which error). No IO, no clock, no randomness: the table
+//! tests below are the README's guarantees, row by row.
+//!
+//! The rules, in the order they are applied:
+//! 1. A request that never left the client (no connection up, its queue full) is not
+//!    an attempt: it is tried again after a short pause, while the deadline allows.
+//! 2. An `at_most_once` request that may have reached a server (it was written, then
+//!    the attempt timed out, the connection was lost, or the call's deadline passed)
+//!    ends [`RpcError::Indeterminate`], whatever time is left: it may have run.
+//! 3. A call whose deadline has passed ends [`RpcError::DeadlineExceeded`].
+//! 4. A call that has used its attempts ends [`RpcError::Unavailable`] with the last
+//!    attempt's failure.
+//! 5. Otherwise it is resent, avoiding the endpoint that failed, with the same id.
+
+use std::time::{Duration, Instant};
+
+use rpc_core::{RetryPolicy, RpcError};
+
+/// A pause before trying again a request that could not be written (no connection,
+/// queue full): long enough to let the endpoint's state catch up, short next to any
+/// deadline.
+pub(crate) const NOT_SENT_PAUSE: Duration = Duration::from_millis(1);
+
+/// How far ahead a deadline too far to represent is put: any `Duration` is accepted as
+/// a timeout, and one past this is the same as this.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// What became of one attempt, as the loop saw it. Replies that end the call (OK, an
+/// application error, a status the server ran the request to give) need no decision.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The request never left the client: no connection was up, or its queue was full.
+    NotSent,
+    /// The server answered that it did not run the request (OVERLOADED, SHUTTING_DOWN).
+    NotRun(RpcError),
+    /// The connection was lost after the request was written.
+    Lost,
+    /// No reply came within the attempt's deadline.
+    TimedOut,
+}
+
+/// What the loop does next.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Send (again) to a healthy endpoint, another than `avoid` if there is one, not
+    /// before `not_before`.
+    Send {
+        /// The endpoint that failed last.
+        avoid: Option<usize>,
+        /// When the send may happen.
+        not_before: Instant,
+    },
+    /// The call ends with this error.
+    Fail(RpcError),
+}
+
+/// The retry state of one call.
+#[derive(Debug)]
+pub(crate) struct Retry {
+    policy: RetryPolicy,
+    max_attempts: u32,
+    attempt_timeout: Duration,
+    deadline: Instant,
+    /// Attempts written to a connection.
+    attempts: u32,
+    /// The endpoint that failed last and why.
+    last: Option<(usize, RpcError)>,
+}
+
+impl Retry {
+    /// A call started at `start` with `timeout` to run, at most `max_attempts` sends
+    /// (at least one), each waiting up to `attempt_timeout` for its reply.
+    pub fn new(
+        policy: RetryPolicy,
+        max_attempts: u32,
+        attempt_timeout: Duration,
+        start: Instant,
+        timeout: Duration,
+    ) -> Retry {
+        Retry {
+            policy,
+            max_attempts: max_attempts.max(1),
+            attempt_timeout,
+            deadline: later(start, timeout),
+            attempts: 0,
+            last: None,
+        }
+    }
+
+    /// The call's deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Attempts sent so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The first decision: send at once, unless the deadline is already spent.
+    pub fn start(&self, now: Instant) -> Decision {
+        if now >= self.deadline {
+            return Decision::Fail(RpcError::DeadlineExceeded);
+        }
+        Decision::Send {
+            avoid: None,
+            not_before: now,
+        }
+    }
+
+    /// The deadline of an attempt sent at `now`: the attempt timeout later, or the
+    /// call's deadline if that comes first.
+    pub fn attempt_deadline(&self, now: Instant) -> Instant {
+        later(now, self.attempt_timeout).min(self.deadline)
+    }
+
+    /// An attempt was written to a connection.
+    pub fn sent(&mut self) {
+        self.attempts += 1;
+    }
+
+    /// What became of the attempt sent to `endpoint` (or meant for it, for
+    /// [`Outcome::NotSent`]), seen at `now`.
+    pub fn on_outcome(&mut self, endpoint: usize, outcome: Outcome, now: Instant) -> Decision {
+        let cause = match outcome {
+            Outcome::NotSent => {
+                if now >= self.deadline {
+                    return Decision::Fail(self.gave_up());
+                }
+                return Decision::Send {
+                    avoid: Some(endpoint),
+                    not_before: (now + NOT_SENT_PAUSE).min(self.deadline),
+                };
+            }
+            Outcome::NotRun(e) => e,
+            Outcome::Lost => RpcError::Disconnected,
+            Outcome::TimedOut if now >= self.deadline => RpcError::DeadlineExceeded,
+            Outcome::TimedOut => RpcError::AttemptTimeout,
+        };
+        let delivered = !matches!(cause, RpcError::Overloaded(_) | RpcError::ShuttingDown(_));
+        if delivered && self.policy == RetryPolicy::AtMostOnce {
+            return Decision::Fail(RpcError::Indeterminate(Box::new(cause)));
+        }
+        if matches!(cause, RpcError::DeadlineExceeded) {
+            return Decision::Fail(cause);
+        }
+        self.last = Some((endpoint, cause));
+        if self.attempts >= self.max_attempts || now >= self.deadline {
+            return Decision::Fail(self.gave_up());
+        }
+        Decision::Send {
+            avoid: Some(endpoint),
+            not_before: now,
+        }
+    }
+
+    /// The error of a call that stops trying (no endpoint became ready by the
+    /// deadline, or the attempts are used up): unavailable, with the last failure.
+    pub fn gave_up(&mut self) -> RpcError {
+        RpcError::Unavailable {
+            attempts: self.attempts,
+            last: self.last.take().map(|(_, e)| Box::new(e)),
+        }
+    }
+}
+
+/// `t + d`, or [`FOREVER`] after `t` when that cannot be represented.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(FOREVER))
+        .unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ATTEMPT: Duration = Duration::from_millis(100);
+    const CALL: Duration = Duration::from_millis(1000);
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    /// A call of `policy` started at `t0`, with 4 attempts of 100 ms in 1 s.
+    fn call(policy: RetryPolicy, t0: Instant) -> Retry {
+        Retry::new(policy, 4, ATTEMPT, t0, CALL)
+    }
+
+    fn overloaded() -> RpcError {
+        RpcError::Overloaded("full".into())
+    }
+
+    fn shutting_down() -> RpcError {
+        RpcError::ShuttingDown("bye".into())
+    }
+
+    /// The decision as a short string, to compare in tables.
+    fn show(d: &Decision, t0: Instant) -> String {
+        match d {
+            Decision::Send { avoid, not_before } => {
+                let at = not_before.duration_since(t0).as_millis();
+                match avoid {
+                    Some(e) => format!("send avoiding {e} at {at}"),
+                    None => format!("send at {at}"),
+                }
+            }
+            Decision::Fail(e) => format!("fail: {}", chain(e)),
+        }
+    }
+
+    /// An error and its causes, joined by " <- ".
+    fn chain(e: &RpcError) -> String {
+        let mut s = e.to_string();
+        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        while let Some(c) = cur {
+            s.push_str(" <- ");
+            s.push_str(&c.to_string());
+            cur = c.source();
+        }
+        s
+    }
+
+    /// One attempt sent to endpoint 0, ending with `outcome` at `end_at` ms.
+    fn after_one(policy: RetryPolicy, outcome: Outcome, end_at: u64) -> String {
+        let t0 = Instant::now();
+        let mut r = call(policy, t0);
+        r.sent();
+        show(&r.on_outcome(0, outcome, ms(t0, end_at)), t0)
+    }
+
+    #[test]
+    fn every_guarantee_row_by_row() {
+        use RetryPolicy::{AtMostOnce, Retry};
+        let rows: Vec<(&str, RetryPolicy, Outcome, u64, &str)> = vec![
+            // Timeouts and failover: resent at once, elsewhere, same id.
+            (
+                "timeout, default",
+                Retry,
+                Outcome::TimedOut,
+                100,
+                "send avoiding 0 at 100",
+            ),
+            (
+                "lost connection, default",
+                Retry,
+                Outcome::Lost,
+                5,
+                "send avoiding 0 at 5",
+            ),
+            (
+                "overloaded, default",
+                Retry,
+                Outcome::NotRun(overloaded()),
+                1,
+                "send avoiding 0 at 1",
+            ),
+            (
+                "shutting down, default",
+                Retry,
+                Outcome::NotRun(shutting_down()),
+                1,
+                "send avoiding 0 at 1",
+            ),
+            // at_most_once: resent only when it did not run.
+            (
+                "overloaded, at most once",
+                AtMostOnce,
+                Outcome::NotRun(overloaded()),
+                1,
+                "send avoiding 0 at 1",
+            ),
+            (
+                "shutting down, at most once",
+                AtMostOnce,
+                Outcome::NotRun(shutting_down()),
+                1,
+                "send avoiding 0 at 1",
+            ),
+            (
+                "timeout, at most once",
+                AtMostOnce,
+                Outcome::TimedOut,
+                100,
+                "fail: outcome unknown: the request may have run <- attempt timed out",
+            ),
+            (
+                "lost after writing, at most once",
+                AtMostOnce,
+                Outcome::Lost,
+                5,
+                "fail: outcome unknown: the request may have run <- connection lost",
+            ),
+            // Found by the chaos run: a sent at_most_once call whose deadline passes
+            // may have run; it is Indeterminate, not DeadlineExceeded.
+            (
+                "deadline passes after sending, at most once",
+                AtMostOnce,
+                Outcome::TimedOut,
+                1000,
+                "fail: outcome unknown: the request may have run <- deadline exceeded",
+            ),
+            (
+                "deadline passes after sending, default",
+                Retry,
+                Outcome::TimedOut,
+                1000,
+                "fail: deadline exceeded",
+            ),
+            // Never sent: not an attempt, tried again after a pause.
+            (
+                "not sent, default",
+                Retry,
+                Outcome::NotSent,
+                3,
+                "send avoiding 0 at 4",
+            ),
+            (
+                "not sent, at most once",
+                AtMostOnce,
+                Outcome::NotSent,
+                3,
+                "send avoiding 0 at 4",
+            ),
+            (
+                "not sent at the deadline",
+                Retry,
+                Outcome::NotSent,
+                1000,
+                "fail: unavailable after 1 attempt(s)",
+            ),
+            (
+                "lost at the deadline, default",
+                Retry,
+                Outcome::Lost,
+                1000,
+                "fail: unavailable after 1 attempt(s) <- connection lost",
+            ),
+        ];
+        for (name, policy, outcome, end, want) in rows {
+            assert_eq!(after_one(policy, outcome, end), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn retries_end_unavailable_with_the_last_cause() {
+        let t0 = Instant::now();
+        let mut r = call(RetryPolicy::Retry, t0);
+        let mut decisions = Vec::new();
+        for k in 0..4u64 {
+            r.sent();
+            let outcome = if k < 3 {
+                Outcome::TimedOut
+            } else {
+                Outcome::NotRun(overloaded())
+            };
+            decisions.push(show(
+                &r.on_outcome(k as usize % 2, outcome, ms(t0, k * 10 + 5)),
+                t0,
+            ));
+        }
+        assert_eq!(
+            decisions,
+            [
+                "send avoiding 0 at 5",
+                "send avoiding 1 at 15",
+                "send avoiding 0 at 25",
+                "fail: unavailable after 4 attempt(s) <- server overloaded: full",
+            ]
+        );
+    }
+
+    #[test]
+    fn not_sent_does_not_use_an_attempt() {
+        let t0 = Instant::now();
+        let mut r = Retry::new(RetryPolicy::Retry, 1, ATTEMPT, t0, CALL);
+        for k in 0..10 {
+            let d = r.on_outcome(0, Outcome::NotSent, ms(t0, k));
+            assert!(matches!(d, Decision::Send { .. }), "{}", show(&d, t0));
+        }
+        r.sent();
+        let d = r.on_outcome(0, Outcome::Lost, ms(t0, 11));
+        assert_eq!(
+            show(&d, t0),
+            "fail: unavailable after 1 attempt(s) <- connection lost"
+        );
+    }
+
+    #[test]
+    fn a_spent_deadline_fails_before_sending() {
+        let t0 = Instant::now();
+        let zero = Retry::new(RetryPolicy::Retry, 4, ATTEMPT, t0, Duration::ZERO);
+        assert_eq!(show(&zero.start(t0), t0), "fail: deadline exceeded");
+        let r = call(RetryPolicy::Retry, t0);
+        assert_eq!(show(&r.start(ms(t0, 1000)), t0), "fail: deadline exceeded");
+        assert_eq!(show(&r.start(ms(t0, 999)), t0), "send at 999");
+    }
+
+    #[test]
+    fn any_duration_is_a_deadline() {
+        let t0 = Instant::now();
+        let r = Retry::new(RetryPolicy::Retry, 4, Duration::MAX, t0, Duration::MAX);
+        assert!(r.deadline() > ms(t0, 1_000_000_000));
+        // The attempt's deadline is far too, and not past the call's.
+        let at = r.attempt_deadline(t0);
+        assert!(at > ms(t0, 1_000_000_000) && at <= r.deadline());
+        assert!(matches!(r.start(t0), Decision::Send { .. }));
+    }
+
+    #[test]
+    fn an_attempt_ends_by_the_calls_deadline() {
+        let t0 = Instant::now();
+        let mut r = call(RetryPolicy::Retry, t0);
+        assert_eq!(r.attempt_deadline(t0), ms(t0, 100));
+        assert_eq!(r.attempt_deadline(ms(t0, 950)), ms(t0, 1000));
+        r.sent();
+        r.sent();
+        assert_eq!(r.attempts(), 2);
+    }
+
+    #[test]
+    fn waiting_out_the_deadline_names_the_last_failure() {
+        let t0 = Instant::now();
+        let mut r = call(RetryPolicy::Retry, t0);
+        assert_eq!(chain(&r.gave_up()), "unavailable after 0 attempt(s)");
+        r.sent();
+        r.on_outcome(2, Outcome::Lost, ms(t0, 1));
+        assert_eq!(
+            chain(&r.gave_up()),
+            "unavailable after 1 attempt(s) <- connection lost"
+        );
+    }
+}
