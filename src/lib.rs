@@ -47,7 +47,7 @@ pub use rpc_transport::client::{
     Balance, Call, CallOptions, Client, ClientBuilder, ClientStats, EndpointStats, HealthState,
 };
 pub use rpc_transport::server::{RequestContext, Server, ServerBuilder, ServerHandle, ServerStats};
-pub use rpc_transport::Message;
+pub use rpc_transport::{Message, Timer};
 
 /// Items generated code refers to. Not a public API.
 #[doc(hidden)]

@@ -138,32 +138,33 @@ async fn a_panicking_handler_answers_internal_and_the_server_goes_on() {
     assert_eq!(server.stats().panics, 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn per_call_deadline_is_enforced() {
-    let (_server, ep) = start().await;
-    let calc = CalcClient::connect([ep]).await.unwrap();
-    ends_by_deadline(calc.sleep_ms(2000), Duration::from_millis(400)).await;
+    let (_server, client) = paused_pair(calc_server(), Client::builder()).await;
+    ends_by_deadline(CalcClient::new(client).sleep_ms(2000)).await;
 }
 
-/// Runs `call` with a 200 ms deadline: it must fail DEADLINE_EXCEEDED within `limit`.
-async fn ends_by_deadline<T: std::fmt::Debug + Send + 'static>(
-    call: zmtp_rpc::Call<T>,
-    limit: Duration,
-) {
-    let t0 = std::time::Instant::now();
+/// Runs `call` with a 200 ms deadline under paused time: it fails DEADLINE_EXCEEDED
+/// when the paused clock reaches the deadline (the clock moves only to timers: the
+/// handler's 2 s or the client's deadlines).
+async fn ends_by_deadline<T: std::fmt::Debug + Send + 'static>(call: zmtp_rpc::Call<T>) {
+    let t0 = tokio::time::Instant::now();
     let e = call.timeout(Duration::from_millis(200)).await.unwrap_err();
     let took = t0.elapsed();
     assert!(matches!(e, RpcError::DeadlineExceeded), "{e:?}");
-    assert!(took < limit, "{took:?}");
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(201),
+        "{took:?}"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_short_deadline_behind_a_long_one_still_ends_on_time() {
     // Deadlines are the client's own: the server is a ROUTER that takes requests and
     // never answers. A call with an earlier deadline than one already in flight ends
     // at its own deadline, and so does the long one.
     let router = zmtp_rpc::transport::RouterSocket::new();
-    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let ep = router.bind(&inproc_name()).await.unwrap().to_string();
     let swallow = tokio::spawn(async move {
         let mut router = router;
         while router.recv().await.is_ok() {}
@@ -177,6 +178,7 @@ async fn a_short_deadline_behind_a_long_one_still_ends_on_time() {
         .unwrap();
     assert!(client.wait_healthy(1, Duration::from_secs(5)).await);
     let calc = CalcClient::new(client);
+    let t0 = tokio::time::Instant::now();
     let long = tokio::spawn({
         let calc = calc.clone();
         async move { calc.add(1, 2).timeout(Duration::from_secs(3)).await }
@@ -184,14 +186,14 @@ async fn a_short_deadline_behind_a_long_one_still_ends_on_time() {
     // The long call is in flight (the task sleeps until its deadline, 3 s away).
     tokio::time::sleep(Duration::from_millis(100)).await;
     for _ in 0..3 {
-        ends_by_deadline(calc.add(3, 4), Duration::from_millis(600)).await;
+        ends_by_deadline(calc.add(3, 4)).await;
     }
-    let t0 = std::time::Instant::now();
     let e = long.await.unwrap().unwrap_err();
     assert!(matches!(e, RpcError::DeadlineExceeded), "{e:?}");
+    let took = t0.elapsed();
     assert!(
-        t0.elapsed() < Duration::from_secs(3),
-        "the long call ended at its own deadline"
+        took >= Duration::from_secs(3) && took < Duration::from_millis(3001),
+        "the long call ended at its own deadline: {took:?}"
     );
     swallow.abort();
 }
@@ -370,6 +372,31 @@ async fn serve_and_connect(
     (server, client)
 }
 
+/// A server builder with the calculator.
+fn calc_server() -> zmtp_rpc::ServerBuilder {
+    Server::builder().add_service(CalcServer::new(MyCalc::default()))
+}
+
+/// A fresh `inproc://` endpoint name.
+fn inproc_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("inproc://rpc-test-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Starts `server` (with its services) and connects `client` to it over `inproc://`: all in memory, so a
+/// test under `tokio::time::pause()` controls every clock the pair reads (both use
+/// tokio's timer, the default).
+async fn paused_pair(
+    server: zmtp_rpc::ServerBuilder,
+    client: zmtp_rpc::ClientBuilder,
+) -> (ServerHandle, Client) {
+    let server = server.bind(inproc_name()).start().await.unwrap();
+    let ep = server.endpoints()[0].to_string();
+    let client = client.endpoint(ep).connect().await.unwrap();
+    assert!(client.wait_healthy(1, Duration::from_secs(5)).await);
+    (server, client)
+}
+
 /// A server of `service` and a client of it with nothing that wakes a connection by
 /// itself: no heartbeats on either side, no retries, attempts of a minute. A message
 /// left unwritten or a caller left unwoken then shows as a call waiting for a timer.
@@ -385,32 +412,26 @@ async fn quiet_pair(service: impl zmtp_rpc::Dispatch) -> (ServerHandle, Client) 
     .await
 }
 
-/// A calculator server with `max_concurrency` and a client with `retries`.
-async fn calc_pair(max_concurrency: usize, retries: u32) -> (ServerHandle, CalcClient) {
-    let (server, client) = serve_and_connect(
-        Server::builder()
-            .max_concurrency(max_concurrency)
-            .add_service(CalcServer::new(MyCalc::default())),
-        Client::builder().retries(retries),
+#[tokio::test(start_paused = true)]
+async fn past_the_concurrency_limit_the_server_answers_overloaded_at_once() {
+    let (server, client) = paused_pair(
+        calc_server().max_concurrency(1),
+        Client::builder().retries(1),
     )
     .await;
-    (server, CalcClient::new(client))
-}
-
-#[tokio::test]
-async fn past_the_concurrency_limit_the_server_answers_overloaded_at_once() {
-    let (server, calc) = calc_pair(1, 1).await;
+    let calc = CalcClient::new(client);
     let busy = tokio::spawn({
         let calc = calc.clone();
         async move { calc.sleep_ms(500).await }
     });
     // Wait until the slow call runs.
     while server.stats().executed == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::task::yield_now().await;
     }
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let e = calc.add(1, 2).await.unwrap_err();
-    assert!(t0.elapsed() < Duration::from_millis(300), "not at once");
+    // No timer was waited for: the paused clock did not move.
+    assert_eq!(t0.elapsed(), Duration::ZERO, "not at once");
     let RpcError::Unavailable {
         attempts: 2,
         last: Some(last),
@@ -451,10 +472,10 @@ impl Hold for Holder {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
     let go = Arc::new(tokio::sync::Semaphore::new(0));
-    let (server, client) = serve_and_connect(
+    let (server, client) = paused_pair(
         Server::builder()
             .max_waiting_bytes(10_000)
             .add_service(HoldServer::new(Holder(go.clone()))),
@@ -468,13 +489,13 @@ async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
         async move { hold.hold("x".repeat(12_000)).await }
     });
     while server.stats().waiting_bytes == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::task::yield_now().await;
     }
     assert!(server.stats().waiting_bytes >= 12_000);
     // While it waits, more arguments would pass the bound: refused at once, not run.
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let e = hold.hold("y".repeat(1_001)).await.unwrap_err();
-    assert!(t0.elapsed() < Duration::from_millis(300), "not at once");
+    assert_eq!(t0.elapsed(), Duration::ZERO, "not at once");
     assert!(matches!(last_error(&e), RpcError::Overloaded(_)), "{e:?}");
     assert_eq!(server.stats().overloaded, 1);
     assert_eq!(server.stats().executed, 1);
@@ -518,18 +539,28 @@ async fn a_server_holds_at_most_max_connections() {
     assert_eq!(sum.unwrap(), 5);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn graceful_shutdown_finishes_running_calls_and_refuses_new_ones() {
-    let (server, calc) = calc_pair(1024, 0).await;
+    let (server, client) = paused_pair(calc_server(), Client::builder().retries(0)).await;
+    let calc = CalcClient::new(client);
     let running = tokio::spawn({
         let calc = calc.clone();
         async move { calc.sleep_ms(300).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    while server.stats().executed == 0 {
+        tokio::task::yield_now().await;
+    }
+    let t0 = tokio::time::Instant::now();
     let stop = tokio::spawn(server.shutdown());
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let e = calc.add(1, 1).await.unwrap_err();
+    // Once shutting down, the server refuses new calls (polled: no time passes).
+    let e = loop {
+        match calc.add(1, 1).await {
+            Ok(_) => tokio::task::yield_now().await,
+            Err(e) => break e,
+        }
+    };
     assert!(matches!(last_error(&e), RpcError::ShuttingDown(_)), "{e:?}");
+    assert!(t0.elapsed() < Duration::from_millis(300));
     assert!(
         !stop.is_finished(),
         "shutdown must wait for the running call"

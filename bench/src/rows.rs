@@ -125,7 +125,10 @@ pub async fn serve(kind: &str, addr: &str) {
             }
         }
         "rpc" => {
-            let mut b = Server::builder().bind(ep).max_message_size(64 << 20);
+            let mut b = Server::builder()
+                .bind(ep)
+                .max_message_size(64 << 20)
+                .timer(timer());
             if std::env::var("BENCH_NO_HEARTBEAT").is_ok() {
                 b = b.heartbeat(None);
             }
@@ -148,8 +151,20 @@ pub async fn serve(kind: &str, addr: &str) {
     }
 }
 
+/// The clock of deadlines: BENCH_TIMER=thread for the crate's timer thread, else
+/// tokio's (the default of clients and servers).
+pub fn timer() -> zmtp_rpc::Timer {
+    match std::env::var("BENCH_TIMER").as_deref() {
+        Ok("thread") => zmtp_rpc::Timer::Thread,
+        Ok("runtime") | Err(_) => zmtp_rpc::Timer::Runtime,
+        Ok(other) => panic!("BENCH_TIMER: `thread` or `runtime`, not {other}"),
+    }
+}
+
 fn big() -> zmtp_rpc::transport::SocketOptions {
-    zmtp_rpc::transport::SocketOptions::default().max_message_size(64 << 20)
+    zmtp_rpc::transport::SocketOptions::default()
+        .max_message_size(64 << 20)
+        .timer(timer())
 }
 
 struct Tcp {
@@ -230,7 +245,8 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, String) {
             let mut b = Client::builder()
                 .endpoint(ep)
                 .connections_per_endpoint(k.conns)
-                .max_message_size(64 << 20);
+                .max_message_size(64 << 20)
+                .timer(timer());
             if let Some(n) = crate::measure::env_opt("BENCH_BULK_CONNS") {
                 b = b.bulk_connections(n);
             }

@@ -20,7 +20,8 @@
 //! - [`server`]: the RPC server: a ROUTER socket, dispatch to `rpc_core::Dispatch`
 //!   services, concurrency limit, reply cache that lets go of acknowledged replies
 //!   (`dedup.rs`), graceful drain.
-//! - `timer.rs`: heartbeats and attempt deadlines, kept by a thread of the crate so that
+//! - `timer.rs`: the clock of heartbeats and attempt deadlines, [`Timer`]: tokio's timer
+//!   (the default; `tokio::time::pause` controls it) or a thread of the crate, so that
 //!   tokio's threads sleep in `epoll_wait` without a timeout.
 
 #![warn(missing_docs)]
@@ -37,3 +38,4 @@ pub use message::Message;
 pub use socket::{
     DealerSocket, Endpoint, RepSocket, ReqSocket, RouterSocket, SocketError, SocketOptions,
 };
+pub use timer::Timer;

@@ -1,25 +1,26 @@
-//! Deadlines kept by a thread of this crate instead of tokio's timer.
+//! Deadlines of connections (handshake, heartbeats) and of the client's attempts, kept
+//! by the clock the user chose: [`Timer`].
 //!
-//! While any tokio timer is pending, every `epoll_wait` of the runtime's threads
-//! carries a timeout, which the kernel arms and cancels each time a thread goes to
-//! sleep, a cost on every message of a quiet connection (pinned round trips: raw TCP
-//! with one far-off `sleep` pending did 3-5% fewer; typed calls with heartbeats 2.5-4%
-//! fewer than without). A connection's heartbeats and a client's attempt deadlines are
-//! pending all the time calls flow, so they live here: one thread per process sleeps
-//! until the earliest deadline and wakes the tasks whose [`Alarm`] is due.
+//! - [`Timer::Runtime`] (the default): tokio's timer. `tokio::time::pause()` and
+//!   `advance()` control it, so tests, ours and the users', need not sleep for real.
+//! - [`Timer::Thread`]: one thread of this crate per process sleeps until the earliest
+//!   deadline and wakes the tasks whose alarm is due. While any tokio timer is pending,
+//!   every `epoll_wait` of the runtime's threads carries a timeout that the kernel arms
+//!   and cancels each time a thread goes to sleep: with heartbeats and attempt
+//!   deadlines always pending, that is a cost on every message of a quiet connection,
+//!   which this thread takes away (docs/BENCHMARKS.md has the figure and the command).
+//!   It follows the monotonic clock, not tokio's: `tokio::time::pause` does not stop it.
 //!
-//! An alarm armed for a later deadline than the one it has keeps the earlier one and
-//! fires early; its owner looks, finds nothing due and arms it again. A deadline that
-//! moves with every message (a heartbeat's) therefore costs nothing per message, and
-//! the thread wakes about once per deadline, not per message. Armed earlier, an alarm
-//! registers again; the entry it had is stale (ignored, and dropped from the heap when
-//! stale entries pile up).
-//!
-//! Deadlines follow the monotonic clock (`std::time::Instant`), not tokio's:
-//! `tokio::time::pause` does not stop them.
+//! Either way an [`Alarm`] armed for a later deadline than the one it has keeps the
+//! earlier one and fires early; its owner looks, finds nothing due and arms it again. A
+//! deadline that moves with every message (a heartbeat's) therefore costs nothing per
+//! message. On the thread, an alarm armed earlier registers again; the entry it had is
+//! stale (ignored, and dropped from the heap when stale entries pile up).
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -27,9 +28,140 @@ use std::time::Instant;
 
 use crate::socket::core::lock;
 
+/// Which clock keeps a socket's or a client's deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Timer {
+    /// tokio's timer: follows `tokio::time::pause()` and `advance()`.
+    #[default]
+    Runtime,
+    /// A thread of this crate, on the monotonic clock: tokio's threads then sleep
+    /// without a timeout, which saves the kernel's timer work on every message of a
+    /// quiet connection. `tokio::time::pause()` does not stop it.
+    Thread,
+}
+
 /// One deadline of one task, reused: arm it, look whether it fired, arm it again.
+#[derive(Debug)]
+pub(crate) enum Alarm {
+    /// Kept by tokio's timer.
+    Runtime(RuntimeAlarm),
+    /// Kept by the crate's thread.
+    Thread(ThreadAlarm),
+}
+
+impl Alarm {
+    /// An alarm kept by `timer`, with no deadline.
+    pub fn new(timer: Timer) -> Alarm {
+        match timer {
+            Timer::Runtime => Alarm::Runtime(RuntimeAlarm::default()),
+            Timer::Thread => Alarm::Thread(ThreadAlarm::default()),
+        }
+    }
+
+    /// The current time on this alarm's clock.
+    pub fn now(&self) -> Instant {
+        match self {
+            Alarm::Runtime(_) => tokio::time::Instant::now().into_std(),
+            Alarm::Thread(_) => Instant::now(),
+        }
+    }
+
+    /// Makes sure the alarm fires at `at` or earlier and then wakes `waker`.
+    pub fn arm(&mut self, at: Instant, waker: &Waker) {
+        match self {
+            Alarm::Runtime(a) => a.arm(at, waker),
+            Alarm::Thread(a) => a.arm(at, waker),
+        }
+    }
+
+    /// Whether the deadline has passed (and fired); the alarm then has no deadline
+    /// until armed again.
+    pub fn take_fired(&mut self) -> bool {
+        match self {
+            Alarm::Runtime(a) => a.take_fired(),
+            Alarm::Thread(a) => a.take_fired(),
+        }
+    }
+
+    /// Ready once `at` (or an earlier deadline the alarm had) has passed.
+    pub fn poll_until(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.take_fired() || self.now() >= at {
+            self.cancel();
+            return Poll::Ready(());
+        }
+        self.arm(at, cx.waker());
+        Poll::Pending
+    }
+
+    /// Drops the deadline, if any.
+    pub fn cancel(&mut self) {
+        match self {
+            Alarm::Runtime(a) => a.cancel(),
+            Alarm::Thread(a) => a.cancel(),
+        }
+    }
+}
+
+/// An alarm on tokio's timer: one `Sleep`, reset to earlier deadlines only.
 #[derive(Debug, Default)]
-pub(crate) struct Alarm {
+pub(crate) struct RuntimeAlarm {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline the sleep has, while armed.
+    at: Option<Instant>,
+    /// The waker the sleep was last polled with.
+    waker: Option<Waker>,
+    /// The sleep completed when polled in `arm`.
+    fired: bool,
+}
+
+impl RuntimeAlarm {
+    fn arm(&mut self, at: Instant, waker: &Waker) {
+        let same_waker = self.waker.as_ref().is_some_and(|w| w.will_wake(waker));
+        if self.at.is_some_and(|t| t <= at) && same_waker {
+            return;
+        }
+        let at = self.at.map_or(at, |t| t.min(at));
+        let deadline = tokio::time::Instant::from_std(at);
+        match &mut self.sleep {
+            Some(s) if self.at != Some(at) => s.as_mut().reset(deadline),
+            Some(_) => {}
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.at = Some(at);
+        self.waker = Some(waker.clone());
+        let sleep = self.sleep.as_mut().expect("set above");
+        if sleep
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_ready()
+        {
+            self.fired = true;
+            waker.wake_by_ref();
+        }
+    }
+
+    fn take_fired(&mut self) -> bool {
+        let fired = self.at.is_some()
+            && (self.fired || self.sleep.as_ref().is_some_and(|s| s.is_elapsed()));
+        if fired {
+            self.at = None;
+            self.fired = false;
+        }
+        fired
+    }
+
+    fn cancel(&mut self) {
+        self.at = None;
+        self.fired = false;
+        // Dropped: a registered sleep would wake the task for nothing.
+        self.sleep = None;
+        self.waker = None;
+    }
+}
+
+/// An alarm on the crate's timer thread.
+#[derive(Debug, Default)]
+pub(crate) struct ThreadAlarm {
     /// Allocated at the first arming (a connection without heartbeats never arms).
     shared: Option<Arc<Shared>>,
     /// The deadline registered with the thread and not yet seen fired.
@@ -50,9 +182,9 @@ struct Shared {
     waker: Mutex<Option<Waker>>,
 }
 
-impl Alarm {
+impl ThreadAlarm {
     /// Makes sure the alarm fires at `at` or earlier and then wakes `waker`.
-    pub fn arm(&mut self, at: Instant, waker: &Waker) {
+    fn arm(&mut self, at: Instant, waker: &Waker) {
         let shared = self.shared.get_or_insert_with(Default::default);
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
             self.waker = Some(waker.clone());
@@ -73,7 +205,7 @@ impl Alarm {
 
     /// Whether the registered deadline has passed (the thread has fired it); the alarm
     /// then has no deadline until armed again.
-    pub fn take_fired(&mut self) -> bool {
+    fn take_fired(&mut self) -> bool {
         let fired = self.at.is_some()
             && self
                 .shared
@@ -85,18 +217,8 @@ impl Alarm {
         fired
     }
 
-    /// Ready once `at` (or an earlier deadline the alarm had) has passed.
-    pub fn poll_until(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if self.take_fired() || Instant::now() >= at {
-            self.cancel();
-            return Poll::Ready(());
-        }
-        self.arm(at, cx.waker());
-        Poll::Pending
-    }
-
     /// Drops the deadline, if any.
-    pub fn cancel(&mut self) {
+    fn cancel(&mut self) {
         if self.at.take().is_some() {
             self.generation += 1;
             if let Some(s) = &self.shared {
@@ -106,7 +228,7 @@ impl Alarm {
     }
 }
 
-impl Drop for Alarm {
+impl Drop for ThreadAlarm {
     fn drop(&mut self) {
         self.cancel();
     }
@@ -246,46 +368,81 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), woke)
             .await
             .expect("the alarm woke its task");
-        Instant::now()
+        alarm.now()
     }
+
+    const BOTH: [Timer; 2] = [Timer::Runtime, Timer::Thread];
 
     #[tokio::test]
     async fn an_alarm_wakes_its_task_not_before_its_deadline() {
-        let mut alarm = Alarm::default();
-        for ms in [30, 5, 20] {
-            let at = Instant::now() + Duration::from_millis(ms);
-            assert!(wait(&mut alarm, at).await >= at);
+        for timer in BOTH {
+            let mut alarm = Alarm::new(timer);
+            for ms in [30, 5, 20] {
+                let at = alarm.now() + Duration::from_millis(ms);
+                assert!(wait(&mut alarm, at).await >= at, "{timer:?}");
+            }
         }
     }
 
     #[tokio::test]
     async fn armed_earlier_it_fires_at_the_earlier_deadline() {
-        let mut alarm = Alarm::default();
+        for timer in BOTH {
+            let mut alarm = Alarm::new(timer);
+            let waker = noop_waker();
+            let start = alarm.now();
+            alarm.arm(start + Duration::from_secs(60), &waker);
+            let soon = start + Duration::from_millis(20);
+            // Armed later again: keeps the earlier deadline.
+            alarm.arm(soon, &waker);
+            alarm.arm(start + Duration::from_secs(30), &waker);
+            let woke = wait(&mut alarm, start + Duration::from_secs(90)).await;
+            assert!(woke >= soon, "{timer:?}");
+            assert!(
+                woke < start + Duration::from_secs(30),
+                "{timer:?} fired at the earlier deadline"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_runtime_timer_follows_paused_time() {
+        let mut alarm = Alarm::new(Timer::Runtime);
+        let start = alarm.now();
+        let at = start + Duration::from_secs(3600);
+        let mut woke = std::pin::pin!(std::future::poll_fn(|cx| alarm.poll_until(at, cx)));
+        // Not before its deadline, however long the test waits in real time...
+        tokio::time::advance(Duration::from_secs(3599)).await;
+        assert!(futures_poll(woke.as_mut()).is_pending());
+        // ...and at once when the paused clock gets there.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(futures_poll(woke.as_mut()).is_ready());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_runtime_alarm_does_not_fire() {
+        let mut alarm = Alarm::new(Timer::Runtime);
         let waker = noop_waker();
-        let start = Instant::now();
-        alarm.arm(start + Duration::from_secs(60), &waker);
-        let soon = start + Duration::from_millis(20);
-        // Armed later again: keeps the earlier deadline.
-        alarm.arm(soon, &waker);
-        alarm.arm(start + Duration::from_secs(30), &waker);
-        let woke = wait(&mut alarm, start + Duration::from_secs(90)).await;
-        assert!(woke >= soon);
-        assert!(
-            woke < start + Duration::from_secs(30),
-            "fired at the earlier deadline"
-        );
+        alarm.arm(alarm.now() + Duration::from_millis(5), &waker);
+        alarm.cancel();
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert!(!alarm.take_fired());
+    }
+
+    /// Polls `f` once with a waker that does nothing.
+    fn futures_poll<F: std::future::Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(&noop_waker()))
     }
 
     #[test]
-    fn a_cancelled_alarm_does_not_fire() {
-        let mut alarm = Alarm::default();
+    fn a_cancelled_thread_alarm_does_not_fire() {
+        let mut alarm = ThreadAlarm::default();
         let waker = noop_waker();
         alarm.arm(Instant::now() + Duration::from_millis(5), &waker);
         alarm.cancel();
         std::thread::sleep(Duration::from_millis(30));
         assert!(!alarm.take_fired());
         // Nor does a dropped one wake anything (its entry is stale).
-        let mut other = Alarm::default();
+        let mut other = ThreadAlarm::default();
         other.arm(Instant::now() + Duration::from_millis(5), &waker);
         let shared = other.shared.clone().unwrap();
         drop(other);
@@ -297,7 +454,7 @@ mod tests {
     fn stale_entries_do_not_pile_up() {
         let waker = noop_waker();
         let far = Instant::now() + Duration::from_secs(3600);
-        let mut alarm = Alarm::default();
+        let mut alarm = ThreadAlarm::default();
         // Each arming earlier than the last registers again; the older entries are
         // stale and pruned.
         for i in 0..(PRUNE_MIN as u64 * 8) {

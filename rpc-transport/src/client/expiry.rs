@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::Inner;
 use crate::socket::relay::LINE_CHECK;
-use crate::timer::Alarm;
+use crate::timer::{Alarm, Timer};
 
 /// When the client's expiry task wakes next.
 pub(crate) struct Expiry {
@@ -78,9 +78,9 @@ impl Expiry {
 }
 
 /// The expiry task of one client; ends with the client.
-pub(crate) async fn run(inner: Weak<Inner>, expiry: Arc<Expiry>) {
-    // The crate's timer thread, not tokio's timer (see `crate::timer`).
-    let mut alarm = Alarm::default();
+pub(crate) async fn run(inner: Weak<Inner>, expiry: Arc<Expiry>, timer: Timer) {
+    // On the client's clock (see `crate::timer`).
+    let mut alarm = Alarm::new(timer);
     while !expiry.stopped.load(Ordering::SeqCst) {
         // Attempts registered and lines formed while we look wake us again (`next`
         // reads "none", `watching` "no").

@@ -60,6 +60,7 @@ use crate::message::{Message, Outgoing};
 use crate::socket::core::Answers;
 use crate::socket::relay::Relay;
 use crate::socket::SocketOptions;
+use crate::timer::Timer;
 use crate::zmtp::HeartbeatConfig;
 
 /// How a call picks among healthy endpoints.
@@ -210,6 +211,15 @@ impl ClientBuilder {
         self
     }
 
+    /// The clock of attempt deadlines and heartbeats (default [`Timer::Runtime`],
+    /// tokio's timer, which `tokio::time::pause()` controls; [`Timer::Thread`] saves
+    /// the kernel timer work of every message on a quiet connection, for deployments
+    /// that count microseconds).
+    pub fn timer(mut self, timer: Timer) -> Self {
+        self.config.socket.timer = timer;
+        self
+    }
+
     /// Seed for reconnect jitter (repeatable tests).
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.config.socket.rng_seed = Some(seed);
@@ -243,7 +253,12 @@ impl ClientBuilder {
         inner
             .relay
             .set_watchdog(Box::new(move || watch.line_formed()));
-        tokio::spawn(expiry::run(Arc::downgrade(&inner), inner.expiry.clone()));
+        let timer = inner.config.socket.timer;
+        tokio::spawn(expiry::run(
+            Arc::downgrade(&inner),
+            inner.expiry.clone(),
+            timer,
+        ));
         Ok(Client {
             _close: Arc::new(CloseOnDrop(inner.clone())),
             inner,

@@ -160,6 +160,13 @@ impl ServerBuilder {
         self
     }
 
+    /// The clock of handshake and heartbeat deadlines (see
+    /// [`Timer`](crate::Timer); default tokio's, which `tokio::time::pause()` controls).
+    pub fn timer(mut self, timer: crate::Timer) -> Self {
+        self.socket.timer = timer;
+        self
+    }
+
     /// Largest request accepted.
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.socket.max_message_size = n;

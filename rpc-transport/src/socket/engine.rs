@@ -102,8 +102,8 @@ struct Engine<'a> {
     /// The wait for room in the socket's queue for `pending` (only under backpressure).
     room: Option<RoomWait>,
     rbuf: RecvBuf,
-    /// The connection's deadline (handshake, heartbeats), kept by the crate's timer
-    /// thread rather than tokio's: see `crate::timer`.
+    /// The connection's deadline (handshake, heartbeats), on the socket's clock: see
+    /// `crate::timer`.
     alarm: Alarm,
     handshaken: bool,
     /// Answers a direct sink gave at once in this poll.
@@ -422,7 +422,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         taken: 0,
         room: None,
         rbuf: RecvBuf::new(),
-        alarm: Alarm::default(),
+        alarm: Alarm::new(core.opts.timer),
         handshaken: false,
         answered: 0,
         delivered: 0,

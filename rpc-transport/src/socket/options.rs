@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::timer::Timer;
 use crate::zmtp::HeartbeatConfig;
 
 /// Options shared by every socket type. Defaults follow libzmq where it is safe and
@@ -39,6 +40,8 @@ pub struct SocketOptions {
     pub router_mandatory: bool,
     /// Seed for reconnect jitter; `None` draws one. Set it for repeatable tests.
     pub rng_seed: Option<u64>,
+    /// The clock of handshake and heartbeat deadlines. Default [`Timer::Runtime`].
+    pub timer: Timer,
 }
 
 impl Default for SocketOptions {
@@ -57,6 +60,7 @@ impl Default for SocketOptions {
             max_connections: 65536,
             router_mandatory: true,
             rng_seed: None,
+            timer: Timer::Runtime,
         }
     }
 }
@@ -109,6 +113,12 @@ impl SocketOptions {
     /// Sets the maximum number of accepted connections.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Sets the clock of deadlines (see [`Timer`]).
+    pub fn timer(mut self, timer: Timer) -> Self {
+        self.timer = timer;
         self
     }
 
