@@ -36,6 +36,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .attempt_timeout(Duration::from_millis(1000))
         .call_timeout(Duration::from_secs(10))
         .retries(3)
+        // With every server down, wait (within the deadline) for one to come back
+        // rather than fail at once: Lazy Pirate rides over restarts.
+        .wait_for_ready(true)
         .connect()
         .await?;
     let mut n = 0u64;

@@ -533,8 +533,9 @@ async fn a_server_holds_at_most_max_connections() {
         "{e:?}"
     );
     assert_eq!(server.stats().requests, 1, "the second client got through");
-    // Once the first client is gone, the second is served.
+    // Once the first client is gone, the second connects and is served.
     drop(first);
+    assert!(second.client().wait_healthy(1, Duration::from_secs(10)).await);
     let sum = second.add(2, 3).timeout(Duration::from_secs(10)).await;
     assert_eq!(sum.unwrap(), 5);
 }
@@ -1264,4 +1265,108 @@ async fn handlers_see_their_context_and_panics_after_waiting_answer_internal() {
         "still serving"
     );
     server.shutdown().await;
+}
+
+// The first hour: errors that name their cause.
+
+/// A port on 127.0.0.1 that nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn a_refused_endpoint_fails_at_once_and_says_so() {
+    let ep = format!("tcp://127.0.0.1:{}", closed_port());
+    let client = Client::builder().endpoint(&ep).connect().await.unwrap();
+    let calc = CalcClient::new(client.clone());
+    // The first call may find the first connect still under way; once it was
+    // refused, calls fail at once (the default deadline is 5 s).
+    let t0 = std::time::Instant::now();
+    let e = loop {
+        let e = calc.add(1, 2).await.unwrap_err();
+        if e.to_string().contains("refused") {
+            break e;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "{e}");
+    };
+    assert!(t0.elapsed() < Duration::from_millis(2500), "not at once");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("unavailable after 0 attempt(s): "),
+        "{text}"
+    );
+    assert!(text.contains(&ep), "{text}");
+    // Waiting for ready, the same call waits out its deadline and names the cause.
+    let patient = Client::builder()
+        .endpoint(&ep)
+        .wait_for_ready(true)
+        .connect()
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let e = CalcClient::new(patient)
+        .add(1, 2)
+        .timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(t0.elapsed() >= Duration::from_millis(300));
+    assert!(e.to_string().contains("refused"), "{e}");
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_zmtp_fails_the_handshake_and_says_so() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An HTTP server: answers anything with a 400 and closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ep = format!("tcp://{}", listener.local_addr().unwrap());
+    let http = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let calc = CalcClient::connect([ep.clone()]).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let e = loop {
+        let e = calc.add(1, 2).await.unwrap_err();
+        if e.to_string().contains("handshake failed") {
+            break e;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(2), "{e}");
+    };
+    let text = e.to_string();
+    assert!(text.contains(&ep) && text.contains("greeting"), "{text}");
+    http.abort();
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_the_handshake_is_named_at_the_deadline() {
+    // Accepted by the kernel's backlog, never read: the greeting gets no answer.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ep = format!("tcp://{}", listener.local_addr().unwrap());
+    let calc = CalcClient::connect([ep.clone()]).await.unwrap();
+    let e = calc
+        .add(1, 2)
+        .timeout(Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("unavailable after 0 attempt(s): {ep}: not connected yet")
+    );
+    drop(listener);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_deadline_fails_at_once_and_any_duration_is_a_deadline() {
+    let (_server, client) = paused_pair(calc_server(), Client::builder()).await;
+    let calc = CalcClient::new(client);
+    let t0 = tokio::time::Instant::now();
+    let e = calc.add(1, 2).timeout(Duration::ZERO).await.unwrap_err();
+    assert!(matches!(e, RpcError::DeadlineExceeded), "{e:?}");
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(calc.add(1, 2).timeout(Duration::MAX).await.unwrap(), 3);
 }

@@ -1,6 +1,16 @@
 //! [`RpcError`]: why a call did not produce the method's result.
 
+use std::time::Duration;
+
 use crate::status::Status;
+
+/// The text of [`RpcError::Unavailable`]'s last failure.
+fn last_failure(last: &Option<Box<RpcError>>) -> String {
+    match last {
+        Some(e) => e.to_string(),
+        None => "no endpoint was ready".into(),
+    }
+}
 
 /// Why a call failed. Application errors of methods declared `-> Result<T, E>` are
 /// not here: the caller gets its `E` back inside `Ok`.
@@ -10,25 +20,39 @@ pub enum RpcError {
     /// The call's deadline passed.
     #[error("deadline exceeded")]
     DeadlineExceeded,
-    /// No server answered: every attempt failed or no server was reachable.
-    #[error("unavailable after {attempts} attempt(s)")]
+    /// No server answered: every attempt failed or no server was ready. The text names
+    /// the last failure (which endpoint, what happened there).
+    #[error("unavailable after {attempts} attempt(s): {}", last_failure(last))]
     Unavailable {
         /// Attempts sent.
         attempts: u32,
-        /// The last attempt's failure, when there was one.
-        #[source]
+        /// The last failure: of the last attempt, or why no endpoint was ready.
         last: Option<Box<RpcError>>,
     },
-    /// An `at_most_once` call was sent and then lost (timeout or disconnect): it may or
-    /// may not have run, and it is not resent.
-    #[error("outcome unknown: the request may have run")]
-    Indeterminate(#[source] Box<RpcError>),
+    /// An `at_most_once` call was sent and then lost (timeout, disconnect, or the
+    /// call's deadline): it may or may not have run, and it is not resent.
+    #[error("outcome unknown, the request may have run: {0}")]
+    Indeterminate(Box<RpcError>),
     /// One attempt got no reply within the attempt timeout.
-    #[error("attempt timed out")]
-    AttemptTimeout,
+    #[error("{endpoint}: no reply within {} ms", after.as_millis())]
+    AttemptTimeout {
+        /// The endpoint the attempt went to.
+        endpoint: String,
+        /// The attempt timeout.
+        after: Duration,
+    },
     /// The connection carrying an attempt was lost.
-    #[error("connection lost")]
-    Disconnected,
+    #[error("{endpoint}: connection lost{}", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    Disconnected {
+        /// The endpoint the attempt went to.
+        endpoint: String,
+        /// What the socket saw, when it said (reset, closed by the peer, ...).
+        reason: Option<String>,
+    },
+    /// No endpoint could take the call: each one's state (connection refused,
+    /// handshake failed, still connecting, ...), as one text.
+    #[error("{0}")]
+    Unreachable(String),
     /// The server is at its concurrency limit.
     #[error("server overloaded: {0}")]
     Overloaded(String),
@@ -91,16 +115,37 @@ impl RpcError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::error::Error as _;
 
     #[test]
-    fn unavailable_chains_its_cause_without_repeating_it() {
+    fn unavailable_names_the_endpoint_and_what_happened_there() {
         let e = RpcError::Unavailable {
             attempts: 3,
-            last: Some(Box::new(RpcError::AttemptTimeout)),
+            last: Some(Box::new(RpcError::AttemptTimeout {
+                endpoint: "tcp://w1:5555".into(),
+                after: Duration::from_millis(1000),
+            })),
         };
-        assert_eq!(e.to_string(), "unavailable after 3 attempt(s)");
-        assert_eq!(e.source().unwrap().to_string(), "attempt timed out");
+        assert_eq!(
+            e.to_string(),
+            "unavailable after 3 attempt(s): tcp://w1:5555: no reply within 1000 ms"
+        );
+        let lost = RpcError::Disconnected {
+            endpoint: "tcp://w2:5555".into(),
+            reason: Some("connection reset by peer".into()),
+        };
+        assert_eq!(
+            RpcError::Indeterminate(Box::new(lost)).to_string(),
+            "outcome unknown, the request may have run: \
+             tcp://w2:5555: connection lost (connection reset by peer)"
+        );
+        let none = RpcError::Unavailable {
+            attempts: 0,
+            last: None,
+        };
+        assert_eq!(
+            none.to_string(),
+            "unavailable after 0 attempt(s): no endpoint was ready"
+        );
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub(crate) struct State {
     /// Connections opened in this generation (those it started with, and those large
     /// requests added).
     opened: usize,
+    /// Why connecting or the connection last failed (refused, reset, handshake
+    /// failed, ...); `None` since a handshake completed, or while none failed yet.
+    pub failure: Option<Arc<str>>,
 }
 
 /// Where an attempt was written: the connection generation, and how many reads had
@@ -91,6 +94,7 @@ impl Endpoint {
                 generation: 0,
                 conn: None,
                 opened: 0,
+                failure: None,
             }),
             outstanding: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
@@ -244,17 +248,30 @@ impl Endpoint {
     }
 }
 
-/// Owns the socket of one connection generation and reports its link changes.
+/// Owns the socket of one connection generation and reports its link changes: up or
+/// down, and why connecting or a connection failed.
 async fn read_loop(inner: Arc<Inner>, idx: usize, generation: u64, sock: DealerSocket) {
     let mut peers = sock.watch_peers();
+    let mut failure = sock.core().watch_failure();
     // The handshake may have completed before this task subscribed: look at the
     // current value first rather than wait for the next change.
     peers.mark_changed();
     loop {
-        if peers.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = peers.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let up = *peers.borrow_and_update() > 0;
+                inner.on_link(idx, generation, up);
+            }
+            r = failure.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                let why = failure.borrow_and_update().clone();
+                inner.on_failure(idx, generation, why);
+            }
         }
-        let up = *peers.borrow_and_update() > 0;
-        inner.on_link(idx, generation, up);
     }
 }

@@ -93,6 +93,11 @@ impl Health {
         self.connected && self.suspect_until.is_none_or(|t| t <= now)
     }
 
+    /// Whether a connection is up (handshake completed).
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
     /// Connected with no strikes: eligible whatever the time.
     pub fn clear(&self) -> bool {
         self.connected && self.suspect_until.is_none()

@@ -80,6 +80,9 @@ pub(crate) struct Config {
     attempt_timeout: Duration,
     max_attempts: u32,
     balance: Balance,
+    /// Calls wait (within their deadline) for an endpoint even when every endpoint's
+    /// last connect failed.
+    wait_for_ready: bool,
     pub(crate) connections: usize,
     /// Most connections an endpoint grows to for bulk requests.
     pub(crate) bulk_connections: usize,
@@ -114,6 +117,7 @@ impl ClientBuilder {
                 attempt_timeout: Duration::from_secs(1),
                 max_attempts: 4,
                 balance: Balance::RoundRobin,
+                wait_for_ready: false,
                 connections: 1,
                 bulk_connections: 2,
                 socket: SocketOptions::default()
@@ -160,6 +164,18 @@ impl ClientBuilder {
     /// Resends after the first attempt (so `retries(0)` sends once).
     pub fn retries(mut self, n: u32) -> Self {
         self.config.max_attempts = n.saturating_add(1);
+        self
+    }
+
+    /// What a call does when no endpoint is ready and every endpoint's last connect
+    /// failed (refused, reset, handshake failed): by default (`false`) it fails at
+    /// once with [`RpcError::Unavailable`] naming each endpoint and its failure, as
+    /// gRPC's calls do. With `true` it waits within its deadline for one to come
+    /// back (Lazy Pirate riding over a restarting server). Either way, a call waits
+    /// while an endpoint is still connecting for the first time, or is only suspect
+    /// after a stall.
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.config.wait_for_ready = wait;
         self
     }
 
@@ -372,6 +388,60 @@ impl Inner {
         self.changed.send_replace(());
     }
 
+    /// Connecting to `idx` (generation `generation`), or its connection, failed for
+    /// `why` (`None`: a handshake completed since).
+    fn on_failure(&self, idx: usize, generation: u64, why: Option<Arc<str>>) {
+        let ep = &self.endpoints[idx];
+        {
+            let mut st = ep.lock();
+            if st.generation != generation {
+                return;
+            }
+            if let Some(why) = &why {
+                tracing::debug!(endpoint = %ep.addr, reason = %why, "connection failed");
+            }
+            st.failure = why;
+        }
+        self.changed.send_replace(());
+    }
+
+    /// Whether every endpoint is down with a known failure (none connecting for the
+    /// first time, none connected): a call cannot expect one soon.
+    fn all_failing(&self) -> bool {
+        self.endpoints.iter().all(|e| {
+            let st = e.lock();
+            !st.health.connected() && st.failure.is_some()
+        })
+    }
+
+    /// What each endpoint is going through, for a call that found none ready.
+    fn unready(&self) -> RpcError {
+        const SHOWN: usize = 4;
+        let now = now_std();
+        let mut parts: Vec<String> = self
+            .endpoints
+            .iter()
+            .take(SHOWN)
+            .map(|e| {
+                let st = e.lock();
+                let state = match (&st.failure, st.health.state(now)) {
+                    (_, HealthState::Suspect { until }) => format!(
+                        "no reply within the attempt timeout; suspect for {} ms more",
+                        until.saturating_duration_since(now).as_millis()
+                    ),
+                    (Some(why), _) => why.to_string(),
+                    (None, HealthState::Healthy) => "ready".into(),
+                    (None, _) => "not connected yet".into(),
+                };
+                format!("{}: {state}", e.addr)
+            })
+            .collect();
+        if self.endpoints.len() > SHOWN {
+            parts.push(format!("and {} more", self.endpoints.len() - SHOWN));
+        }
+        RpcError::Unreachable(parts.join("; "))
+    }
+
     /// Ends at once every attempt in flight on one connection.
     fn fail_in_flight(&self, idx: usize, generation: u64) {
         let lost: Vec<Pending> = {
@@ -500,20 +570,29 @@ impl Inner {
         }
     }
 
-    /// Waits for a healthy endpoint until `deadline`.
-    async fn wait_for_endpoint(&self, deadline: Instant, avoid: Option<usize>) -> Option<usize> {
+    /// Waits for a healthy endpoint until `deadline`; fails with what each endpoint is
+    /// going through when the deadline passes, or at once when every endpoint is
+    /// failing (unless the client waits for ready).
+    async fn wait_for_endpoint(
+        &self,
+        deadline: Instant,
+        avoid: Option<usize>,
+    ) -> Result<usize, RpcError> {
         // The common case, without subscribing to changes.
         if let Some(i) = self.pick(avoid) {
-            return Some(i);
+            return Ok(i);
         }
         let mut changed = self.changed.subscribe();
         loop {
             changed.borrow_and_update();
             if let Some(i) = self.pick(avoid) {
-                return Some(i);
+                return Ok(i);
+            }
+            if !self.config.wait_for_ready && self.all_failing() {
+                return Err(self.unready());
             }
             if !self.wait_change(&mut changed, deadline).await {
-                return None;
+                return Err(self.unready());
             }
         }
     }
@@ -705,8 +784,8 @@ impl Client {
             let (idx, sent_at) = match inner.pick(avoid) {
                 Some(idx) => (idx, now),
                 None => match Box::pin(inner.wait_for_endpoint(deadline, avoid)).await {
-                    Some(idx) => (idx, Instant::now()),
-                    None => return Err(retry.gave_up()),
+                    Ok(idx) => (idx, Instant::now()),
+                    Err(why) => return Err(retry.unreachable(why)),
                 },
             };
             let ep = &inner.endpoints[idx];
@@ -773,7 +852,12 @@ impl Client {
                 }
                 Event::Lost => {
                     tracing::debug!(endpoint = %ep.addr, "connection lost during attempt");
-                    (idx, Outcome::Lost)
+                    let reason = ep.lock().failure.as_deref().map(String::from);
+                    let endpoint = ep.addr.clone();
+                    (
+                        idx,
+                        Outcome::Lost(RpcError::Disconnected { endpoint, reason }),
+                    )
                 }
                 Event::TimedOut => {
                     bump(&c.timeouts);
@@ -785,7 +869,12 @@ impl Client {
                     if attempt_deadline < deadline {
                         inner.stalled(idx, sent);
                     }
-                    (idx, Outcome::TimedOut)
+                    let endpoint = ep.addr.clone();
+                    let after = cfg.attempt_timeout;
+                    (
+                        idx,
+                        Outcome::TimedOut(RpcError::AttemptTimeout { endpoint, after }),
+                    )
                 }
             };
             now = Instant::now();

@@ -39,10 +39,12 @@ pub(crate) enum Outcome {
     NotSent,
     /// The server answered that it did not run the request (OVERLOADED, SHUTTING_DOWN).
     NotRun(RpcError),
-    /// The connection was lost after the request was written.
-    Lost,
-    /// No reply came within the attempt's deadline.
-    TimedOut,
+    /// The connection was lost after the request was written (the error says where
+    /// and why).
+    Lost(RpcError),
+    /// No reply came within the attempt's deadline (the error says where, and the
+    /// attempt timeout).
+    TimedOut(RpcError),
 }
 
 /// What the loop does next.
@@ -138,10 +140,9 @@ impl Retry {
                     not_before: (now + NOT_SENT_PAUSE).min(self.deadline),
                 };
             }
-            Outcome::NotRun(e) => e,
-            Outcome::Lost => RpcError::Disconnected,
-            Outcome::TimedOut if now >= self.deadline => RpcError::DeadlineExceeded,
-            Outcome::TimedOut => RpcError::AttemptTimeout,
+            Outcome::NotRun(e) | Outcome::Lost(e) => e,
+            Outcome::TimedOut(_) if now >= self.deadline => RpcError::DeadlineExceeded,
+            Outcome::TimedOut(e) => e,
         };
         let delivered = !matches!(cause, RpcError::Overloaded(_) | RpcError::ShuttingDown(_));
         if delivered && self.policy == RetryPolicy::AtMostOnce {
@@ -166,6 +167,15 @@ impl Retry {
         RpcError::Unavailable {
             attempts: self.attempts,
             last: self.last.take().map(|(_, e)| Box::new(e)),
+        }
+    }
+
+    /// The error of a call that found no endpoint able to take it: unavailable,
+    /// because of `why` (what each endpoint is going through).
+    pub fn unreachable(&mut self, why: RpcError) -> RpcError {
+        RpcError::Unavailable {
+            attempts: self.attempts,
+            last: Some(Box::new(why)),
         }
     }
 }
@@ -199,6 +209,20 @@ mod tests {
 
     fn shutting_down() -> RpcError {
         RpcError::ShuttingDown("bye".into())
+    }
+
+    fn lost() -> Outcome {
+        Outcome::Lost(RpcError::Disconnected {
+            endpoint: "tcp://w0:1".into(),
+            reason: None,
+        })
+    }
+
+    fn timed_out() -> Outcome {
+        Outcome::TimedOut(RpcError::AttemptTimeout {
+            endpoint: "tcp://w0:1".into(),
+            after: ATTEMPT,
+        })
     }
 
     /// The decision as a short string, to compare in tables.
@@ -243,14 +267,14 @@ mod tests {
             (
                 "timeout, default",
                 Retry,
-                Outcome::TimedOut,
+                timed_out(),
                 100,
                 "send avoiding 0 at 100",
             ),
             (
                 "lost connection, default",
                 Retry,
-                Outcome::Lost,
+                lost(),
                 5,
                 "send avoiding 0 at 5",
             ),
@@ -286,30 +310,30 @@ mod tests {
             (
                 "timeout, at most once",
                 AtMostOnce,
-                Outcome::TimedOut,
+                timed_out(),
                 100,
-                "fail: outcome unknown: the request may have run <- attempt timed out",
+                "fail: outcome unknown, the request may have run: tcp://w0:1: no reply within 100 ms",
             ),
             (
                 "lost after writing, at most once",
                 AtMostOnce,
-                Outcome::Lost,
+                lost(),
                 5,
-                "fail: outcome unknown: the request may have run <- connection lost",
+                "fail: outcome unknown, the request may have run: tcp://w0:1: connection lost",
             ),
             // Found by the chaos run: a sent at_most_once call whose deadline passes
             // may have run; it is Indeterminate, not DeadlineExceeded.
             (
                 "deadline passes after sending, at most once",
                 AtMostOnce,
-                Outcome::TimedOut,
+                timed_out(),
                 1000,
-                "fail: outcome unknown: the request may have run <- deadline exceeded",
+                "fail: outcome unknown, the request may have run: deadline exceeded",
             ),
             (
                 "deadline passes after sending, default",
                 Retry,
-                Outcome::TimedOut,
+                timed_out(),
                 1000,
                 "fail: deadline exceeded",
             ),
@@ -333,14 +357,14 @@ mod tests {
                 Retry,
                 Outcome::NotSent,
                 1000,
-                "fail: unavailable after 1 attempt(s)",
+                "fail: unavailable after 1 attempt(s): no endpoint was ready",
             ),
             (
                 "lost at the deadline, default",
                 Retry,
-                Outcome::Lost,
+                lost(),
                 1000,
-                "fail: unavailable after 1 attempt(s) <- connection lost",
+                "fail: unavailable after 1 attempt(s): tcp://w0:1: connection lost",
             ),
         ];
         for (name, policy, outcome, end, want) in rows {
@@ -356,7 +380,7 @@ mod tests {
         for k in 0..4u64 {
             r.sent();
             let outcome = if k < 3 {
-                Outcome::TimedOut
+                timed_out()
             } else {
                 Outcome::NotRun(overloaded())
             };
@@ -371,7 +395,7 @@ mod tests {
                 "send avoiding 0 at 5",
                 "send avoiding 1 at 15",
                 "send avoiding 0 at 25",
-                "fail: unavailable after 4 attempt(s) <- server overloaded: full",
+                "fail: unavailable after 4 attempt(s): server overloaded: full",
             ]
         );
     }
@@ -385,10 +409,10 @@ mod tests {
             assert!(matches!(d, Decision::Send { .. }), "{}", show(&d, t0));
         }
         r.sent();
-        let d = r.on_outcome(0, Outcome::Lost, ms(t0, 11));
+        let d = r.on_outcome(0, lost(), ms(t0, 11));
         assert_eq!(
             show(&d, t0),
-            "fail: unavailable after 1 attempt(s) <- connection lost"
+            "fail: unavailable after 1 attempt(s): tcp://w0:1: connection lost"
         );
     }
 
@@ -428,12 +452,21 @@ mod tests {
     fn waiting_out_the_deadline_names_the_last_failure() {
         let t0 = Instant::now();
         let mut r = call(RetryPolicy::Retry, t0);
-        assert_eq!(chain(&r.gave_up()), "unavailable after 0 attempt(s)");
-        r.sent();
-        r.on_outcome(2, Outcome::Lost, ms(t0, 1));
         assert_eq!(
             chain(&r.gave_up()),
-            "unavailable after 1 attempt(s) <- connection lost"
+            "unavailable after 0 attempt(s): no endpoint was ready"
+        );
+        r.sent();
+        r.on_outcome(2, lost(), ms(t0, 1));
+        assert_eq!(
+            chain(&r.gave_up()),
+            "unavailable after 1 attempt(s): tcp://w0:1: connection lost"
+        );
+        r.sent();
+        let why = RpcError::Unreachable("tcp://w0:1: connection refused".into());
+        assert_eq!(
+            chain(&r.unreachable(why)),
+            "unavailable after 2 attempt(s): tcp://w0:1: connection refused"
         );
     }
 }

@@ -122,6 +122,9 @@ pub(crate) struct Core {
     /// Reads that brought bytes, on any of the socket's connections: a peer that sent
     /// anything (a reply, a heartbeat) since a moment is alive.
     reads: AtomicU64,
+    /// Why the last connect or connection of this socket failed (refused, reset,
+    /// handshake failed, ...); `None` once a handshake completed after it.
+    failure: watch::Sender<Option<Arc<str>>>,
 }
 
 /// Locks `m`, poisoned or not: for locks whose every update is a single push, remove or
@@ -253,6 +256,7 @@ impl Core {
             endpoints: Mutex::new(Vec::new()),
             conn_limit: Arc::new(Semaphore::new(opts.max_connections.max(1))),
             reads: AtomicU64::new(0),
+            failure: watch::channel(None).0,
             rng: Mutex::new(rng),
             opts,
         };
@@ -453,6 +457,21 @@ impl Core {
         Some((p.id, p.out.clone(), n > 1))
     }
 
+    /// Follows why connecting or a connection last failed (see `failure`).
+    pub fn watch_failure(&self) -> watch::Receiver<Option<Arc<str>>> {
+        self.failure.subscribe()
+    }
+
+    /// A connect attempt or a connection failed for `reason`.
+    pub fn report_failure(&self, reason: String) {
+        self.failure.send_replace(Some(reason.into()));
+    }
+
+    /// A handshake completed: the last failure is over.
+    pub fn report_handshake(&self) {
+        self.failure.send_if_modified(|f| f.take().is_some());
+    }
+
     /// Reads that brought bytes so far (see `reads`).
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
@@ -582,7 +601,10 @@ impl Core {
                             backoff.reset();
                         }
                     }
-                    Err(e) => tracing::debug!(endpoint = %ep, error = %e, "connect failed"),
+                    Err(e) => {
+                        tracing::debug!(endpoint = %ep, error = %e, "connect failed");
+                        core.report_failure(e.to_string());
+                    }
                 }
                 let delay = backoff.next_delay();
                 tracing::debug!(endpoint = %ep, ?delay, "reconnecting");

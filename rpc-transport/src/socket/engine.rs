@@ -55,7 +55,30 @@ pub(crate) async fn run(core: Arc<Core>, io: Io) -> bool {
         End::Protocol(e) => tracing::warn!(error = %e, "closing connection: protocol violation"),
         End::Rejected(e) => tracing::warn!(error = %e, "closing connection: rejected"),
     });
+    if let Some(reason) = end.reason(handshaken) {
+        core.report_failure(reason);
+    }
     handshaken
+}
+
+impl End {
+    /// Why the connection ended, as its owner should hear it; `None` for a stop asked
+    /// for.
+    fn reason(&self, handshaken: bool) -> Option<String> {
+        let during = if handshaken {
+            ""
+        } else {
+            " during the handshake"
+        };
+        Some(match self {
+            End::Shutdown => return None,
+            End::Eof => format!("connection closed by the peer{during}"),
+            End::Io(e) => format!("connection lost{during}: {e}"),
+            End::Protocol(e) if handshaken => format!("protocol violation: {e}"),
+            End::Protocol(e) => format!("handshake failed: {e}"),
+            End::Rejected(e) => format!("connection rejected: {e}"),
+        })
+    }
 }
 
 fn connection_config(core: &Core) -> ConnectionConfig {
@@ -174,6 +197,7 @@ impl<'a> Engine<'a> {
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");
                             self.guard = Some(g);
                             self.handshaken = true;
+                            self.core.report_handshake();
                         }
                         Err(e) => return Err(End::Rejected(e)),
                     }
