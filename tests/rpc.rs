@@ -535,7 +535,12 @@ async fn a_server_holds_at_most_max_connections() {
     assert_eq!(server.stats().requests, 1, "the second client got through");
     // Once the first client is gone, the second connects and is served.
     drop(first);
-    assert!(second.client().wait_healthy(1, Duration::from_secs(10)).await);
+    assert!(
+        second
+            .client()
+            .wait_healthy(1, Duration::from_secs(10))
+            .await
+    );
     let sum = second.add(2, 3).timeout(Duration::from_secs(10)).await;
     assert_eq!(sum.unwrap(), 5);
 }
@@ -1369,4 +1374,55 @@ async fn a_zero_deadline_fails_at_once_and_any_duration_is_a_deadline() {
     assert!(matches!(e, RpcError::DeadlineExceeded), "{e:?}");
     assert_eq!(t0.elapsed(), Duration::ZERO);
     assert_eq!(calc.add(1, 2).timeout(Duration::MAX).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn builders_refuse_settings_that_cannot_work_and_say_which() {
+    let e = Client::builder().connect().await.unwrap_err();
+    assert!(e.to_string().contains("no endpoints"), "{e}");
+    let e = Client::builder()
+        .endpoint("tcp://127.0.0.1:1")
+        .attempt_timeout(Duration::ZERO)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("attempt_timeout is zero"), "{e}");
+    let e = Server::builder()
+        .add_service(CalcServer::new(MyCalc::default()))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("needs an endpoint"), "{e}");
+    let e = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("needs a service"), "{e}");
+    // A port in use: the OS's reason is in the text, not only in the Debug form.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ep = format!("tcp://{}", taken.local_addr().unwrap());
+    let e = calc_server().bind(&ep).start().await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&ep) && text.to_lowercase().contains("address already in use"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_over_the_size_limit_fails_at_once_and_sends_nothing() {
+    let server = calc_server().add_service(EchoServer::new(MyEcho));
+    let (server, client) = paused_pair(server, Client::builder()).await;
+    let echo = EchoClient::new(client.clone());
+    let e = echo.echo("x".repeat(5 << 20)).await.unwrap_err();
+    assert!(
+        matches!(e, RpcError::MessageTooLarge { size, max } if size > 5 << 20 && max == 4 << 20),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("max_message_size"), "{e}");
+    assert_eq!(server.stats().requests, 0, "nothing was sent");
+    assert_eq!(client.stats().attempts, 0);
+    // The connection is untouched: other calls go on.
+    assert_eq!(echo.echo("small".into()).await.unwrap(), "small");
 }

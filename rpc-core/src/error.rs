@@ -53,6 +53,14 @@ pub enum RpcError {
     /// handshake failed, still connecting, ...), as one text.
     #[error("{0}")]
     Unreachable(String),
+    /// The request is larger than the client's message size limit; nothing was sent.
+    #[error("request of {size} bytes exceeds the limit of {max} bytes (max_message_size)")]
+    MessageTooLarge {
+        /// The request's size, all frames together.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The server is at its concurrency limit.
     #[error("server overloaded: {0}")]
     Overloaded(String),

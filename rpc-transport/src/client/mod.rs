@@ -214,7 +214,9 @@ impl ClientBuilder {
         self
     }
 
-    /// Largest reply accepted.
+    /// Largest request sent (a larger one fails at once with
+    /// [`RpcError::MessageTooLarge`], nothing sent) and largest reply accepted;
+    /// default 4 MiB, as servers'.
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.config.socket.max_message_size = n;
         self
@@ -245,8 +247,15 @@ impl ClientBuilder {
     /// Starts connecting to every endpoint and returns the client at once; calls wait
     /// (within their deadline) for a connection.
     pub async fn connect(self) -> Result<Client, RpcError> {
+        let bad = |what: &str| Err(RpcError::Config(what.into()));
         if self.endpoints.is_empty() {
-            return Err(RpcError::Config("no endpoints".into()));
+            return bad("no endpoints: ClientBuilder::endpoint");
+        }
+        if self.config.attempt_timeout.is_zero() {
+            return bad("attempt_timeout is zero: no attempt could wait for its reply");
+        }
+        if self.config.call_timeout.is_zero() {
+            return bad("call_timeout is zero: every call would fail before sending");
         }
         for ep in &self.endpoints {
             ep.parse::<crate::socket::Endpoint>()
@@ -792,6 +801,11 @@ impl Client {
             let remaining = deadline.saturating_duration_since(sent_at);
             let msg = build(retry.attempts() + 1, remaining, ep)
                 .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
+            let (size, max) = (msg.byte_len(), cfg.socket.max_message_size);
+            if size > max {
+                // The server would refuse it (the same limit is the default there).
+                return Err(RpcError::MessageTooLarge { size, max });
+            }
             guard.clear = false;
             let slot = slot::Slot::new();
             let attempt_deadline = Instant::from_std(retry.attempt_deadline(sent_at.into_std()));

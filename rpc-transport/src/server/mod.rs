@@ -184,6 +184,16 @@ impl ServerBuilder {
 
     /// Binds every endpoint and starts serving in the background.
     pub async fn start(self) -> Result<ServerHandle, SocketError> {
+        if self.endpoints.is_empty() {
+            return Err(SocketError::Config(
+                "a server needs an endpoint to bind: ServerBuilder::bind".into(),
+            ));
+        }
+        if self.services.is_empty() {
+            return Err(SocketError::Config(
+                "a server needs a service to serve: ServerBuilder::add_service".into(),
+            ));
+        }
         let router = RouterSocket::with_options(self.socket.clone());
         let mut bound = Vec::new();
         for ep in &self.endpoints {
@@ -259,6 +269,14 @@ pub struct ServerHandle {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerHandle {

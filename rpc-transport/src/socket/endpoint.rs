@@ -153,9 +153,9 @@ impl Listener {
     /// Binds `ep`; returns the listener and the endpoint actually bound (the real port
     /// for `tcp://...:0`).
     pub async fn bind(ep: &Endpoint) -> Result<(Listener, Endpoint), SocketError> {
-        let io_err = |source| SocketError::Io {
+        let io_err = |error| SocketError::Io {
             endpoint: ep.to_string(),
-            source,
+            error,
         };
         match ep {
             Endpoint::Tcp { host, port } => {

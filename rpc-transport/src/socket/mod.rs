@@ -51,6 +51,7 @@ use crate::zmtp::SocketType;
 
 /// Errors of socket operations.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SocketError {
     /// The endpoint string could not be parsed.
     #[error("invalid endpoint {endpoint:?}: {reason}")]
@@ -60,15 +61,18 @@ pub enum SocketError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// An IO error binding or connecting an endpoint.
-    #[error("i/o error on {endpoint}")]
+    /// An IO error binding or connecting an endpoint (the text says the OS's reason:
+    /// "address already in use", "connection refused", ...).
+    #[error("{endpoint}: {error}")]
     Io {
         /// The endpoint.
         endpoint: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (in the text, so not also a `source`).
+        error: std::io::Error,
     },
+    /// A builder was given settings that cannot work; the text says which.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The operation is not valid in the socket's current state (REQ/REP lock-step).
     #[error("operation not valid in the socket's state: {0}")]
     State(&'static str),
