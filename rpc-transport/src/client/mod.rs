@@ -856,7 +856,7 @@ impl Client {
                     }
                     match verdict {
                         Verdict::Done(t) => return Ok(t),
-                        Verdict::Fail(e) => return Err(e),
+                        Verdict::Fail(e) => return Err(retry.on_error_reply(e)),
                         Verdict::NotRun(e) => {
                             let addr = &inner.endpoints[from].addr;
                             tracing::debug!(endpoint = %addr, error = %e, "not run; failing over");

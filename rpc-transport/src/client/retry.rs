@@ -161,6 +161,19 @@ impl Retry {
         }
     }
 
+    /// A reply ended the call with `error` (a status the server ran the request to
+    /// give). A DEADLINE_EXCEEDED status does not say whether the handler had started
+    /// (the server also cancels handlers whose deadline passes while they run): an
+    /// `at_most_once` call may then have run, and ends `Indeterminate`.
+    pub fn on_error_reply(&self, error: RpcError) -> RpcError {
+        match error {
+            RpcError::DeadlineExceeded if self.policy == RetryPolicy::AtMostOnce => {
+                RpcError::Indeterminate(Box::new(error))
+            }
+            e => e,
+        }
+    }
+
     /// The error of a call that stops trying (no endpoint became ready by the
     /// deadline, or the attempts are used up): unavailable, with the last failure.
     pub fn gave_up(&mut self) -> RpcError {
@@ -370,6 +383,22 @@ mod tests {
         for (name, policy, outcome, end, want) in rows {
             assert_eq!(after_one(policy, outcome, end), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_deadline_status_from_the_server_may_have_run() {
+        let t0 = Instant::now();
+        let once = call(RetryPolicy::AtMostOnce, t0);
+        let e = once.on_error_reply(RpcError::DeadlineExceeded);
+        assert_eq!(
+            chain(&e),
+            "outcome unknown, the request may have run: deadline exceeded"
+        );
+        let e = once.on_error_reply(RpcError::BadRequest("no".into()));
+        assert_eq!(chain(&e), "bad request: no");
+        let retried = call(RetryPolicy::Retry, t0);
+        let e = retried.on_error_reply(RpcError::DeadlineExceeded);
+        assert_eq!(chain(&e), "deadline exceeded");
     }
 
     #[test]
