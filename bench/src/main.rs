@@ -31,6 +31,7 @@
 //! BENCH_SERVER_PID, the server's).
 
 mod failover;
+mod floors;
 mod measure;
 mod memory;
 mod rows;

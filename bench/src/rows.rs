@@ -440,6 +440,7 @@ pub async fn suite() {
             .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
             .unwrap_or_else(|| all.to_vec())
     };
+    let mut flagged = Vec::new();
     for payload in list("BENCH_PAYLOADS", &[64, 4096, 1 << 20]) {
         let mut k = base.clone();
         k.payload = payload;
@@ -504,6 +505,18 @@ pub async fn suite() {
             }
             for (i, (kind, _)) in kinds.iter().enumerate() {
                 let col = |j: usize| median(results[i].iter().map(|r| r[j]).collect());
+                let pinned = crate::pinned_cpus().is_some();
+                if let Some(min) = crate::floors::floor(kind, conc, payload, pinned) {
+                    if col(3) < min {
+                        flagged.push(format!(
+                            "{} {} {}: {:.2} of raw TCP, under its floor of {min:.2}",
+                            name(kind),
+                            mode(conc, &used[i]),
+                            human(payload),
+                            col(3)
+                        ));
+                    }
+                }
                 println!(
                     "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1}+{:.1} | {:.2} |",
                     name(kind),
@@ -520,6 +533,9 @@ pub async fn suite() {
                 );
             }
         }
+    }
+    for f in &flagged {
+        println!("BELOW FLOOR (bench/src/floors.rs, docs/BENCHMARKS.md): {f}");
     }
 }
 
