@@ -1044,7 +1044,7 @@ async fn calls_dropped_at_random_points_leave_the_other_callers_served() {
     // already in their slot and their turn in the line of woken callers coming. The
     // calls kept must get their own answers, none waiting for a timer: a caller
     // dropped just as its reply lands can be woken as the first of a line and not
-    // pass the turn on; the relay's watchdog must then wake the line within 200 ms
+    // pass the turn on; the wake line's watchdog must then wake the line within 200 ms
     // (it slept until the next attempt deadline, here a minute away: 1 run in 6-25).
     let (server, client) = quiet_pair(CalcServer::new(MyCalc::default())).await;
     let calc = CalcClient::new(client.clone());

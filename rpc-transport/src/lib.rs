@@ -16,10 +16,11 @@
 //!   crate's `Outgoing`, a message whose last frame may be several buffers).
 //! - [`client`]: the reliable client: one DEALER connection per server endpoint,
 //!   deadlines, Lazy Pirate recreation, failover, endpoint health (`health.rs`), typed
-//!   calls (`call.rs`), acknowledgements of received replies (`endpoint.rs`).
+//!   calls (`call.rs`), acknowledgements of received replies (`member.rs`).
 //! - [`server`]: the RPC server: a ROUTER socket, dispatch to `rpc_core::Dispatch`
 //!   services, concurrency limit, reply cache that lets go of acknowledged replies
-//!   (`dedup.rs`), graceful drain.
+//!   (`reply_cache.rs`), graceful drain.
+//! - `sync.rs`: the crate's one poison-tolerant lock.
 //! - `timer.rs`: the clock of heartbeats and attempt deadlines, [`Timer`]: tokio's timer
 //!   (the default; `tokio::time::pause` controls it) or a thread of the crate, so that
 //!   tokio's threads sleep in `epoll_wait` without a timeout.
@@ -31,6 +32,7 @@ mod counter;
 pub mod message;
 pub mod server;
 pub mod socket;
+mod sync;
 mod timer;
 pub mod zmtp;
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use crate::socket::core::lock;
+use crate::sync::lock;
 
 /// Which clock keeps a socket's or a client's deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,7 +11,7 @@ use rpc_core::{
     PROTOCOL_VERSION,
 };
 
-use super::endpoint::Endpoint;
+use super::member::Member;
 use super::{Client, Verdict};
 use crate::message::{Message, Outgoing};
 
@@ -71,7 +71,7 @@ impl Client {
             attempt = tracing::field::Empty,
             endpoint = tracing::field::Empty
         );
-        let build = |attempt: u32, remaining: Duration, to: &Endpoint| {
+        let build = |attempt: u32, remaining: Duration, to: &Member| {
             let header = RequestHeader {
                 v: PROTOCOL_VERSION,
                 id,

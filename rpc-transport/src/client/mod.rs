@@ -21,22 +21,26 @@
 //!   carries out the retry decisions).
 //! - `retry.rs`: the retry and failover decision as a value: outcome and time in,
 //!   resend (where, when) or fail (with what) out.
-//! - `endpoint.rs`: one endpoint's connections (a second one opened when bulk requests
-//!   overlap), reader task and recreation, and the acknowledgements waiting to go there.
+//! - `member.rs`: one server of the pool ([`socket::Endpoint`](crate::socket::Endpoint)
+//!   names only its address): its connections (a second one opened when bulk requests
+//!   overlap), the task that watches its link go up and down, Lazy Pirate recreation,
+//!   and the acknowledgements waiting to go there.
 //! - `health.rs`: [`Health`], the per-endpoint policy as a plain value, and the
 //!   judgement of a stall (one stall of one connection, one strike).
-//! - `expiry.rs`: the task that ends attempts past their deadline.
-//! - `slot.rs`: where an attempt's reply waits for its caller, and its turn to pass on.
+//! - `watchdog.rs`: the task that ends attempts past their deadline and keeps the wake
+//!   line of callers (`socket/wake_line.rs`) moving.
+//! - `reply_cell.rs`: where an attempt's reply waits for its caller (filled without
+//!   waking it), and the caller's turn in the wake line.
 //! - `call.rs`: typed calls ([`Call`]) and the RPC envelope on top of the loop.
 //! - `stats.rs`: [`ClientStats`].
 
 mod call;
-mod endpoint;
-mod expiry;
 mod health;
+mod member;
+mod reply_cell;
 mod retry;
-mod slot;
 mod stats;
+mod watchdog;
 
 pub use call::{decode_result, decode_value, Call, CallOptions};
 pub use health::{Health, HealthState};
@@ -51,15 +55,16 @@ use rpc_core::{IdMap, RequestId, RetryPolicy, RpcError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use self::endpoint::{Endpoint, Sent};
 use self::health::Stall;
+use self::member::{Member, Sent};
 use self::retry::{Decision, Outcome, Retry};
 use self::stats::Counters;
 use crate::counter::{bump, read};
 use crate::message::{Message, Outgoing};
 use crate::socket::core::Answers;
-use crate::socket::relay::Relay;
+use crate::socket::wake_line::WakeLine;
 use crate::socket::SocketOptions;
+use crate::sync::lock;
 use crate::timer::Timer;
 use crate::zmtp::HeartbeatConfig;
 
@@ -262,26 +267,26 @@ impl ClientBuilder {
                 .map_err(|e| RpcError::Config(e.to_string()))?;
         }
         let inner = Arc::new(Inner {
-            endpoints: self.endpoints.into_iter().map(Endpoint::new).collect(),
+            endpoints: self.endpoints.into_iter().map(Member::new).collect(),
             pending: Mutex::new(IdMap::default()),
-            relay: Arc::default(),
-            expiry: Arc::new(expiry::Expiry::new()),
+            wake_line: Arc::default(),
+            watchdog: Arc::new(watchdog::Watchdog::new()),
             rr: AtomicUsize::new(0),
             changed: watch::channel(()).0,
             counters: Counters::default(),
             config: self.config,
         });
         for idx in 0..inner.endpoints.len() {
-            Endpoint::recreate(&inner, idx);
+            Member::recreate(&inner, idx);
         }
-        let watch = inner.expiry.clone();
+        let watch = inner.watchdog.clone();
         inner
-            .relay
+            .wake_line
             .set_watchdog(Box::new(move || watch.line_formed()));
         let timer = inner.config.socket.timer;
-        tokio::spawn(expiry::run(
+        tokio::spawn(watchdog::run(
             Arc::downgrade(&inner),
-            inner.expiry.clone(),
+            inner.watchdog.clone(),
             timer,
         ));
         Ok(Client {
@@ -298,13 +303,13 @@ enum Event {
         msg: Message,
     },
     Lost,
-    /// The attempt's deadline passed (the expiry task removed it).
+    /// The attempt's deadline passed (the watchdog task removed it).
     TimedOut,
 }
 
 /// The attempt in flight for a request id.
 struct Pending {
-    slot: Arc<slot::Slot<Event>>,
+    slot: Arc<reply_cell::ReplyCell<Event>>,
     endpoint: usize,
     generation: u64,
     deadline: Instant,
@@ -321,10 +326,10 @@ pub(crate) enum Verdict<T> {
 }
 
 pub(crate) struct Inner {
-    endpoints: Vec<Endpoint>,
+    endpoints: Vec<Member>,
     pending: Mutex<IdMap<Pending>>,
-    relay: Arc<Relay>,
-    expiry: Arc<expiry::Expiry>,
+    wake_line: Arc<WakeLine>,
+    watchdog: Arc<watchdog::Watchdog>,
     rr: AtomicUsize,
     /// Bumped whenever an endpoint's eligibility may have changed.
     changed: watch::Sender<()>,
@@ -338,7 +343,7 @@ fn now_std() -> std::time::Instant {
 
 impl Inner {
     fn pending(&self) -> MutexGuard<'_, IdMap<Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pending)
     }
 
     /// A reply arrived on endpoint `idx`: `[id][empty][frames...]`.
@@ -522,7 +527,7 @@ impl Inner {
             tracing::info!(endpoint = %ep.addr, "connection silent: recreating it");
             // Under the lock of the judgement: another attempt of this stall finds
             // the connection recreated.
-            Endpoint::recreate_locked(self, idx, &mut st);
+            Member::recreate_locked(self, idx, &mut st);
         }
         self.fail_in_flight(idx, sent.generation);
         self.changed.send_replace(());
@@ -615,7 +620,7 @@ impl Drop for CloseOnDrop {
         for ep in &self.0.endpoints {
             ep.close();
         }
-        self.0.expiry.stop();
+        self.0.watchdog.stop();
     }
 }
 
@@ -734,7 +739,7 @@ impl Client {
         retry: RetryPolicy,
         timeout: Duration,
         acks: bool,
-        mut build: impl FnMut(u32, Duration, &Endpoint) -> Outgoing,
+        mut build: impl FnMut(u32, Duration, &Member) -> Outgoing,
         mut classify: impl FnMut(Message) -> Verdict<T>,
     ) -> Result<T, RpcError> {
         let inner = &*self.inner;
@@ -755,7 +760,7 @@ impl Client {
         policy: RetryPolicy,
         timeout: Duration,
         acks: bool,
-        build: &mut impl FnMut(u32, Duration, &Endpoint) -> Outgoing,
+        build: &mut impl FnMut(u32, Duration, &Member) -> Outgoing,
         classify: &mut impl FnMut(Message) -> Verdict<T>,
     ) -> Result<T, RpcError> {
         let inner = &self.inner;
@@ -807,7 +812,7 @@ impl Client {
                 return Err(RpcError::MessageTooLarge { size, max });
             }
             guard.clear = false;
-            let slot = slot::Slot::new();
+            let slot = reply_cell::ReplyCell::new();
             let attempt_deadline = Instant::from_std(retry.attempt_deadline(sent_at.into_std()));
             // Registered before sending, so that even an instant reply finds it.
             let registered = ep.generation();
@@ -839,8 +844,8 @@ impl Client {
             self.count_sent(ep, idx, avoid, retry.attempts());
             ep.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&ep.outstanding);
-            inner.expiry.watch(attempt_deadline);
-            let mut turn = slot::Turn::new(&inner.relay, slot);
+            inner.watchdog.watch(attempt_deadline);
+            let mut turn = reply_cell::Turn::new(&inner.wake_line, slot);
             let event = std::future::poll_fn(|cx| turn.poll_take(cx)).await;
             // The next caller's turn, before this one's reply is decoded.
             drop(turn);
@@ -898,7 +903,7 @@ impl Client {
 
     /// Counts an attempt sent to `idx` (a resend when `attempt` > 1, a failover when
     /// the endpoint that failed before was another).
-    fn count_sent(&self, ep: &Endpoint, idx: usize, failed: Option<usize>, attempt: u32) {
+    fn count_sent(&self, ep: &Member, idx: usize, failed: Option<usize>, attempt: u32) {
         let c = &self.inner.counters;
         bump(&c.attempts);
         bump(&ep.counters.sent);

@@ -8,16 +8,16 @@
 //!
 //! # Layout
 //! - `mod.rs`: [`Server`], [`ServerBuilder`], [`ServerHandle`], the receive loop.
-//! - `dedup.rs`: the reply cache (bounded in entries, bytes and age).
+//! - `reply_cache.rs`: the reply cache (bounded in entries, bytes and age).
 //! - `context.rs`: [`RequestContext`], what a handler can learn about its request.
 //! - `handler.rs`: a handler's future, with its context and its panics caught.
 
 mod context;
-mod dedup;
 mod handler;
+mod reply_cache;
 
 pub use context::RequestContext;
-use dedup::{Lookup, ReplyCache};
+use reply_cache::{Lookup, ReplyCache};
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -43,6 +43,7 @@ use crate::counter::{bump, read};
 use crate::message::Outgoing;
 use crate::socket::core::{Answers, Direct, Inbound, PeerId};
 use crate::socket::{Endpoint, RouterSocket, SocketError, SocketOptions};
+use crate::sync::lock;
 use crate::zmtp::HeartbeatConfig;
 
 /// Entry point: `Server::builder()`.
@@ -236,7 +237,7 @@ impl ServerBuilder {
             batch: ANSWER_BATCH,
             small_answers: Some((SMALL_ANSWER_BATCH, SMALL_ANSWER_BYTES)),
             answers: true,
-            relay: None,
+            wake_line: None,
         });
         let (stop, stop_rx) = watch::channel(false);
         let drain = self.drain_timeout;
@@ -726,7 +727,7 @@ impl Shared {
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, ReplyCache<Waiter>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.cache)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
@@ -15,9 +15,10 @@ use super::backoff::{Backoff, SplitMix64};
 use super::endpoint::{self, Endpoint, Listener};
 use super::engine;
 use super::outbox::Outbox;
-use super::relay::Relay;
+use super::wake_line::WakeLine;
 use super::{SocketError, SocketOptions};
 use crate::message::{Message, Outgoing};
+use crate::sync::lock;
 use crate::zmtp::{PeerInfo, SocketType};
 
 /// A connection's number within its socket; never reused.
@@ -61,7 +62,7 @@ impl Answers<'_> {
     }
 
     /// Wakes the caller a message was for once the pass ends: in turn, through the
-    /// sink's [`Relay`], with the other callers of the pass.
+    /// sink's [`WakeLine`], with the other callers of the pass.
     pub fn wake(&mut self, w: Waker) {
         self.woken.push(w);
     }
@@ -83,7 +84,7 @@ pub(crate) struct Direct {
     pub answers: bool,
     /// Wakes the callers of a burst of messages one after another (the reliable
     /// client's; see [`Answers::wake`]).
-    pub relay: Option<Arc<Relay>>,
+    pub wake_line: Option<Arc<WakeLine>>,
 }
 
 struct PeerEntry {
@@ -125,12 +126,6 @@ pub(crate) struct Core {
     /// Why the last connect or connection of this socket failed (refused, reset,
     /// handshake failed, ...); `None` once a handshake completed after it.
     failure: watch::Sender<Option<Arc<str>>>,
-}
-
-/// Locks `m`, poisoned or not: for locks whose every update is a single push, remove or
-/// replacement (this module's, the timer thread's), which a panic cannot leave half done.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A wait for room in one peer's send queue, tagged with what names the peer.

@@ -1,5 +1,6 @@
 //! Endpoints (`tcp://`, `ipc://`, `inproc://`), listening and connecting.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -178,7 +179,7 @@ impl Listener {
                 Ok((Listener::Ipc(l, path.clone()), ep.clone()))
             }
             Endpoint::Inproc(name) => {
-                let mut reg = inproc_registry().lock().unwrap_or_else(|p| p.into_inner());
+                let mut reg = lock(inproc_registry());
                 if reg.get(name).is_some_and(|tx| !tx.is_closed()) {
                     return Err(io_err(std::io::ErrorKind::AddrInUse.into()));
                 }
@@ -213,7 +214,7 @@ impl Drop for Listener {
             }
             Listener::Inproc(rx, name) => {
                 rx.close();
-                let mut reg = inproc_registry().lock().unwrap_or_else(|p| p.into_inner());
+                let mut reg = lock(inproc_registry());
                 if reg.get(name).is_some_and(|tx| tx.is_closed()) {
                     reg.remove(name);
                 }
@@ -234,9 +235,7 @@ pub(crate) async fn connect(ep: &Endpoint) -> std::io::Result<Io> {
             path.display().to_string(),
         )),
         Endpoint::Inproc(name) => {
-            let tx = inproc_registry()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            let tx = lock(inproc_registry())
                 .get(name)
                 .cloned()
                 .ok_or(std::io::ErrorKind::ConnectionRefused)?;

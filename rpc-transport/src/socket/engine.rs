@@ -17,7 +17,7 @@ use super::core::{Answers, Core, Inbound, PeerGuard};
 use super::endpoint::Io;
 use super::outbox::Outbox;
 use super::recv_buf::RecvBuf;
-use super::relay::Relay;
+use super::wake_line::WakeLine;
 use crate::message::Outgoing;
 use crate::timer::Alarm;
 use crate::zmtp::{Connection, ConnectionConfig, Event, ZmtpError};
@@ -155,9 +155,9 @@ impl<'a> Engine<'a> {
         self.answering() && self.unsent() >= TX_HIGH
     }
 
-    /// The relay of the socket's direct sink, if it has one.
-    fn relay(&self) -> Option<&'a Relay> {
-        self.core.direct.get().and_then(|d| d.relay.as_deref())
+    /// The wake line of the socket's direct sink, if it has one.
+    fn wake_line(&self) -> Option<&'a WakeLine> {
+        self.core.direct.get().and_then(|d| d.wake_line.as_deref())
     }
 
     /// The socket's direct sink answers what it receives (a server, not a client).
@@ -263,7 +263,7 @@ impl<'a> Engine<'a> {
                 Ok(left) => left,
             };
             if !self.woken.is_empty() {
-                match self.relay() {
+                match self.wake_line() {
                     Some(r) => r.hand_over(&mut self.woken),
                     None => self.woken.drain(..).for_each(Waker::wake),
                 }
@@ -365,7 +365,7 @@ impl<'a> Engine<'a> {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Exit::End(End::Eof)),
                     Poll::Ready(Ok(n)) => {
                         self.rbuf.on_read(n, room);
-                        if self.relay().is_some() {
+                        if self.wake_line().is_some() {
                             // The reliable client's: whether a server is alive.
                             self.core.on_read();
                         }
@@ -386,7 +386,7 @@ impl<'a> Engine<'a> {
 
             // The connection's deadline: fired, or armed (again) for the next one.
             if self.alarm.take_fired() {
-                if let Some(r) = self.relay() {
+                if let Some(r) = self.wake_line() {
                     // No caller waits behind one that is never polled for longer.
                     r.wake_all();
                 }
@@ -411,7 +411,10 @@ impl<'a> Engine<'a> {
                     // a single CPU it only delays the peer: 5-11% more round trips
                     // without it, both processes pinned to one CPU.
                     cx.waker().wake_by_ref();
-                } else if self.corked && !self.relay().is_some_and(|r| r.wake_when_done(cx.waker()))
+                } else if self.corked
+                    && !self
+                        .wake_line()
+                        .is_some_and(|r| r.wake_when_done(cx.waker()))
                 {
                     // The next poll releases the held messages: once the woken
                     // callers had their turn, or else at once.

@@ -16,7 +16,7 @@
 //! - `core.rs`: the peer table, round-robin (the least busy peer for direct sends),
 //!   binds and connect loops.
 //! - `engine.rs`: the per-connection task; `recv_buf.rs`: its receive buffers;
-//!   `relay.rs`: the order in which it wakes the callers of a burst of replies;
+//!   `wake_line.rs`: the order in which it wakes the callers of a burst of replies;
 //!   `outbox.rs`: its sending side, which the reliable client may write to directly.
 //! - `backoff.rs`: [`Backoff`] with a seedable RNG.
 //! - `req.rs`, `rep.rs`, `dealer.rs`, `router.rs`: the semantics of 28/REQREP.
@@ -29,10 +29,10 @@ mod engine;
 mod options;
 mod outbox;
 mod recv_buf;
-pub(crate) mod relay;
 mod rep;
 mod req;
 mod router;
+pub(crate) mod wake_line;
 
 pub use backoff::{Backoff, SplitMix64};
 pub use dealer::DealerSocket;

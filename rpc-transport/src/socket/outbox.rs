@@ -17,6 +17,7 @@ use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 
 use crate::message::Outgoing;
+use crate::sync::lock;
 use crate::zmtp::TxQueue;
 
 /// IoSlices per vectored write.
@@ -102,7 +103,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// The writer if nobody else holds it.
@@ -209,7 +210,7 @@ impl Outbox {
         if self.handed_n.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut h = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = lock(&self.handed);
         for m in h.drain(..) {
             queue.push_message(&m.frames, m.joined);
         }
@@ -225,7 +226,7 @@ impl Outbox {
             Some(g) => g,
             None => {
                 {
-                    let mut h = self.handed.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut h = lock(&self.handed);
                     if h.len() >= HANDED_MAX {
                         return Err(msg);
                     }

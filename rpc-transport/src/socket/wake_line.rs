@@ -6,24 +6,25 @@
 //! cache misses per burst). With 16 callers on one connection those wake-ups cost the
 //! client more than the calls did (5.0 us of CPU per call with two workers, 3.4 us
 //! with one). Instead the first caller of a burst is woken and the others wait in a
-//! [`Relay`]: each caller that takes its reply wakes the next one, on the thread it
+//! [`WakeLine`]: each caller that takes its reply wakes the next one, on the thread it
 //! runs on (tokio's LIFO slot: no unpark). The last one wakes the connection tasks
 //! that wait for the burst to end (to write the requests the callers left corked).
 //!
 //! A line runs on one thread at a time: callers that work between calls would all
 //! wait for one worker (8 callers spinning 1 ms after each call, 2 workers: 168 ms
-//! before the relay, 252 ms with it). A turn longer than [`SLOW_TURN`] breaks the line
+//! before the wake line, 252 ms with it). A turn longer than [`SLOW_TURN`] breaks the line
 //! up (166 ms).
 //!
 //! A caller woken but never polled again (nor dropped) would hold up the ones behind
 //! it, whose replies are already in their slots (no deadline of theirs is pending any
 //! more). (A caller dropped before its reply lands takes its waker out of its slot,
-//! so that it is never woken as part of a line; see `client::slot::Turn`.) A watchdog
-//! (the client's expiry task, told when a line forms while it is not watching one)
+//! so that it is never woken as part of a line; see `client::reply_cell::Turn`.) A watchdog
+//! (the client's watchdog task, told when a line forms while it is not watching one)
 //! looks at a waiting line every [`LINE_CHECK`] and wakes everyone when no turn was
 //! passed on since its last look; the connection task also wakes the line when its
 //! timer fires (heartbeats).
 
+use crate::sync::lock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 /// worker costs a few to tens of microseconds.
 const SLOW_TURN: Duration = Duration::from_micros(20);
 
-/// How often a watchdog looks at a waiting line (see [`Relay::unstick`]).
+/// How often a watchdog looks at a waiting line (see [`WakeLine::unstick`]).
 pub(crate) const LINE_CHECK: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
@@ -55,19 +56,19 @@ struct Queue {
 }
 
 /// Callers whose reply is waiting for them, woken one after another.
-pub(crate) struct Relay {
+pub(crate) struct WakeLine {
     queue: Mutex<Queue>,
     /// Length of `callers`, read without the lock.
     len: AtomicUsize,
     /// [`SLOW_TURN`], or longer in tests that look at the order alone.
     slow_turn: Duration,
-    /// Told when a line forms (see [`Relay::set_watchdog`]).
+    /// Told when a line forms (see [`WakeLine::set_watchdog`]).
     watchdog: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
-impl Default for Relay {
-    fn default() -> Relay {
-        Relay {
+impl Default for WakeLine {
+    fn default() -> WakeLine {
+        WakeLine {
             queue: Mutex::default(),
             len: AtomicUsize::new(0),
             slow_turn: SLOW_TURN,
@@ -76,14 +77,14 @@ impl Default for Relay {
     }
 }
 
-impl Relay {
-    /// A relay whose line never breaks up (tests of the order alone: a preempted test
+impl WakeLine {
+    /// A line whose line never breaks up (tests of the order alone: a preempted test
     /// thread must not count as a slow turn).
     #[cfg(test)]
-    pub fn patient() -> Relay {
-        Relay {
+    pub fn patient() -> WakeLine {
+        WakeLine {
             slow_turn: Duration::MAX,
-            ..Relay::default()
+            ..WakeLine::default()
         }
     }
 
@@ -113,7 +114,7 @@ impl Relay {
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.queue)
     }
 
     /// Whether no caller waits for its turn.
@@ -239,7 +240,7 @@ pub(crate) mod tests {
 
     use std::time::{Duration, Instant};
 
-    use super::{Relay, SLOW_TURN};
+    use super::{WakeLine, SLOW_TURN};
 
     /// A waker that counts its wake-ups.
     #[derive(Default)]
@@ -263,18 +264,18 @@ pub(crate) mod tests {
 
     #[test]
     fn callers_of_a_pass_are_woken_one_after_another_then_the_task() {
-        let relay = Relay::patient();
+        let line = WakeLine::patient();
         let (callers, wakers) = counted(3);
         let (task, task_waker) = counted(1);
         let mut pass = wakers;
-        relay.hand_over(&mut pass);
+        line.hand_over(&mut pass);
         assert!(pass.is_empty(), "the pass's list is emptied for reuse");
         assert_eq!(woken(&callers), [1, 0, 0], "only the first at once");
-        assert!(relay.wake_when_done(&task_waker[0]));
-        relay.pass_on();
+        assert!(line.wake_when_done(&task_waker[0]));
+        line.pass_on();
         assert_eq!(woken(&callers), [1, 1, 0]);
         assert_eq!(woken(&task), [0], "a caller still waits");
-        relay.pass_on();
+        line.pass_on();
         assert_eq!(woken(&callers), [1, 1, 1]);
         assert_eq!(
             woken(&task),
@@ -282,100 +283,100 @@ pub(crate) mod tests {
             "the last caller is awake: the task's turn"
         );
         // The last caller passes on to no one.
-        relay.pass_on();
+        line.pass_on();
         assert_eq!(woken(&callers), [1, 1, 1]);
-        assert!(relay.is_empty());
-        assert!(!relay.wake_when_done(&task_waker[0]), "nothing to wait for");
+        assert!(line.is_empty());
+        assert!(!line.wake_when_done(&task_waker[0]), "nothing to wait for");
     }
 
     #[test]
     fn a_later_pass_queues_behind_callers_still_waiting() {
-        let relay = Relay::patient();
+        let line = WakeLine::patient();
         let (first, w1) = counted(2);
         let (second, w2) = counted(2);
-        relay.hand_over(&mut w1.clone());
-        relay.hand_over(&mut w2.clone());
+        line.hand_over(&mut w1.clone());
+        line.hand_over(&mut w2.clone());
         assert_eq!(woken(&first), [1, 0]);
         assert_eq!(woken(&second), [0, 0], "the awake caller will pass on");
-        relay.pass_on();
-        relay.pass_on();
+        line.pass_on();
+        line.pass_on();
         assert_eq!((woken(&first), woken(&second)), (vec![1, 1], vec![1, 0]));
-        relay.pass_on();
+        line.pass_on();
         assert_eq!(woken(&second), [1, 1]);
         // Once the line is empty, a pass's first caller is woken at once again.
         let (third, w3) = counted(1);
-        relay.hand_over(&mut w3.clone());
+        line.hand_over(&mut w3.clone());
         assert_eq!(woken(&third), [1]);
     }
 
     #[test]
     fn wake_all_leaves_no_one_waiting() {
-        let relay = Relay::patient();
+        let line = WakeLine::patient();
         let (callers, wakers) = counted(4);
         let (task, task_waker) = counted(1);
-        relay.hand_over(&mut wakers.clone());
-        assert!(relay.wake_when_done(&task_waker[0]));
-        relay.wake_all();
+        line.hand_over(&mut wakers.clone());
+        assert!(line.wake_when_done(&task_waker[0]));
+        line.wake_all();
         assert_eq!(woken(&callers), [1, 1, 1, 1]);
         assert_eq!(woken(&task), [1]);
-        assert!(relay.is_empty());
+        assert!(line.is_empty());
     }
 
     #[test]
     fn the_watchdog_wakes_a_line_that_does_not_move() {
-        let relay = Relay::patient();
+        let line = WakeLine::patient();
         let formed = Arc::new(Count::default());
-        relay.set_watchdog(Box::new({
+        line.set_watchdog(Box::new({
             let formed = formed.clone();
             move || {
                 formed.0.fetch_add(1, Ordering::SeqCst);
             }
         }));
-        assert!(!relay.unstick(), "no line: nothing to watch");
+        assert!(!line.unstick(), "no line: nothing to watch");
         let (callers, wakers) = counted(3);
-        relay.hand_over(&mut wakers.clone());
+        line.hand_over(&mut wakers.clone());
         assert_eq!(formed.0.load(Ordering::SeqCst), 1, "told when a line forms");
         // First look: the line is new.
-        assert!(relay.unstick());
+        assert!(line.unstick());
         assert_eq!(woken(&callers), [1, 0, 0]);
         // It moved since: still fine.
-        relay.pass_on();
-        assert!(relay.unstick());
+        line.pass_on();
+        assert!(line.unstick());
         assert_eq!(woken(&callers), [1, 1, 0]);
         // The second caller was woken but is never polled: the next look wakes the rest.
-        assert!(!relay.unstick(), "everyone woken: nothing left to watch");
+        assert!(!line.unstick(), "everyone woken: nothing left to watch");
         assert_eq!(woken(&callers), [1, 1, 1]);
         // A line seen waiting, then woken whole (a slow turn, a heartbeat): a line
         // that forms later is new at the next look, not stuck.
         let (c2, w2) = counted(2);
-        relay.hand_over(&mut w2.clone());
-        assert!(relay.unstick());
-        relay.wake_all();
+        line.hand_over(&mut w2.clone());
+        assert!(line.unstick());
+        line.wake_all();
         let (c3, w3) = counted(2);
-        relay.hand_over(&mut w3.clone());
-        assert!(relay.unstick());
+        line.hand_over(&mut w3.clone());
+        assert!(line.unstick());
         assert_eq!((woken(&c2), woken(&c3)), (vec![1, 1], vec![1, 0]));
         // Alone, a caller forms no line.
-        relay.wake_all();
+        line.wake_all();
         let (one, w) = counted(1);
-        relay.hand_over(&mut w.clone());
+        line.hand_over(&mut w.clone());
         assert_eq!((woken(&one), formed.0.load(Ordering::SeqCst)), (vec![1], 3));
     }
 
     #[test]
     fn a_slow_turn_breaks_the_line_up() {
-        let relay = Relay::default();
+        let line = WakeLine::default();
         let t0 = Instant::now();
         let (callers, wakers) = counted(4);
-        relay.hand_over_at(&mut wakers.clone(), || t0);
+        line.hand_over_at(&mut wakers.clone(), || t0);
         assert_eq!(woken(&callers), [1, 0, 0, 0]);
         // A quick turn: the next caller only.
         let t1 = t0 + SLOW_TURN / 2;
-        relay.pass_on_at(t1);
+        line.pass_on_at(t1);
         assert_eq!(woken(&callers), [1, 1, 0, 0]);
         // That caller worked long before passing on: everyone left is woken.
-        relay.pass_on_at(t1 + SLOW_TURN + Duration::from_micros(1));
+        line.pass_on_at(t1 + SLOW_TURN + Duration::from_micros(1));
         assert_eq!(woken(&callers), [1, 1, 1, 1]);
-        assert!(relay.is_empty());
+        assert!(line.is_empty());
     }
 }

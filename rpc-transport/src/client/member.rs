@@ -1,5 +1,5 @@
-//! One server endpoint of the reliable client: its DEALER connection, the task that
-//! reads replies from it, its health, and Lazy Pirate recreation.
+//! One server of the reliable client's pool (a [`Member`]): its DEALER connection, the
+//! task that watches its link go up and down, its health, and Lazy Pirate recreation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +14,7 @@ use super::Inner;
 use crate::message::Outgoing;
 use crate::socket::core::{Core, Direct};
 use crate::socket::DealerSocket;
+use crate::sync::lock;
 
 /// The live connection of an endpoint.
 struct Conn {
@@ -58,14 +59,14 @@ impl State {
     }
 }
 
-pub(crate) struct Endpoint {
+pub(crate) struct Member {
     pub addr: String,
     pub state: Mutex<State>,
     /// Attempts in flight here (for least-outstanding balancing).
     pub outstanding: AtomicUsize,
     /// True while connected with no strikes: eligible without looking at the clock, so
     /// that picking an endpoint takes no lock, and a reply has no strikes to clear
-    /// (no lock either). Written under the state lock by [`Endpoint::set_ready`];
+    /// (no lock either). Written under the state lock by [`Member::set_ready`];
     /// when false, the health under the lock decides.
     ready: AtomicBool,
     /// The state's generation, readable without the lock (written under it).
@@ -77,7 +78,7 @@ pub(crate) struct Endpoint {
     acks: Mutex<Vec<RequestId>>,
 }
 
-/// Requests at least this large are bulk: see [`Endpoint::try_send`]. One loopback TCP
+/// Requests at least this large are bulk: see [`Member::try_send`]. One loopback TCP
 /// connection carried sixteen callers' 1 MiB calls at 0.71-0.91 of what sixteen
 /// connections did; two carried 1.00-1.06 (2026-11-28/29, `bbr`).
 pub(crate) const BULK_MIN: usize = 64 * 1024;
@@ -85,9 +86,9 @@ pub(crate) const BULK_MIN: usize = 64 * 1024;
 /// Most acknowledgements an endpoint holds for its next requests.
 const ACKS_HELD: usize = 4 * MAX_ACKS;
 
-impl Endpoint {
-    pub fn new(addr: String) -> Endpoint {
-        Endpoint {
+impl Member {
+    pub fn new(addr: String) -> Member {
+        Member {
             addr,
             state: Mutex::new(State {
                 health: Health::new(),
@@ -105,12 +106,12 @@ impl Endpoint {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// A reply of call `id` came from here.
     pub fn received(&self, id: RequestId) {
-        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut acks = lock(&self.acks);
         if acks.len() >= ACKS_HELD {
             acks.remove(0);
         }
@@ -120,7 +121,7 @@ impl Endpoint {
     /// Runs `f` with the acknowledgements for the next request here (the oldest, at
     /// most [`MAX_ACKS`]), which are then taken.
     pub fn with_acks<R>(&self, f: impl FnOnce(&[RequestId]) -> R) -> R {
-        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut acks = lock(&self.acks);
         let n = acks.len().min(MAX_ACKS);
         let r = f(&acks[..n]);
         acks.drain(..n);
@@ -190,10 +191,10 @@ impl Endpoint {
     /// socket, open a new one". Returns the new generation.
     pub fn recreate(inner: &Arc<Inner>, idx: usize) -> u64 {
         let mut st = inner.endpoints[idx].lock();
-        Endpoint::recreate_locked(inner, idx, &mut st)
+        Member::recreate_locked(inner, idx, &mut st)
     }
 
-    /// [`Endpoint::recreate`] under the state's lock, held by the caller since it
+    /// [`Member::recreate`] under the state's lock, held by the caller since it
     /// decided to: two callers cannot both recreate one connection.
     pub fn recreate_locked(inner: &Arc<Inner>, idx: usize, st: &mut State) -> u64 {
         let ep = &inner.endpoints[idx];
@@ -210,7 +211,7 @@ impl Endpoint {
                     }
                 },
             ),
-            relay: Some(inner.relay.clone()),
+            wake_line: Some(inner.wake_line.clone()),
             // Handing replies over in groups gained nothing on the client side.
             batch: usize::MAX,
             small_answers: None,
@@ -232,7 +233,7 @@ impl Endpoint {
                 break;
             }
         }
-        let reader = tokio::spawn(read_loop(inner.clone(), idx, generation, sock));
+        let reader = tokio::spawn(watch_link(inner.clone(), idx, generation, sock));
         st.conn = Some(Conn {
             core,
             reader: reader.abort_handle(),
@@ -250,7 +251,7 @@ impl Endpoint {
 
 /// Owns the socket of one connection generation and reports its link changes: up or
 /// down, and why connecting or a connection failed.
-async fn read_loop(inner: Arc<Inner>, idx: usize, generation: u64, sock: DealerSocket) {
+async fn watch_link(inner: Arc<Inner>, idx: usize, generation: u64, sock: DealerSocket) {
     let mut peers = sock.watch_peers();
     let mut failure = sock.core().watch_failure();
     // The handshake may have completed before this task subscribed: look at the

@@ -3,12 +3,13 @@
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::socket::relay::Relay;
+use crate::socket::wake_line::WakeLine;
+use crate::sync::lock;
 
 /// The outcome of an attempt and the waker of its caller. Unlike a oneshot channel,
 /// filling it does not wake the caller: the filler decides when (see
-/// [`Relay`](crate::socket::relay::Relay)).
-pub(crate) struct Slot<E> {
+/// [`WakeLine`](crate::socket::wake_line::WakeLine)).
+pub(crate) struct ReplyCell<E> {
     state: Mutex<State<E>>,
 }
 
@@ -18,10 +19,10 @@ struct State<E> {
     filled: bool,
 }
 
-impl<E> Slot<E> {
+impl<E> ReplyCell<E> {
     /// An empty slot.
-    pub fn new() -> Arc<Slot<E>> {
-        Arc::new(Slot {
+    pub fn new() -> Arc<ReplyCell<E>> {
+        Arc::new(ReplyCell {
             state: Mutex::new(State {
                 outcome: None,
                 waker: None,
@@ -46,7 +47,7 @@ impl<E> Slot<E> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<E>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// The outcome, or `Pending` with the caller's waker kept.
@@ -64,27 +65,27 @@ impl<E> Slot<E> {
     }
 }
 
-/// The turn of one attempt's caller in the client's [`Relay`]: whatever ends the
+/// The turn of one attempt's caller in the client's [`WakeLine`]: whatever ends the
 /// attempt (its outcome taken, a timeout, the call dropped), a caller whose slot was
 /// filled wakes the next one in line, or the callers behind it would wait for a
 /// wake-up that never comes.
 pub(crate) struct Turn<'a, E> {
-    relay: &'a Relay,
-    slot: Arc<Slot<E>>,
+    line: &'a WakeLine,
+    slot: Arc<ReplyCell<E>>,
     taken: bool,
 }
 
 impl<'a, E> Turn<'a, E> {
     /// The turn of the caller of `slot`.
-    pub fn new(relay: &'a Relay, slot: Arc<Slot<E>>) -> Turn<'a, E> {
+    pub fn new(line: &'a WakeLine, slot: Arc<ReplyCell<E>>) -> Turn<'a, E> {
         Turn {
-            relay,
+            line,
             slot,
             taken: false,
         }
     }
 
-    /// [`Slot::poll_take`], remembering that the outcome was taken.
+    /// [`ReplyCell::poll_take`], remembering that the outcome was taken.
     pub fn poll_take(&mut self, cx: &mut Context<'_>) -> Poll<E> {
         let r = self.slot.poll_take(cx);
         self.taken |= r.is_ready();
@@ -105,8 +106,8 @@ impl<E> Drop for Turn<'_, E> {
             st.filled
         };
         // With no one in line there is no one to wake (and no lock to take).
-        if filled && !self.relay.is_empty() {
-            self.relay.pass_on();
+        if filled && !self.line.is_empty() {
+            self.line.pass_on();
         }
     }
 }
@@ -115,12 +116,12 @@ impl<E> Drop for Turn<'_, E> {
 mod tests {
     use std::task::{Context, Poll};
 
-    use super::{Relay, Slot, Turn};
-    use crate::socket::relay::tests::{counted, woken};
+    use super::{ReplyCell, Turn, WakeLine};
+    use crate::socket::wake_line::tests::{counted, woken};
 
     #[test]
     fn filling_does_not_wake_and_the_outcome_is_taken_once() {
-        let slot = Slot::new();
+        let slot = ReplyCell::new();
         let (count, wakers) = counted(1);
         let mut cx = Context::from_waker(&wakers[0]);
         assert!(slot.poll_take(&mut cx).is_pending());
@@ -131,7 +132,7 @@ mod tests {
         assert!(slot.poll_take(&mut cx).is_pending());
         assert!(slot.filled());
         // Filled before the caller waited: no waker to hand back.
-        let early = Slot::new();
+        let early = ReplyCell::new();
         assert!(early.fill(1u8).is_none());
     }
 
@@ -139,8 +140,8 @@ mod tests {
     fn a_caller_dropped_before_its_turn_still_passes_it_on() {
         // Three callers of one pass; the second is cancelled (its attempt dropped)
         // without taking its reply: the third must still be woken.
-        let relay = Relay::patient();
-        let slots: Vec<_> = (0..3).map(|_| Slot::new()).collect();
+        let line = WakeLine::patient();
+        let slots: Vec<_> = (0..3).map(|_| ReplyCell::new()).collect();
         let (count, wakers) = counted(3);
         let mut pass = Vec::new();
         for (slot, w) in slots.iter().zip(&wakers) {
@@ -149,20 +150,20 @@ mod tests {
         }
         let mut turns: Vec<_> = slots
             .iter()
-            .map(|slot| Some(Turn::new(&relay, slot.clone())))
+            .map(|slot| Some(Turn::new(&line, slot.clone())))
             .collect();
-        relay.hand_over(&mut pass);
+        line.hand_over(&mut pass);
         assert_eq!(woken(&count), [1, 0, 0]);
         turns[0].take();
         assert_eq!(woken(&count), [1, 1, 0]);
         turns[1].take();
         assert_eq!(woken(&count), [1, 1, 1], "the dropped caller passed on");
         turns[2].take();
-        assert!(relay.is_empty());
+        assert!(line.is_empty());
         // An attempt that ends without a reply (a timeout) wakes no one.
         let (other, w) = counted(2);
-        relay.hand_over(&mut w.clone());
-        let unfilled = Turn::new(&relay, Slot::<u8>::new());
+        line.hand_over(&mut w.clone());
+        let unfilled = Turn::new(&line, ReplyCell::<u8>::new());
         drop(unfilled);
         assert_eq!(woken(&other), [1, 0]);
     }
@@ -172,10 +173,10 @@ mod tests {
         // The caller waited (its waker is in the slot), then gave up before its reply
         // landed: the fill must not hand its waker over, or it would be woken as the
         // first of a line and pass nothing on.
-        let relay = Relay::patient();
-        let slot = Slot::new();
+        let line = WakeLine::patient();
+        let slot = ReplyCell::new();
         let (_, wakers) = counted(1);
-        let mut turn = Turn::new(&relay, slot.clone());
+        let mut turn = Turn::new(&line, slot.clone());
         assert!(turn
             .poll_take(&mut Context::from_waker(&wakers[0]))
             .is_pending());
@@ -185,8 +186,8 @@ mod tests {
             "a gone caller's waker was handed over"
         );
         // One that took its outcome keeps the usual course.
-        let slot = Slot::new();
-        let mut turn = Turn::new(&relay, slot.clone());
+        let slot = ReplyCell::new();
+        let mut turn = Turn::new(&line, slot.clone());
         let cx = &mut Context::from_waker(&wakers[0]);
         assert!(turn.poll_take(cx).is_pending());
         assert!(slot.fill(1u8).is_some());
