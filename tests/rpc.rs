@@ -1426,3 +1426,44 @@ async fn a_request_over_the_size_limit_fails_at_once_and_sends_nothing() {
     // The connection is untouched: other calls go on.
     assert_eq!(echo.echo("small".into()).await.unwrap(), "small");
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_every_server_overloaded_the_retry_budget_bounds_the_attempts() {
+    let (server, client) = paused_pair(
+        calc_server().max_concurrency(1),
+        Client::builder()
+            .attempt_timeout(Duration::from_secs(200))
+            .call_timeout(Duration::from_secs(200)),
+    )
+    .await;
+    let calc = CalcClient::new(client.clone());
+    // The only slot is taken for 100 s (of paused time).
+    let busy = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.sleep_ms(100_000).timeout(Duration::from_secs(200)).await }
+    });
+    while server.stats().executed == 0 {
+        tokio::task::yield_now().await;
+    }
+    let before = client.stats();
+    const CALLS: u64 = 1000;
+    for _ in 0..CALLS {
+        let e = calc.add(1, 2).await.unwrap_err();
+        let overloaded = match &e {
+            RpcError::Overloaded(_) => true,
+            RpcError::Unavailable { last: Some(l), .. } => {
+                matches!(**l, RpcError::Overloaded(_))
+            }
+            _ => false,
+        };
+        assert!(overloaded && e.to_string().contains("overloaded"), "{e}");
+    }
+    let after = client.stats();
+    let attempts = after.attempts - before.attempts;
+    let per_call = attempts as f64 / CALLS as f64;
+    assert!(per_call <= 1.25, "{attempts} attempts for {CALLS} calls");
+    assert!(after.budget_refusals > 0, "{after:?}");
+    // Once the load is gone, the server serves again.
+    assert_eq!(busy.await.unwrap().unwrap(), 100_000);
+    assert_eq!(calc.add(1, 2).await.unwrap(), 3);
+}

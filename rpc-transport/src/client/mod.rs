@@ -34,6 +34,7 @@
 //! - `call.rs`: typed calls ([`Call`]) and the RPC envelope on top of the loop.
 //! - `stats.rs`: [`ClientStats`].
 
+mod budget;
 mod call;
 mod health;
 mod member;
@@ -42,6 +43,7 @@ mod retry;
 mod stats;
 mod watchdog;
 
+pub use budget::RetryBudget;
 pub use call::{decode_result, decode_value, Call, CallOptions};
 pub use health::{Health, HealthState};
 pub use stats::{ClientStats, EndpointStats};
@@ -104,6 +106,7 @@ pub(crate) struct Config {
 pub struct ClientBuilder {
     endpoints: Vec<String>,
     config: Config,
+    budget: RetryBudget,
 }
 
 impl Default for ClientBuilder {
@@ -117,6 +120,7 @@ impl ClientBuilder {
     pub fn new() -> ClientBuilder {
         ClientBuilder {
             endpoints: Vec::new(),
+            budget: RetryBudget::default(),
             config: Config {
                 call_timeout: Duration::from_secs(5),
                 attempt_timeout: Duration::from_secs(1),
@@ -181,6 +185,14 @@ impl ClientBuilder {
     /// after a stall.
     pub fn wait_for_ready(mut self, wait: bool) -> Self {
         self.config.wait_for_ready = wait;
+        self
+    }
+
+    /// How many resends the client makes, all calls together (default: 20% of calls
+    /// plus 10 a second; see [`RetryBudget`]). Past it a call fails with its last
+    /// attempt's failure instead of resending.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = budget;
         self
     }
 
@@ -274,6 +286,7 @@ impl ClientBuilder {
             rr: AtomicUsize::new(0),
             changed: watch::channel(()).0,
             counters: Counters::default(),
+            budget: budget::Budget::new(self.budget),
             config: self.config,
         });
         for idx in 0..inner.endpoints.len() {
@@ -335,6 +348,8 @@ pub(crate) struct Inner {
     changed: watch::Sender<()>,
     counters: Counters,
     pub(crate) config: Config,
+    /// Resends allowed, all calls together.
+    budget: budget::Budget,
 }
 
 fn now_std() -> std::time::Instant {
@@ -768,12 +783,16 @@ impl Client {
         // One clock reading serves the first attempt unless it waits for an endpoint.
         let mut now = Instant::now();
         let cfg = &inner.config;
+        inner.budget.deposit();
+        // The id's random bits draw the jitter of this call's delays.
+        let seed = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap_or_default());
         let mut retry = Retry::new(
             policy,
             cfg.max_attempts,
             cfg.attempt_timeout,
             now.into_std(),
             timeout,
+            seed,
         );
         let deadline = Instant::from_std(retry.deadline());
         let mut guard = CallGuard {
@@ -830,7 +849,7 @@ impl Client {
                 Err(_) => {
                     inner.pending().remove(&id);
                     now = Instant::now();
-                    decision = retry.on_outcome(idx, Outcome::NotSent, now.into_std());
+                    decision = retry.on_outcome(idx, Outcome::NotSent, now.into_std(), || true);
                     continue;
                 }
             };
@@ -897,7 +916,16 @@ impl Client {
                 }
             };
             now = Instant::now();
-            decision = retry.on_outcome(from, outcome, now.into_std());
+            let budget = &inner.budget;
+            let may_resend = || {
+                let ok = budget.try_withdraw(now.into_std());
+                if !ok {
+                    bump(&c.budget_refusals);
+                    tracing::debug!("retry budget spent: not resending");
+                }
+                ok
+            };
+            decision = retry.on_outcome(from, outcome, now.into_std(), may_resend);
         }
     }
 
@@ -935,6 +963,7 @@ impl Client {
             failed: read(&c.failed),
             attempts: read(&c.attempts),
             retries: read(&c.retries),
+            budget_refusals: read(&c.budget_refusals),
             timeouts: read(&c.timeouts),
             failovers: read(&c.failovers),
             reconnects: read(&c.reconnects),

@@ -16,16 +16,27 @@
 //! 3. A call whose deadline has passed ends [`RpcError::DeadlineExceeded`].
 //! 4. A call that has used its attempts ends [`RpcError::Unavailable`] with the last
 //!    attempt's failure.
-//! 5. Otherwise it is resent, avoiding the endpoint that failed, with the same id.
+//! 5. A resend the client's retry budget does not allow ends the call with the last
+//!    attempt's failure itself (the budget: `budget.rs`).
+//! 6. Otherwise it is resent, avoiding the endpoint that failed, with the same id: at
+//!    once, except after a second "did not run" answer in a row (OVERLOADED,
+//!    SHUTTING_DOWN), when it waits a growing, jittered delay (10 ms doubling to
+//!    500 ms, each drawn from the upper half): never a tight loop against servers
+//!    that refuse work. A delay that would pass the deadline ends the call now.
 
 use std::time::{Duration, Instant};
 
 use rpc_core::{RetryPolicy, RpcError};
 
+use crate::socket::{Backoff, SplitMix64};
+
 /// A pause before trying again a request that could not be written (no connection,
 /// queue full): long enough to let the endpoint's state catch up, short next to any
 /// deadline.
 pub(crate) const NOT_SENT_PAUSE: Duration = Duration::from_millis(1);
+
+/// The first and the longest delay between "did not run" answers in a row.
+const NOT_RUN_DELAY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(500));
 
 /// How far ahead a deadline too far to represent is put: any `Duration` is accepted as
 /// a timeout, and one past this is the same as this.
@@ -73,17 +84,25 @@ pub(crate) struct Retry {
     attempts: u32,
     /// The endpoint that failed last and why.
     last: Option<(usize, RpcError)>,
+    /// "Did not run" answers in a row.
+    not_run: u32,
+    /// Delays after them, made at the second (boxed: rare, and the call's future
+    /// stays small).
+    backoff: Option<Box<Backoff>>,
+    seed: u64,
 }
 
 impl Retry {
     /// A call started at `start` with `timeout` to run, at most `max_attempts` sends
-    /// (at least one), each waiting up to `attempt_timeout` for its reply.
+    /// (at least one), each waiting up to `attempt_timeout` for its reply. `seed`
+    /// draws the jitter of its delays (the request id's bits do).
     pub fn new(
         policy: RetryPolicy,
         max_attempts: u32,
         attempt_timeout: Duration,
         start: Instant,
         timeout: Duration,
+        seed: u64,
     ) -> Retry {
         Retry {
             policy,
@@ -92,6 +111,9 @@ impl Retry {
             deadline: later(start, timeout),
             attempts: 0,
             last: None,
+            not_run: 0,
+            backoff: None,
+            seed,
         }
     }
 
@@ -128,8 +150,15 @@ impl Retry {
     }
 
     /// What became of the attempt sent to `endpoint` (or meant for it, for
-    /// [`Outcome::NotSent`]), seen at `now`.
-    pub fn on_outcome(&mut self, endpoint: usize, outcome: Outcome, now: Instant) -> Decision {
+    /// [`Outcome::NotSent`]), seen at `now`. `may_resend` is asked (once) only when the
+    /// call would be resent: the client's retry budget.
+    pub fn on_outcome(
+        &mut self,
+        endpoint: usize,
+        outcome: Outcome,
+        now: Instant,
+        may_resend: impl FnOnce() -> bool,
+    ) -> Decision {
         let cause = match outcome {
             Outcome::NotSent => {
                 if now >= self.deadline {
@@ -151,13 +180,32 @@ impl Retry {
         if matches!(cause, RpcError::DeadlineExceeded) {
             return Decision::Fail(cause);
         }
+        self.not_run = if delivered { 0 } else { self.not_run + 1 };
         self.last = Some((endpoint, cause));
         if self.attempts >= self.max_attempts || now >= self.deadline {
             return Decision::Fail(self.gave_up());
         }
+        let not_before = match self.not_run {
+            0 | 1 => now,
+            _ => {
+                let seed = self.seed;
+                let (first, max) = NOT_RUN_DELAY;
+                let backoff = self.backoff.get_or_insert_with(|| {
+                    Box::new(Backoff::new(first, max, SplitMix64::new(seed)))
+                });
+                later(now, backoff.next_delay())
+            }
+        };
+        if not_before >= self.deadline {
+            return Decision::Fail(self.gave_up());
+        }
+        if !may_resend() {
+            let (_, cause) = self.last.take().expect("set above");
+            return Decision::Fail(cause);
+        }
         Decision::Send {
             avoid: Some(endpoint),
-            not_before: now,
+            not_before,
         }
     }
 
@@ -213,7 +261,7 @@ mod tests {
 
     /// A call of `policy` started at `t0`, with 4 attempts of 100 ms in 1 s.
     fn call(policy: RetryPolicy, t0: Instant) -> Retry {
-        Retry::new(policy, 4, ATTEMPT, t0, CALL)
+        Retry::new(policy, 4, ATTEMPT, t0, CALL, 7)
     }
 
     fn overloaded() -> RpcError {
@@ -269,7 +317,7 @@ mod tests {
         let t0 = Instant::now();
         let mut r = call(policy, t0);
         r.sent();
-        show(&r.on_outcome(0, outcome, ms(t0, end_at)), t0)
+        show(&r.on_outcome(0, outcome, ms(t0, end_at), || true), t0)
     }
 
     #[test]
@@ -414,7 +462,7 @@ mod tests {
                 Outcome::NotRun(overloaded())
             };
             decisions.push(show(
-                &r.on_outcome(k as usize % 2, outcome, ms(t0, k * 10 + 5)),
+                &r.on_outcome(k as usize % 2, outcome, ms(t0, k * 10 + 5), || true),
                 t0,
             ));
         }
@@ -430,15 +478,82 @@ mod tests {
     }
 
     #[test]
+    fn answers_that_it_did_not_run_in_a_row_wait_a_growing_jittered_delay() {
+        let t0 = Instant::now();
+        let mut r = Retry::new(RetryPolicy::Retry, 10, ATTEMPT, t0, CALL, 7);
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for k in 0..6 {
+            r.sent();
+            let d = r.on_outcome(k % 3, Outcome::NotRun(overloaded()), now, || true);
+            let Decision::Send { not_before, .. } = d else {
+                panic!("{}", show(&d, t0))
+            };
+            waits.push(not_before - now);
+            now = not_before;
+        }
+        // The first fails over at once; then 10, 20, 40, 80, 160 ms nominal, each drawn
+        // from the upper half of its nominal value.
+        assert_eq!(waits[0], Duration::ZERO);
+        let mut nominal = Duration::from_millis(10);
+        for w in &waits[1..] {
+            assert!(*w >= nominal / 2 && *w <= nominal, "{w:?} for {nominal:?}");
+            nominal *= 2;
+        }
+        // Another seed, other delays (not all callers in lock-step).
+        let mut other = Retry::new(RetryPolicy::Retry, 10, ATTEMPT, t0, CALL, 8);
+        for _ in 0..2 {
+            other.sent();
+            other.on_outcome(0, Outcome::NotRun(overloaded()), t0, || true);
+        }
+        other.sent();
+        let d = other.on_outcome(0, Outcome::NotRun(overloaded()), t0, || true);
+        assert!(matches!(d, Decision::Send { not_before, .. } if not_before - t0 != waits[2]));
+    }
+
+    #[test]
+    fn a_delay_past_the_deadline_ends_the_call_now() {
+        let t0 = Instant::now();
+        let mut r = call(RetryPolicy::Retry, t0);
+        r.sent();
+        r.on_outcome(0, Outcome::NotRun(overloaded()), ms(t0, 990), || true);
+        r.sent();
+        let d = r.on_outcome(1, Outcome::NotRun(overloaded()), ms(t0, 995), || true);
+        assert_eq!(
+            show(&d, t0),
+            "fail: unavailable after 2 attempt(s): server overloaded: full"
+        );
+    }
+
+    #[test]
+    fn past_the_budget_a_call_fails_with_its_last_cause() {
+        let t0 = Instant::now();
+        let mut r = call(RetryPolicy::Retry, t0);
+        r.sent();
+        let mut asked = 0;
+        let d = r.on_outcome(0, Outcome::NotRun(overloaded()), t0, || {
+            asked += 1;
+            false
+        });
+        assert_eq!(show(&d, t0), "fail: server overloaded: full");
+        assert_eq!(asked, 1);
+        // Not asked when the call ends anyway, nor for a request never sent.
+        let mut r = call(RetryPolicy::AtMostOnce, t0);
+        r.sent();
+        r.on_outcome(0, lost(), t0, || panic!("asked for a call that ends"));
+        r.on_outcome(0, Outcome::NotSent, t0, || panic!("asked for no resend"));
+    }
+
+    #[test]
     fn not_sent_does_not_use_an_attempt() {
         let t0 = Instant::now();
-        let mut r = Retry::new(RetryPolicy::Retry, 1, ATTEMPT, t0, CALL);
+        let mut r = Retry::new(RetryPolicy::Retry, 1, ATTEMPT, t0, CALL, 7);
         for k in 0..10 {
-            let d = r.on_outcome(0, Outcome::NotSent, ms(t0, k));
+            let d = r.on_outcome(0, Outcome::NotSent, ms(t0, k), || true);
             assert!(matches!(d, Decision::Send { .. }), "{}", show(&d, t0));
         }
         r.sent();
-        let d = r.on_outcome(0, lost(), ms(t0, 11));
+        let d = r.on_outcome(0, lost(), ms(t0, 11), || true);
         assert_eq!(
             show(&d, t0),
             "fail: unavailable after 1 attempt(s): tcp://w0:1: connection lost"
@@ -448,7 +563,7 @@ mod tests {
     #[test]
     fn a_spent_deadline_fails_before_sending() {
         let t0 = Instant::now();
-        let zero = Retry::new(RetryPolicy::Retry, 4, ATTEMPT, t0, Duration::ZERO);
+        let zero = Retry::new(RetryPolicy::Retry, 4, ATTEMPT, t0, Duration::ZERO, 7);
         assert_eq!(show(&zero.start(t0), t0), "fail: deadline exceeded");
         let r = call(RetryPolicy::Retry, t0);
         assert_eq!(show(&r.start(ms(t0, 1000)), t0), "fail: deadline exceeded");
@@ -458,7 +573,7 @@ mod tests {
     #[test]
     fn any_duration_is_a_deadline() {
         let t0 = Instant::now();
-        let r = Retry::new(RetryPolicy::Retry, 4, Duration::MAX, t0, Duration::MAX);
+        let r = Retry::new(RetryPolicy::Retry, 4, Duration::MAX, t0, Duration::MAX, 7);
         assert!(r.deadline() > ms(t0, 1_000_000_000));
         // The attempt's deadline is far too, and not past the call's.
         let at = r.attempt_deadline(t0);
@@ -486,7 +601,7 @@ mod tests {
             "unavailable after 0 attempt(s): no endpoint was ready"
         );
         r.sent();
-        r.on_outcome(2, lost(), ms(t0, 1));
+        r.on_outcome(2, lost(), ms(t0, 1), || true);
         assert_eq!(
             chain(&r.gave_up()),
             "unavailable after 1 attempt(s): tcp://w0:1: connection lost"

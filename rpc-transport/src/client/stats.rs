@@ -19,6 +19,8 @@ pub struct ClientStats {
     pub attempts: u64,
     /// Resends of a call after a failed attempt.
     pub retries: u64,
+    /// Resends the retry budget refused (the call failed with its last cause).
+    pub budget_refusals: u64,
     /// Attempts that timed out.
     pub timeouts: u64,
     /// Resends that went to a different endpoint than the failed attempt.
@@ -63,6 +65,7 @@ pub(crate) struct Counters {
     pub failed: AtomicU64,
     pub attempts: AtomicU64,
     pub retries: AtomicU64,
+    pub budget_refusals: AtomicU64,
     pub timeouts: AtomicU64,
     pub failovers: AtomicU64,
     pub reconnects: AtomicU64,
