@@ -45,7 +45,7 @@ pub use rpc_macros::rpc_service;
 pub use rpc_transport as transport;
 pub use rpc_transport::client::{
     Balance, Call, CallOptions, Client, ClientBuilder, ClientStats, EndpointStats, HealthState,
-    RetryBudget,
+    PoolChange, RetryBudget,
 };
 pub use rpc_transport::server::{RequestContext, Server, ServerBuilder, ServerHandle, ServerStats};
 pub use rpc_transport::{Message, Timer};

@@ -1440,7 +1440,11 @@ async fn with_every_server_overloaded_the_retry_budget_bounds_the_attempts() {
     // The only slot is taken for 100 s (of paused time).
     let busy = tokio::spawn({
         let calc = calc.clone();
-        async move { calc.sleep_ms(100_000).timeout(Duration::from_secs(200)).await }
+        async move {
+            calc.sleep_ms(100_000)
+                .timeout(Duration::from_secs(200))
+                .await
+        }
     });
     while server.stats().executed == 0 {
         tokio::task::yield_now().await;

@@ -63,8 +63,12 @@ const FLOORS: &[Floor] = &[
     },
 ];
 
-/// The floor of a row, if the docs state one.
-pub fn floor(kind: &str, conc: usize, payload: usize, pinned: bool) -> Option<f64> {
+/// The floor of a row, if the docs state one; `conns`: connections the typed client
+/// opened at the start (only the default, one, has floors).
+pub fn floor(kind: &str, conns: usize, conc: usize, payload: usize, pinned: bool) -> Option<f64> {
+    if conns != 1 {
+        return None;
+    }
     FLOORS
         .iter()
         .find(|f| f.kind == kind && f.conc == conc && f.payload == payload && f.pinned == pinned)
@@ -77,9 +81,12 @@ mod tests {
 
     #[test]
     fn rows_with_a_stated_figure_have_a_floor_and_others_none() {
-        assert_eq!(floor("reqrep", 1, MIB, false), Some(0.90));
-        assert_eq!(floor("rpc", 1, 64, true), Some(0.65));
-        assert_eq!(floor("rpc", 1, 64, false), None);
-        assert_eq!(floor("tcp", 1, MIB, false), None);
+        assert_eq!(floor("reqrep", 1, 1, MIB, false), Some(0.90));
+        assert_eq!(floor("rpc", 1, 1, 64, true), Some(0.65));
+        assert_eq!(floor("rpc", 1, 1, 64, false), None);
+        assert_eq!(floor("tcp", 1, 1, MIB, false), None);
+        // Only the default client (one connection at the start) has floors.
+        assert_eq!(floor("rpc", 1, 16, 64, false), Some(1.00));
+        assert_eq!(floor("rpc", 2, 16, 64, false), None);
     }
 }

@@ -503,10 +503,10 @@ pub async fn suite() {
                     ]);
                 }
             }
-            for (i, (kind, _)) in kinds.iter().enumerate() {
+            for (i, (kind, conns)) in kinds.iter().enumerate() {
                 let col = |j: usize| median(results[i].iter().map(|r| r[j]).collect());
                 let pinned = crate::pinned_cpus().is_some();
-                if let Some(min) = crate::floors::floor(kind, conc, payload, pinned) {
+                if let Some(min) = crate::floors::floor(kind, *conns, conc, payload, pinned) {
                     if col(3) < min {
                         flagged.push(format!(
                             "{} {} {}: {:.2} of raw TCP, under its floor of {min:.2}",

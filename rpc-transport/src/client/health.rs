@@ -77,6 +77,17 @@ impl Health {
         self.suspect_until = Some(now + penalty);
     }
 
+    /// A call timed out on a connection that is alive (it brings heartbeats or other
+    /// replies): the server is slow, not gone. Suspect for `base` (unless it already
+    /// is for longer), without a strike: new calls go elsewhere for a while, and
+    /// the calls on its connection go on.
+    pub fn on_slow(&mut self, now: Instant, base: Duration) {
+        let until = now + base;
+        if self.suspect_until.is_none_or(|t| t < until) {
+            self.suspect_until = Some(until);
+        }
+    }
+
     /// Stalls since the last reply (each one doubled the penalty).
     pub fn strikes(&self) -> u32 {
         self.strikes
@@ -215,6 +226,25 @@ mod tests {
         h.on_disconnected();
         assert_eq!(h.state(t0), HealthState::Down);
         assert!(!h.eligible(t0 + base * 100));
+    }
+
+    #[test]
+    fn a_slow_server_is_suspect_for_one_attempt_timeout_without_a_strike() {
+        let t0 = Instant::now();
+        let base = Duration::from_millis(100);
+        let mut h = Health::new();
+        h.on_connected();
+        for _ in 0..5 {
+            h.on_slow(t0, base);
+        }
+        assert_eq!(h.strikes(), 0);
+        assert!(!h.eligible(t0 + base / 2));
+        assert!(h.eligible(t0 + base), "no doubling");
+        // A longer penalty already running is kept.
+        h.on_timeout(t0, base);
+        h.on_timeout(t0, base);
+        h.on_slow(t0, base);
+        assert!(!h.eligible(t0 + base * 3 / 2));
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub(crate) struct Member {
     ready: AtomicBool,
     /// The state's generation, readable without the lock (written under it).
     generation: AtomicU64,
+    /// Removed from the pool: no new calls (written under the state lock).
+    removed: AtomicBool,
     pub counters: EndpointCounters,
     /// Ids of calls whose reply came from here, to acknowledge with the next requests
     /// (so that the server lets go of those replies). At most [`ACKS_HELD`]; past that
@@ -100,6 +102,7 @@ impl Member {
             outstanding: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
             counters: EndpointCounters::default(),
             acks: Mutex::new(Vec::new()),
         }
@@ -178,26 +181,38 @@ impl Member {
     /// Whether a call may be sent here now. Lock-free while the endpoint is connected
     /// and has no strikes (every call asks this).
     pub fn eligible(&self, now: impl FnOnce() -> std::time::Instant) -> bool {
-        self.is_ready() || self.lock().health.eligible(now())
+        self.is_ready() || (!self.is_removed() && self.lock().health.eligible(now()))
+    }
+
+    /// Whether it was removed from the pool (and not added again).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Marks it removed from the pool (`true`) or back in it, under the state lock.
+    pub fn set_removed(&self, st: &State, removed: bool) {
+        self.removed.store(removed, Ordering::Release);
+        self.set_ready(st);
     }
 
     /// Brings the lock-free flag in line with the health; called under the lock after
     /// every change of it.
     pub fn set_ready(&self, st: &State) {
-        self.ready.store(st.health.clear(), Ordering::Release);
+        let ready = st.health.clear() && !self.is_removed();
+        self.ready.store(ready, Ordering::Release);
     }
 
     /// Opens a fresh connection (closing the old one, if any): Lazy Pirate's "close the
     /// socket, open a new one". Returns the new generation.
     pub fn recreate(inner: &Arc<Inner>, idx: usize) -> u64 {
-        let mut st = inner.endpoints[idx].lock();
+        let mut st = inner.members.at(idx).lock();
         Member::recreate_locked(inner, idx, &mut st)
     }
 
     /// [`Member::recreate`] under the state's lock, held by the caller since it
     /// decided to: two callers cannot both recreate one connection.
     pub fn recreate_locked(inner: &Arc<Inner>, idx: usize, st: &mut State) -> u64 {
-        let ep = &inner.endpoints[idx];
+        let ep = inner.members.at(idx);
         let sock = DealerSocket::with_options(inner.config.socket.clone());
         let core = sock.core().clone();
         // Replies go straight from the connection task to the waiting call.
@@ -241,9 +256,15 @@ impl Member {
         generation
     }
 
-    /// Stops the connection for good.
+    /// Stops the connection for good (until recreated).
     pub fn close(&self) {
-        if let Some(c) = self.lock().conn.take() {
+        let conn = {
+            let mut st = self.lock();
+            st.health.on_disconnected();
+            self.set_ready(&st);
+            st.conn.take()
+        };
+        if let Some(c) = conn {
             c.reader.abort();
         }
     }

@@ -38,6 +38,7 @@ mod budget;
 mod call;
 mod health;
 mod member;
+mod members;
 mod reply_cell;
 mod retry;
 mod stats;
@@ -107,7 +108,32 @@ pub struct ClientBuilder {
     endpoints: Vec<String>,
     config: Config,
     budget: RetryBudget,
+    discover: Discovery,
 }
+
+/// The pool changes a builder follows; taken by the first `connect` of the builder or
+/// its clones.
+#[derive(Clone, Default)]
+struct Discovery(Arc<Mutex<Option<Changes>>>);
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = lock(&self.0).is_some();
+        f.write_str(if set { "Some(..)" } else { "None" })
+    }
+}
+
+/// A change of a client's pool: what [`ClientBuilder::discover`] follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolChange {
+    /// An endpoint to call (added unless present; revived if removed).
+    Insert(String),
+    /// An endpoint to stop calling ([`Client::remove_endpoint`]).
+    Remove(String),
+}
+
+/// A stream of pool changes.
+type Changes = std::pin::Pin<Box<dyn futures_core::Stream<Item = PoolChange> + Send>>;
 
 impl Default for ClientBuilder {
     fn default() -> Self {
@@ -121,6 +147,7 @@ impl ClientBuilder {
         ClientBuilder {
             endpoints: Vec::new(),
             budget: RetryBudget::default(),
+            discover: Discovery::default(),
             config: Config {
                 call_timeout: Duration::from_secs(5),
                 attempt_timeout: Duration::from_secs(1),
@@ -167,6 +194,20 @@ impl ClientBuilder {
     /// and the call resent elsewhere.
     pub fn attempt_timeout(mut self, d: Duration) -> Self {
         self.config.attempt_timeout = d;
+        self
+    }
+
+    /// Follows a source of pool changes (a registry, DNS, ...): each
+    /// [`PoolChange::Insert`] adds an endpoint, each [`PoolChange::Remove`] removes one,
+    /// as [`Client::add_endpoint`] and [`Client::remove_endpoint`] do, for as long as the
+    /// client lives. The endpoints given to the builder are the pool's first members
+    /// (there may be none). A builder's clones share the stream: the first `connect`
+    /// takes it.
+    pub fn discover<S>(self, changes: S) -> Self
+    where
+        S: futures_core::Stream<Item = PoolChange> + Send + 'static,
+    {
+        *lock(&self.discover.0) = Some(Box::pin(changes));
         self
     }
 
@@ -265,8 +306,9 @@ impl ClientBuilder {
     /// (within their deadline) for a connection.
     pub async fn connect(self) -> Result<Client, RpcError> {
         let bad = |what: &str| Err(RpcError::Config(what.into()));
-        if self.endpoints.is_empty() {
-            return bad("no endpoints: ClientBuilder::endpoint");
+        let discover = lock(&self.discover.0).take();
+        if self.endpoints.is_empty() && discover.is_none() {
+            return bad("no endpoints: ClientBuilder::endpoint or ClientBuilder::discover");
         }
         if self.config.attempt_timeout.is_zero() {
             return bad("attempt_timeout is zero: no attempt could wait for its reply");
@@ -279,7 +321,7 @@ impl ClientBuilder {
                 .map_err(|e| RpcError::Config(e.to_string()))?;
         }
         let inner = Arc::new(Inner {
-            endpoints: self.endpoints.into_iter().map(Member::new).collect(),
+            members: members::Members::new(),
             pending: Mutex::new(IdMap::default()),
             wake_line: Arc::default(),
             watchdog: Arc::new(watchdog::Watchdog::new()),
@@ -289,8 +331,8 @@ impl ClientBuilder {
             budget: budget::Budget::new(self.budget),
             config: self.config,
         });
-        for idx in 0..inner.endpoints.len() {
-            Member::recreate(&inner, idx);
+        for ep in self.endpoints {
+            inner.add(ep)?;
         }
         let watch = inner.watchdog.clone();
         inner
@@ -302,6 +344,9 @@ impl ClientBuilder {
             inner.watchdog.clone(),
             timer,
         ));
+        if let Some(changes) = discover {
+            tokio::spawn(follow(Arc::downgrade(&inner), changes));
+        }
         Ok(Client {
             _close: Arc::new(CloseOnDrop(inner.clone())),
             inner,
@@ -339,7 +384,7 @@ pub(crate) enum Verdict<T> {
 }
 
 pub(crate) struct Inner {
-    endpoints: Vec<Member>,
+    members: members::Members,
     pending: Mutex<IdMap<Pending>>,
     wake_line: Arc<WakeLine>,
     watchdog: Arc<watchdog::Watchdog>,
@@ -363,7 +408,7 @@ impl Inner {
 
     /// A reply arrived on endpoint `idx`: `[id][empty][frames...]`.
     fn on_reply(&self, idx: usize, mut msg: Message, answers: &mut Answers<'_>) {
-        let ep = &self.endpoints[idx];
+        let ep = &self.members.at(idx);
         bump(&ep.counters.replies);
         let id = match (msg.pop_front(), msg.pop_front()) {
             (Some(id), Some(delim)) if delim.is_empty() => RequestId::from_slice(&id),
@@ -396,7 +441,7 @@ impl Inner {
 
     /// The connection of `idx` (generation `generation`) went up or down.
     fn on_link(&self, idx: usize, generation: u64, up: bool) {
-        let ep = &self.endpoints[idx];
+        let ep = &self.members.at(idx);
         {
             let mut st = ep.lock();
             if st.generation != generation {
@@ -420,7 +465,7 @@ impl Inner {
     /// Connecting to `idx` (generation `generation`), or its connection, failed for
     /// `why` (`None`: a handshake completed since).
     fn on_failure(&self, idx: usize, generation: u64, why: Option<Arc<str>>) {
-        let ep = &self.endpoints[idx];
+        let ep = &self.members.at(idx);
         {
             let mut st = ep.lock();
             if st.generation != generation {
@@ -434,24 +479,92 @@ impl Inner {
         self.changed.send_replace(());
     }
 
+    /// The members in the pool (not removed), with their indices.
+    fn live(&self) -> impl Iterator<Item = (usize, &Member)> {
+        self.members.iter().filter(|(_, m)| !m.is_removed())
+    }
+
     /// Whether every endpoint is down with a known failure (none connecting for the
-    /// first time, none connected): a call cannot expect one soon.
+    /// first time, none connected): a call cannot expect one soon. An empty pool (a
+    /// discovery that has not answered yet) is not failing: calls wait for members.
     fn all_failing(&self) -> bool {
-        self.endpoints.iter().all(|e| {
-            let st = e.lock();
-            !st.health.connected() && st.failure.is_some()
-        })
+        let mut live = self.live().peekable();
+        live.peek().is_some()
+            && live.all(|(_, e)| {
+                let st = e.lock();
+                !st.health.connected() && st.failure.is_some()
+            })
+    }
+
+    /// Adds `addr` to the pool (or revives it if it was removed) and starts
+    /// connecting; returns its index.
+    fn add(self: &Arc<Inner>, addr: String) -> Result<usize, RpcError> {
+        addr.parse::<crate::socket::Endpoint>()
+            .map_err(|e| RpcError::Config(e.to_string()))?;
+        let (idx, added) = self.members.add(Member::new(addr));
+        let m = self.members.at(idx);
+        if added {
+            Member::recreate(self, idx);
+            tracing::info!(endpoint = %m.addr, "endpoint added");
+        } else if m.is_removed() {
+            let mut st = m.lock();
+            m.set_removed(&st, false);
+            if st.connections() == 0 {
+                Member::recreate_locked(self, idx, &mut st);
+            }
+            tracing::info!(endpoint = %m.addr, "endpoint added again");
+        }
+        self.changed.send_replace(());
+        Ok(idx)
+    }
+
+    /// Removes `addr` from the pool: no new call goes there; calls in flight there
+    /// finish or fail over as usual, then (at the latest one attempt timeout later)
+    /// its connections close. Returns whether it was in the pool.
+    fn remove(self: &Arc<Inner>, addr: &str) -> bool {
+        let Some(idx) = self.members.find(addr) else {
+            return false;
+        };
+        let m = self.members.at(idx);
+        if m.is_removed() {
+            return false;
+        }
+        m.set_removed(&m.lock(), true);
+        tracing::info!(endpoint = %m.addr, "endpoint removed");
+        self.changed.send_replace(());
+        let weak = Arc::downgrade(self);
+        let drain = self.config.attempt_timeout;
+        tokio::spawn(async move {
+            let end = Instant::now() + drain;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let m = inner.members.at(idx);
+                if !m.is_removed() {
+                    return;
+                }
+                if m.outstanding.load(Ordering::Relaxed) == 0 || Instant::now() >= end {
+                    m.close();
+                    return;
+                }
+                drop(inner);
+                tokio::time::sleep(DRAIN_CHECK).await;
+            }
+        });
+        true
     }
 
     /// What each endpoint is going through, for a call that found none ready.
     fn unready(&self) -> RpcError {
         const SHOWN: usize = 4;
         let now = now_std();
+        let live = self.live().count();
+        if live == 0 {
+            return RpcError::Unreachable("no endpoints in the pool".into());
+        }
         let mut parts: Vec<String> = self
-            .endpoints
-            .iter()
+            .live()
             .take(SHOWN)
-            .map(|e| {
+            .map(|(_, e)| {
                 let st = e.lock();
                 let state = match (&st.failure, st.health.state(now)) {
                     (_, HealthState::Suspect { until }) => format!(
@@ -465,8 +578,8 @@ impl Inner {
                 format!("{}: {state}", e.addr)
             })
             .collect();
-        if self.endpoints.len() > SHOWN {
-            parts.push(format!("and {} more", self.endpoints.len() - SHOWN));
+        if live > SHOWN {
+            parts.push(format!("and {} more", live - SHOWN));
         }
         RpcError::Unreachable(parts.join("; "))
     }
@@ -483,7 +596,7 @@ impl Inner {
             ids.iter().filter_map(|id| pending.remove(id)).collect()
         };
         for p in lost {
-            bump(&self.endpoints[idx].counters.disconnects);
+            bump(&self.members.at(idx).counters.disconnects);
             if let Some(w) = p.slot.fill(Event::Lost) {
                 w.wake();
             }
@@ -526,13 +639,17 @@ impl Inner {
     /// strike however many attempts it timed out: those on a connection already
     /// recreated change nothing.
     fn stalled(self: &Arc<Inner>, idx: usize, sent: Sent) {
-        let ep = &self.endpoints[idx];
+        let ep = &self.members.at(idx);
         {
             let mut st = ep.lock();
             match health::judge_stall(sent.generation, sent.reads, st.generation, st.reads()) {
                 Stall::Recreated => return,
                 Stall::Alive => {
-                    tracing::debug!(endpoint = %ep.addr, "the connection is alive: kept");
+                    tracing::debug!(endpoint = %ep.addr, "slow, but the connection is alive: kept");
+                    st.health.on_slow(now_std(), self.config.attempt_timeout);
+                    ep.set_ready(&st);
+                    drop(st);
+                    self.changed.send_replace(());
                     return;
                 }
                 Stall::Silent => {}
@@ -552,13 +669,27 @@ impl Inner {
     fn pick(&self, avoid: Option<usize>) -> Option<usize> {
         // Read only when an endpoint with strikes is looked at.
         let mut now = None;
-        let n = self.endpoints.len();
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let n = self.members.len();
+        let mut start = self.rr.fetch_add(1, Ordering::Relaxed);
+        if self.config.balance == Balance::RoundRobin {
+            // The next in turn; one that cannot take the call (removed, down,
+            // avoided) passes its turn on to the next number drawn, not to the
+            // member after it, which would get a double share.
+            for _ in 0..n {
+                let i = start % n;
+                let ep = self.members.at(i);
+                if Some(i) != avoid && ep.eligible(|| *now.get_or_insert_with(now_std)) {
+                    return Some(i);
+                }
+                start = self.rr.fetch_add(1, Ordering::Relaxed);
+            }
+            // Drawn numbers may miss some (other callers draw too): look at all.
+        }
         let mut best: Option<(usize, usize)> = None;
         let mut fallback = None;
         for k in 0..n {
             let i = (start + k) % n;
-            let ep = &self.endpoints[i];
+            let ep = &self.members.at(i);
             if !ep.eligible(|| *now.get_or_insert_with(now_std)) {
                 continue;
             }
@@ -587,9 +718,8 @@ impl Inner {
         }
         let now = now_std();
         let wake = self
-            .endpoints
-            .iter()
-            .filter_map(|e| e.lock().health.eligible_at(now))
+            .live()
+            .filter_map(|(_, e)| e.lock().health.eligible_at(now))
             .min()
             .map(Instant::from_std)
             .map_or(deadline, |t| t.min(deadline));
@@ -627,13 +757,33 @@ impl Inner {
     }
 }
 
+/// How often a removed endpoint is looked at until its calls are done.
+const DRAIN_CHECK: Duration = Duration::from_millis(5);
+
+/// Applies pool changes from `changes` for as long as the client lives.
+async fn follow(inner: std::sync::Weak<Inner>, mut changes: Changes) {
+    while let Some(change) = std::future::poll_fn(|cx| changes.as_mut().poll_next(cx)).await {
+        let Some(inner) = inner.upgrade() else { return };
+        match change {
+            PoolChange::Insert(ep) => {
+                if let Err(e) = inner.add(ep.clone()) {
+                    tracing::warn!(endpoint = %ep, error = %e, "discovered endpoint refused");
+                }
+            }
+            PoolChange::Remove(ep) => {
+                inner.remove(&ep);
+            }
+        }
+    }
+}
+
 /// Closes every connection when the last [`Client`] clone is dropped.
 struct CloseOnDrop(Arc<Inner>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        for ep in &self.0.endpoints {
-            ep.close();
+        for (_, m) in self.0.members.iter() {
+            m.close();
         }
         self.0.watchdog.stop();
     }
@@ -649,12 +799,7 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let eps: Vec<&str> = self
-            .inner
-            .endpoints
-            .iter()
-            .map(|e| e.addr.as_str())
-            .collect();
+        let eps: Vec<&str> = self.inner.live().map(|(_, e)| e.addr.as_str()).collect();
         f.debug_struct("Client").field("endpoints", &eps).finish()
     }
 }
@@ -697,6 +842,30 @@ impl Client {
     /// A builder.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::new()
+    }
+
+    /// Adds an endpoint to the pool (or brings back one removed) and starts
+    /// connecting to it; calls go there once it is connected. Adding one already in
+    /// the pool changes nothing.
+    pub fn add_endpoint(&self, ep: impl Into<String>) -> Result<(), RpcError> {
+        self.inner.add(ep.into()).map(|_| ())
+    }
+
+    /// Removes an endpoint from the pool: no new call goes there; calls in flight
+    /// there finish or fail over as usual, then (at the latest one attempt timeout
+    /// later) its connections close. Returns whether it was in the pool.
+    pub fn remove_endpoint(&self, ep: &str) -> bool {
+        let key = ep
+            .parse::<crate::socket::Endpoint>()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|_| ep.to_string());
+        self.inner.remove(&key) || self.inner.remove(ep)
+    }
+
+    /// The pool as it is now: each endpoint with its health and counters (the same
+    /// as [`Client::stats`]'s `endpoints`).
+    pub fn endpoints(&self) -> Vec<EndpointStats> {
+        self.stats().endpoints
     }
 
     /// The default call deadline.
@@ -821,7 +990,7 @@ impl Client {
                     Err(why) => return Err(retry.unreachable(why)),
                 },
             };
-            let ep = &inner.endpoints[idx];
+            let ep = &inner.members.at(idx);
             let remaining = deadline.saturating_duration_since(sent_at);
             let msg = build(retry.attempts() + 1, remaining, ep)
                 .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
@@ -876,13 +1045,13 @@ impl Client {
                     // server that answered may let go of its reply.
                     let verdict = classify(msg);
                     if acks && !matches!(verdict, Verdict::NotRun(_)) {
-                        inner.endpoints[from].received(id);
+                        inner.members.at(from).received(id);
                     }
                     match verdict {
                         Verdict::Done(t) => return Ok(t),
                         Verdict::Fail(e) => return Err(retry.on_error_reply(e)),
                         Verdict::NotRun(e) => {
-                            let addr = &inner.endpoints[from].addr;
+                            let addr = &inner.members.at(from).addr;
                             tracing::debug!(endpoint = %addr, error = %e, "not run; failing over");
                             (from, Outcome::NotRun(e))
                         }
@@ -940,7 +1109,7 @@ impl Client {
             if let Some(from) = failed.filter(|l| *l != idx) {
                 bump(&c.failovers);
                 tracing::info!(
-                    from = %self.inner.endpoints[from].addr,
+                    from = %self.inner.members.at(from).addr,
                     to = %ep.addr,
                     attempt,
                     "failing over"
@@ -970,9 +1139,8 @@ impl Client {
             late_replies: read(&c.late_replies),
             endpoints: self
                 .inner
-                .endpoints
-                .iter()
-                .map(|e| {
+                .live()
+                .map(|(_, e)| {
                     // One look under the lock (a guard in the literal would live
                     // to its end).
                     let (health, connections, strikes) = {
@@ -1004,9 +1172,8 @@ impl Client {
             let now = now_std();
             let healthy = self
                 .inner
-                .endpoints
-                .iter()
-                .filter(|e| e.eligible(|| now))
+                .live()
+                .filter(|(_, e)| e.eligible(|| now))
                 .count();
             if healthy >= n {
                 return true;

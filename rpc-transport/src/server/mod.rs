@@ -239,6 +239,7 @@ impl ServerBuilder {
             answers: true,
             wake_line: None,
         });
+        let peers = router.watch_peers();
         let (stop, stop_rx) = watch::channel(false);
         let drain = self.drain_timeout;
         let task = tokio::spawn({
@@ -249,6 +250,7 @@ impl ServerBuilder {
             tracing::info!(endpoint = %ep, "server listening");
         }
         Ok(ServerHandle {
+            peers,
             endpoints: bound,
             stop,
             task,
@@ -267,6 +269,8 @@ impl ServerBuilder {
 /// A running server.
 pub struct ServerHandle {
     endpoints: Vec<Endpoint>,
+    /// Clients connected (handshake completed).
+    peers: watch::Receiver<usize>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     shared: Arc<Shared>,
@@ -303,6 +307,7 @@ impl ServerHandle {
         let mut stats = self.shared.counters.snapshot();
         stats.cached_bytes = self.shared.cache().bytes() as u64;
         stats.waiting_bytes = self.shared.waiting_bytes.load(Ordering::Relaxed) as u64;
+        stats.connections = *self.peers.borrow() as u64;
         stats
     }
 }
@@ -331,6 +336,8 @@ pub struct ServerStats {
     /// Argument bytes that requests whose handlers wait hold now (see
     /// [`ServerBuilder::max_waiting_bytes`]).
     pub waiting_bytes: u64,
+    /// Client connections open now (handshake completed).
+    pub connections: u64,
 }
 
 #[derive(Default)]
@@ -358,6 +365,7 @@ impl Counters {
             // Gauges, filled in by the caller.
             cached_bytes: 0,
             waiting_bytes: 0,
+            connections: 0,
         }
     }
 }

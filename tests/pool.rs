@@ -1,0 +1,160 @@
+//! Pools that change at run time: endpoints added and removed, and a stream of changes
+//! followed. Servers and clients run in one process over `inproc://`, in paused time.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use zmtp_rpc::{rpc_service, Client, PoolChange, Server, ServerHandle};
+
+#[rpc_service(name = "who")]
+pub trait Who {
+    /// Which server answered (its number), after `ms` milliseconds.
+    async fn who(&self, ms: u64) -> u32;
+}
+
+struct Named(u32);
+
+impl Who for Named {
+    async fn who(&self, ms: u64) -> u32 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        self.0
+    }
+}
+
+/// Starts server number `n` on a fresh `inproc://` endpoint.
+async fn server(n: u32) -> (ServerHandle, String) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ep = format!("inproc://pool-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let s = Server::builder()
+        .bind(&ep)
+        .add_service(WhoServer::new(Named(n)))
+        .start()
+        .await
+        .unwrap();
+    (s, ep)
+}
+
+/// Which servers answered `n` calls, counted per server number.
+async fn spread(who: &WhoClient, n: usize) -> [usize; 4] {
+    let mut seen = [0; 4];
+    for _ in 0..n {
+        seen[who.who(0).await.unwrap() as usize] += 1;
+    }
+    seen
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_added_at_run_time_gets_calls() {
+    let (_a, ep_a) = server(0).await;
+    let client = Client::connect([ep_a]).await.unwrap();
+    // The typed client is built over the same pool as the raw one.
+    let who = WhoClient::new(client.clone());
+    assert_eq!(spread(&who, 10).await, [10, 0, 0, 0]);
+    let (_b, ep_b) = server(1).await;
+    client.add_endpoint(&ep_b).unwrap();
+    // Adding it again changes nothing.
+    client.add_endpoint(&ep_b).unwrap();
+    assert!(client.wait_healthy(2, Duration::from_secs(5)).await);
+    let seen = spread(&who, 10).await;
+    assert_eq!(seen, [5, 5, 0, 0], "round-robin over both");
+    assert_eq!(client.endpoints().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removed_endpoint_gets_no_new_call_and_its_calls_in_flight_finish() {
+    let (a, ep_a) = server(0).await;
+    let (_b, ep_b) = server(1).await;
+    let client = Client::connect([ep_a.clone(), ep_b]).await.unwrap();
+    assert!(client.wait_healthy(2, Duration::from_secs(5)).await);
+    let who = WhoClient::new(client.clone());
+    // Two slow calls: round-robin puts one on each; A's is in flight when A goes.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let who = who.clone();
+            tokio::spawn(async move { who.who(300).await })
+        })
+        .collect();
+    while a.stats().executed == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(client.remove_endpoint(&ep_a));
+    assert!(!client.remove_endpoint(&ep_a), "already removed");
+    let before = a.stats().requests;
+    assert_eq!(spread(&who, 20).await, [0, 20, 0, 0], "no new call to A");
+    assert_eq!(a.stats().requests, before);
+    let mut answered = Vec::new();
+    for call in slow {
+        answered.push(call.await.unwrap().unwrap());
+    }
+    answered.sort();
+    assert_eq!(answered, [0, 1], "A's call in flight finished there");
+    let eps: Vec<String> = client.endpoints().into_iter().map(|e| e.endpoint).collect();
+    assert!(!eps.contains(&ep_a), "{eps:?}");
+    // Its calls done, its connection closes.
+    let closed = async {
+        while a.stats().connections > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the removed endpoint's connection closes");
+    // Brought back, it serves again.
+    client.add_endpoint(&ep_a).unwrap();
+    assert!(client.wait_healthy(2, Duration::from_secs(5)).await);
+    let seen = spread(&who, 10).await;
+    assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+}
+
+/// A stream of the changes sent on a channel.
+struct Changes(mpsc::UnboundedReceiver<PoolChange>);
+
+impl futures_core::Stream for Changes {
+    type Item = PoolChange;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PoolChange>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_follows_a_stream_of_pool_changes() {
+    let (tx, rx) = mpsc::unbounded_channel();
+    // No endpoint yet: calls wait for discovery (within their deadline).
+    let client = Client::builder()
+        .discover(Changes(rx))
+        .connect()
+        .await
+        .unwrap();
+    let who = WhoClient::new(client.clone());
+    let first = tokio::spawn({
+        let who = who.clone();
+        async move { who.who(0).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_a, ep_a) = server(0).await;
+    tx.send(PoolChange::Insert(ep_a.clone())).unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), 0);
+    let (_b, ep_b) = server(1).await;
+    tx.send(PoolChange::Insert(ep_b)).unwrap();
+    assert!(client.wait_healthy(2, Duration::from_secs(5)).await);
+    tx.send(PoolChange::Remove(ep_a)).unwrap();
+    let removed = async {
+        while client.endpoints().len() > 1 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), removed)
+        .await
+        .expect("the removal is followed");
+    assert_eq!(spread(&who, 10).await, [0, 10, 0, 0]);
+    // A bad address is refused (logged) and the rest goes on.
+    tx.send(PoolChange::Insert("nonsense".into())).unwrap();
+    let (_c, ep_c) = server(2).await;
+    tx.send(PoolChange::Insert(ep_c)).unwrap();
+    assert!(client.wait_healthy(2, Duration::from_secs(5)).await);
+    let seen = spread(&who, 10).await;
+    assert_eq!(seen, [0, 5, 5, 0]);
+}
