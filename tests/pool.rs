@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use zmtp_rpc::{rpc_service, Client, PoolChange, Server, ServerHandle};
+use zmtp_rpc::{rpc_service, Balance, Client, PoolChange, Server, ServerHandle};
 
 #[rpc_service(name = "who")]
 pub trait Who {
@@ -15,22 +15,28 @@ pub trait Who {
     async fn who(&self, ms: u64) -> u32;
 }
 
-struct Named(u32);
+/// Server number `.0`, which takes `.1` milliseconds more for every call.
+struct Named(u32, u64);
 
 impl Who for Named {
     async fn who(&self, ms: u64) -> u32 {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        tokio::time::sleep(Duration::from_millis(ms + self.1)).await;
         self.0
     }
 }
 
 /// Starts server number `n` on a fresh `inproc://` endpoint.
 async fn server(n: u32) -> (ServerHandle, String) {
+    slow_server(n, 0).await
+}
+
+/// Starts server number `n`, taking `delay_ms` for every call.
+async fn slow_server(n: u32, delay_ms: u64) -> (ServerHandle, String) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let ep = format!("inproc://pool-{}", NEXT.fetch_add(1, Ordering::Relaxed));
     let s = Server::builder()
         .bind(&ep)
-        .add_service(WhoServer::new(Named(n)))
+        .add_service(WhoServer::new(Named(n, delay_ms)))
         .start()
         .await
         .unwrap();
@@ -49,7 +55,12 @@ async fn spread(who: &WhoClient, n: usize) -> [usize; 4] {
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_added_at_run_time_gets_calls() {
     let (_a, ep_a) = server(0).await;
-    let client = Client::connect([ep_a]).await.unwrap();
+    let client = Client::builder()
+        .endpoint(ep_a)
+        .balance(Balance::RoundRobin)
+        .connect()
+        .await
+        .unwrap();
     // The typed client is built over the same pool as the raw one.
     let who = WhoClient::new(client.clone());
     assert_eq!(spread(&who, 10).await, [10, 0, 0, 0]);
@@ -67,7 +78,12 @@ async fn an_endpoint_added_at_run_time_gets_calls() {
 async fn a_removed_endpoint_gets_no_new_call_and_its_calls_in_flight_finish() {
     let (a, ep_a) = server(0).await;
     let (_b, ep_b) = server(1).await;
-    let client = Client::connect([ep_a.clone(), ep_b]).await.unwrap();
+    let client = Client::builder()
+        .endpoints([ep_a.clone(), ep_b])
+        .balance(Balance::RoundRobin)
+        .connect()
+        .await
+        .unwrap();
     assert!(client.wait_healthy(2, Duration::from_secs(5)).await);
     let who = WhoClient::new(client.clone());
     // Two slow calls: round-robin puts one on each; A's is in flight when A goes.
@@ -125,6 +141,7 @@ async fn a_client_follows_a_stream_of_pool_changes() {
     // No endpoint yet: calls wait for discovery (within their deadline).
     let client = Client::builder()
         .discover(Changes(rx))
+        .balance(Balance::RoundRobin)
         .connect()
         .await
         .unwrap();
@@ -157,4 +174,46 @@ async fn a_client_follows_a_stream_of_pool_changes() {
     assert!(client.wait_healthy(2, Duration::from_secs(5)).await);
     let seen = spread(&who, 10).await;
     assert_eq!(seen, [0, 5, 5, 0]);
+}
+
+/// Calls per server of 16 callers making 50 calls each, balanced by `balance`, over
+/// three servers of which server 2 is ten times slower (20 ms against 2 ms).
+async fn shares(balance: Balance) -> [usize; 4] {
+    let mut servers = Vec::new();
+    for (n, delay) in [(0, 2), (1, 2), (2, 20)] {
+        servers.push(slow_server(n, delay).await);
+    }
+    let client = Client::builder()
+        .endpoints(servers.iter().map(|(_, ep)| ep.clone()))
+        .balance(balance)
+        .connect()
+        .await
+        .unwrap();
+    assert!(client.wait_healthy(3, Duration::from_secs(5)).await);
+    let who = WhoClient::new(client);
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let who = who.clone();
+            tokio::spawn(async move { spread(&who, 50).await })
+        })
+        .collect();
+    let mut total = [0; 4];
+    for c in callers {
+        for (t, n) in total.iter_mut().zip(c.await.unwrap()) {
+            *t += n;
+        }
+    }
+    total
+}
+
+#[tokio::test(start_paused = true)]
+async fn power_of_two_choices_routes_around_a_slow_server() {
+    let rr = shares(Balance::RoundRobin).await;
+    assert!(
+        rr[2] >= 250,
+        "round-robin gives the slow one its third: {rr:?}"
+    );
+    let p2c = shares(Balance::PowerOfTwoChoices).await;
+    assert!(p2c[2] < 80, "p2c sends the slow one under 10%: {p2c:?}");
+    assert!(p2c[2] > 0, "but still measures it: {p2c:?}");
 }

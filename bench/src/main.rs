@@ -5,6 +5,7 @@
 //! cargo run --release -p zmtp-bench -- latency      # the round-trip rows only
 //! cargo run --release -p zmtp-bench -- failover     # SIGKILL / SIGSTOP costs
 //! cargo run --release -p zmtp-bench -- memory       # idle connection cost
+//! cargo run --release -p zmtp-bench -- balance      # a slow worker; pick cost, 3 vs 300
 //! zmtp-bench server KIND ADDR / client KIND ADDR    # one side (anchors contender)
 //! ```
 //! KIND: `tcp` (4-byte length prefix, TCP_NODELAY, one write per frame, reads that take
@@ -30,6 +31,7 @@
 //! process prints those figures to stderr (`CPU-PER-CALL`, its own and, given
 //! BENCH_SERVER_PID, the server's).
 
+mod balance;
 mod failover;
 mod floors;
 mod measure;
@@ -118,6 +120,15 @@ fn main() {
             let addr = args.get(2).expect("client KIND ADDR");
             rt.block_on(rows::client_row(kind, addr));
         }
+        "server-pool" => {
+            let host = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1".into());
+            rt.block_on(async move {
+                tokio::spawn(async move { balance::serve_pool(&host).await })
+                    .await
+                    .expect("server task")
+            });
+        }
+        "balance" => rt.block_on(balance::run_all()),
         "latency" => rt.block_on(rows::suite()),
         "failover" => rt.block_on(failover::run()),
         "memory" => memory::run(&rt),
@@ -128,7 +139,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown command {other}: all | latency | failover | memory | server | client"
+                "unknown command {other}: all | latency | failover | memory | balance | server | client"
             );
             std::process::exit(2);
         }

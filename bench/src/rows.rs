@@ -250,6 +250,12 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, String) {
             if let Some(n) = crate::measure::env_opt("BENCH_BULK_CONNS") {
                 b = b.bulk_connections(n);
             }
+            match std::env::var("BENCH_BALANCE").as_deref() {
+                Ok("rr") => b = b.balance(zmtp_rpc::Balance::RoundRobin),
+                Ok("p2c") => b = b.balance(zmtp_rpc::Balance::PowerOfTwoChoices),
+                Ok(other) => panic!("BENCH_BALANCE: `rr` or `p2c`, not {other}"),
+                Err(_) => {}
+            }
             if std::env::var("BENCH_NO_HEARTBEAT").is_ok() {
                 b = b.heartbeat(None);
             }

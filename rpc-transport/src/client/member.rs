@@ -62,8 +62,10 @@ impl State {
 pub(crate) struct Member {
     pub addr: String,
     pub state: Mutex<State>,
-    /// Attempts in flight here (for least-outstanding balancing).
+    /// Attempts in flight here (for balancing).
     pub outstanding: AtomicUsize,
+    /// How long its replies take (power-of-two-choices balancing).
+    pub latency: super::balance::PeakEwma,
     /// True while connected with no strikes: eligible without looking at the clock, so
     /// that picking an endpoint takes no lock, and a reply has no strikes to clear
     /// (no lock either). Written under the state lock by [`Member::set_ready`];
@@ -100,6 +102,7 @@ impl Member {
                 failure: None,
             }),
             outstanding: AtomicUsize::new(0),
+            latency: Default::default(),
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             removed: AtomicBool::new(false),

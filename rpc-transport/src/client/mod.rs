@@ -5,7 +5,7 @@
 //! included) echo the envelope, so replies are matched by id and many calls share one
 //! connection.
 //!
-//! For each call: pick a connected, healthy endpoint (round-robin or
+//! For each call: pick a connected, healthy endpoint (power of two choices, round-robin or
 //! least-outstanding), waiting for one within the deadline; send; wait up to the
 //! attempt timeout. What happens next is decided in `retry.rs`, as a plain value:
 //! a timeout or a lost connection resends the same request id to the next healthy
@@ -34,6 +34,7 @@
 //! - `call.rs`: typed calls ([`Call`]) and the RPC envelope on top of the loop.
 //! - `stats.rs`: [`ClientStats`].
 
+mod balance;
 mod budget;
 mod call;
 mod health;
@@ -66,7 +67,7 @@ use crate::counter::{bump, read};
 use crate::message::{Message, Outgoing};
 use crate::socket::core::Answers;
 use crate::socket::wake_line::WakeLine;
-use crate::socket::SocketOptions;
+use crate::socket::{SocketOptions, SplitMix64};
 use crate::sync::lock;
 use crate::timer::Timer;
 use crate::zmtp::HeartbeatConfig;
@@ -75,10 +76,15 @@ use crate::zmtp::HeartbeatConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
     /// Each call goes to the next endpoint in turn.
-    #[default]
     RoundRobin,
     /// Each call goes to the endpoint with the fewest attempts in flight.
     LeastOutstanding,
+    /// Each call goes to the better of two endpoints drawn at random, scored by
+    /// their decaying peak latency times their calls in flight (tower's and
+    /// Finagle's p2c): slow or busy endpoints get fewer calls, and the pick costs the
+    /// same whatever the pool's size. The default.
+    #[default]
+    PowerOfTwoChoices,
 }
 
 /// Settings of a [`Client`]; see [`ClientBuilder`] for the defaults.
@@ -100,7 +106,7 @@ pub(crate) struct Config {
 /// Builds a [`Client`].
 ///
 /// Defaults: call deadline 5 s; attempt timeout 1 s; 3 retries (4 attempts);
-/// round-robin; one connection per endpoint, two once large requests overlap;
+/// power of two choices; one connection per endpoint, two once large requests overlap;
 /// heartbeat every 500 ms with a 1.5 s timeout; 4 MiB messages;
 /// reconnect after 100 ms doubling to 1 s, with jitter.
 #[derive(Debug, Clone)]
@@ -152,7 +158,7 @@ impl ClientBuilder {
                 call_timeout: Duration::from_secs(5),
                 attempt_timeout: Duration::from_secs(1),
                 max_attempts: 4,
-                balance: Balance::RoundRobin,
+                balance: Balance::PowerOfTwoChoices,
                 wait_for_ready: false,
                 connections: 1,
                 bulk_connections: 2,
@@ -326,6 +332,7 @@ impl ClientBuilder {
             wake_line: Arc::default(),
             watchdog: Arc::new(watchdog::Watchdog::new()),
             rr: AtomicUsize::new(0),
+            epoch: now_std(),
             changed: watch::channel(()).0,
             counters: Counters::default(),
             budget: budget::Budget::new(self.budget),
@@ -389,6 +396,8 @@ pub(crate) struct Inner {
     wake_line: Arc<WakeLine>,
     watchdog: Arc<watchdog::Watchdog>,
     rr: AtomicUsize,
+    /// When the client started: the origin of latency estimates' clock.
+    epoch: std::time::Instant,
     /// Bumped whenever an endpoint's eligibility may have changed.
     changed: watch::Sender<()>,
     counters: Counters,
@@ -449,6 +458,7 @@ impl Inner {
             }
             if up {
                 st.health.on_connected();
+                ep.latency.reset();
                 tracing::debug!(endpoint = %ep.addr, "connected");
             } else {
                 st.health.on_disconnected();
@@ -670,6 +680,12 @@ impl Inner {
         // Read only when an endpoint with strikes is looked at.
         let mut now = None;
         let n = self.members.len();
+        if self.config.balance == Balance::PowerOfTwoChoices {
+            if let Some(i) = self.pick_two(avoid, &mut now) {
+                return Some(i);
+            }
+            // Draws missed (few members can take calls): look at all.
+        }
         let mut start = self.rr.fetch_add(1, Ordering::Relaxed);
         if self.config.balance == Balance::RoundRobin {
             // The next in turn; one that cannot take the call (removed, down,
@@ -699,7 +715,8 @@ impl Inner {
             }
             match self.config.balance {
                 Balance::RoundRobin => return Some(i),
-                Balance::LeastOutstanding => {
+                // The scan after missed draws: the least loaded that can take it.
+                Balance::LeastOutstanding | Balance::PowerOfTwoChoices => {
                     let load = ep.outstanding.load(Ordering::Relaxed);
                     if best.is_none_or(|(_, l)| load < l) {
                         best = Some((i, load));
@@ -708,6 +725,52 @@ impl Inner {
             }
         }
         best.map(|(i, _)| i).or(fallback)
+    }
+
+    /// Power of two choices: the better of two members drawn at random, each able to
+    /// take the call; `None` when a few draws found none.
+    fn pick_two(
+        &self,
+        avoid: Option<usize>,
+        now: &mut Option<std::time::Instant>,
+    ) -> Option<usize> {
+        const DRAWS: usize = 4;
+        let n = self.members.len();
+        let mut ok = |i: usize| {
+            Some(i) != avoid
+                && self
+                    .members
+                    .at(i)
+                    .eligible(|| *now.get_or_insert_with(now_std))
+        };
+        if n == 1 {
+            return ok(0).then_some(0);
+        }
+        for _ in 0..DRAWS {
+            let r = SplitMix64::new(self.rr.fetch_add(1, Ordering::Relaxed) as u64).next_u64();
+            let a = (r % n as u64) as usize;
+            let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+            match (ok(a), ok(b)) {
+                (true, true) => {
+                    let t = self.nanos(now.unwrap_or_else(now_std));
+                    let score = |i: usize| {
+                        let m = self.members.at(i);
+                        let load = m.outstanding.load(Ordering::Relaxed);
+                        (i, balance::score(m.latency.cost(t), load))
+                    };
+                    return Some(balance::choose(score(a), score(b)));
+                }
+                (true, false) => return Some(a),
+                (false, true) => return Some(b),
+                (false, false) => {}
+            }
+        }
+        None
+    }
+
+    /// Nanoseconds of `t` since the client started (the clock of latency estimates).
+    fn nanos(&self, t: std::time::Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Waits until endpoints may have changed: a link event, the end of a suspect
@@ -1041,6 +1104,18 @@ impl Client {
                 Event::Reply { from, msg } => {
                     // `on_reply` removed the entry before handing the reply over.
                     guard.clear = true;
+                    // Nothing to compare in a pool of one: no clock read. The send
+                    // time is the attempt deadline less the attempt timeout (not kept:
+                    // the call's future stays small), unless the call's deadline cut
+                    // the attempt short.
+                    let p2c = cfg.balance == Balance::PowerOfTwoChoices;
+                    if p2c && from == idx && attempt_deadline < deadline && inner.members.len() > 1
+                    {
+                        let t = Instant::now();
+                        let sent_at = attempt_deadline - cfg.attempt_timeout;
+                        let at = inner.nanos(t.into_std());
+                        ep.latency.observe(t.saturating_duration_since(sent_at), at);
+                    }
                     // The call ends here unless the server did not run it: then the
                     // server that answered may let go of its reply.
                     let verdict = classify(msg);
@@ -1069,6 +1144,9 @@ impl Client {
                 Event::TimedOut => {
                     bump(&c.timeouts);
                     bump(&ep.counters.timeouts);
+                    // As slow as the attempt timeout, at least.
+                    let at = inner.nanos(now_std());
+                    ep.latency.observe(cfg.attempt_timeout, at);
                     let attempt = retry.attempts();
                     tracing::info!(endpoint = %ep.addr, attempt, "attempt timed out");
                     // Cut short by the call's deadline, the attempt says nothing
