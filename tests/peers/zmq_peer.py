@@ -4,7 +4,11 @@ One command per line, one answer per line:
   socket TYPE [name=value ...]  -> ok          (options: identity=HEX heartbeat_ivl=MS
                                                heartbeat_timeout=MS heartbeat_ttl=MS
                                                req_correlate=1 req_relaxed=1
-                                               router_mandatory=1 maxmsgsize=N)
+                                               router_mandatory=1 maxmsgsize=N
+                                               curve_server=SECRET_Z85
+                                               curve_client=SECRET_Z85,SERVER_PUBLIC_Z85)
+  curve_keypair                 -> ok PUBLIC SECRET   (Z85, from libzmq)
+  curve_public SECRET           -> ok PUBLIC          (libzmq's derivation)
   bind ENDPOINT                 -> ok LAST_ENDPOINT
   connect ENDPOINT              -> ok
   send HEX|- [HEX|- ...]        -> ok          ("-" is an empty frame)
@@ -81,9 +85,23 @@ def main():
                         sock.setsockopt(zmq.ROUTER_MANDATORY, int(v))
                     elif k == "maxmsgsize":
                         sock.setsockopt(zmq.MAXMSGSIZE, int(v))
+                    elif k == "curve_server":
+                        sock.curve_server = True
+                        sock.curve_secretkey = v.encode()
+                        sock.curve_publickey = zmq.curve_public(v.encode())
+                    elif k == "curve_client":
+                        secret, server = v.split(",", 1)
+                        sock.curve_secretkey = secret.encode()
+                        sock.curve_publickey = zmq.curve_public(secret.encode())
+                        sock.curve_serverkey = server.encode()
                     else:
                         raise ValueError("unknown option " + k)
                 print("ok")
+            elif cmd == "curve_keypair":
+                public, secret = zmq.curve_keypair()
+                print("ok", public.decode(), secret.decode())
+            elif cmd == "curve_public":
+                print("ok", zmq.curve_public(args[0].encode()).decode())
             elif cmd == "bind":
                 sock.bind(args[0])
                 print("ok", sock.getsockopt(zmq.LAST_ENDPOINT).decode())

@@ -14,15 +14,20 @@
 //! - [`heartbeat`]: PING/PONG timers and the peer's TTL.
 //! - [`connection`]: the per-connection state machine that ties them together
 //!   (handshake, then message traffic).
+//! - [`curve`]: the CURVE mechanism's handshake commands and MESSAGE boxes (keys,
+//!   HELLO/WELCOME/INITIATE/READY, nonces), tested against libzmq; [`z85`]: the text
+//!   form of its keys. Not yet driven by [`connection`]: sockets speak NULL.
 //!
 //! Facts about libzmq's behaviour that this module matches are noted where they apply.
 
 pub mod command;
 pub mod connection;
+pub mod curve;
 pub mod frame;
 pub mod greeting;
 pub mod heartbeat;
 pub mod socket_type;
+pub mod z85;
 
 pub use command::{Command, Metadata};
 pub use connection::{Connection, ConnectionConfig, Event, PeerInfo};
@@ -79,6 +84,10 @@ pub enum ZmtpError {
     /// Operation on a connection that is not (yet, or any more) active.
     #[error("connection is not active")]
     NotActive,
+    /// A CURVE command or box that is wrong: malformed, out of order, a nonce that
+    /// does not rise, a box that does not open.
+    #[error("CURVE: {0}")]
+    Curve(&'static str),
 }
 
 impl ZmtpError {
