@@ -48,6 +48,7 @@ pub use rpc_transport::client::{
     PoolChange, RetryBudget,
 };
 pub use rpc_transport::server::{RequestContext, Server, ServerBuilder, ServerHandle, ServerStats};
+pub use rpc_transport::zmtp::curve::{KeyPair, PublicKey};
 pub use rpc_transport::{Message, Timer};
 
 /// Items generated code refers to. Not a public API.

@@ -1,11 +1,14 @@
 //! `#[rpc_service]` end to end: generated client and server over our sockets.
 
+mod support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use support::Hdr;
 use zmtp_rpc::{rpc_service, Client, Message, RpcError, Server, ServerHandle, Status};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,22 +285,6 @@ async fn raw(
         }
     };
     (reply, hdr)
-}
-
-#[derive(Serialize)]
-struct Hdr<'a> {
-    v: u8,
-    #[serde(with = "serde_bytes16")]
-    id: [u8; 16],
-    method: &'a str,
-    timeout_ms: u64,
-    attempt: u32,
-}
-
-mod serde_bytes16 {
-    pub fn serialize<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(b)
-    }
 }
 
 #[tokio::test]

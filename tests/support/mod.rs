@@ -176,3 +176,26 @@ pub async fn spawn_first_line(mut cmd: Command) -> Spawned {
         lines,
     }
 }
+
+/// A request header as a plain client writes it (docs/PROTOCOL.md): for tests that
+/// build requests by hand.
+#[derive(serde::Serialize)]
+pub struct Hdr<'a> {
+    /// Protocol version.
+    pub v: u8,
+    /// Request id (MessagePack `bin` 16).
+    #[serde(with = "serde_bytes16")]
+    pub id: [u8; 16],
+    /// `service.method`.
+    pub method: &'a str,
+    /// Time left.
+    pub timeout_ms: u64,
+    /// Attempt number.
+    pub attempt: u32,
+}
+
+mod serde_bytes16 {
+    pub fn serialize<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+}

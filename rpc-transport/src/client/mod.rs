@@ -70,7 +70,8 @@ use crate::socket::wake_line::WakeLine;
 use crate::socket::{SocketOptions, SplitMix64};
 use crate::sync::lock;
 use crate::timer::Timer;
-use crate::zmtp::HeartbeatConfig;
+use crate::zmtp::curve::{KeyPair, PublicKey};
+use crate::zmtp::{HeartbeatConfig, Mechanism};
 
 /// How a call picks among healthy endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -232,6 +233,15 @@ impl ClientBuilder {
     /// after a stall.
     pub fn wait_for_ready(mut self, wait: bool) -> Self {
         self.config.wait_for_ready = wait;
+        self
+    }
+
+    /// Speaks CURVE to every endpoint: `keys` are the client's permanent keys (a
+    /// server's allow-list names the public one), `server` the servers' public key.
+    /// Everything after the handshake is encrypted and authenticated; a server that
+    /// cannot prove it holds `server`'s secret key is not talked to.
+    pub fn curve(mut self, keys: KeyPair, server: PublicKey) -> Self {
+        self.config.socket.mechanism = Mechanism::CurveClient { keys, server };
         self
     }
 

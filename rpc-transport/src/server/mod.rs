@@ -44,7 +44,9 @@ use crate::message::Outgoing;
 use crate::socket::core::{Answers, Direct, Inbound, PeerId};
 use crate::socket::{Endpoint, RouterSocket, SocketError, SocketOptions};
 use crate::sync::lock;
+use crate::zmtp::curve::{KeyPair, PublicKey};
 use crate::zmtp::HeartbeatConfig;
+use crate::zmtp::Mechanism;
 
 /// Entry point: `Server::builder()`.
 #[derive(Debug)]
@@ -158,6 +160,40 @@ impl ServerBuilder {
     /// Heartbeats on client connections (`None`: answer PINGs only).
     pub fn heartbeat(mut self, hb: Option<HeartbeatConfig>) -> Self {
         self.socket.heartbeat = hb;
+        self
+    }
+
+    /// Speaks CURVE to every client, with the server's permanent `keys`: clients must
+    /// know its public key; everything after the handshake is encrypted and
+    /// authenticated. Any client that completes the handshake is served unless
+    /// [`allow_clients`](Self::allow_clients) or [`authorize`](Self::authorize) says
+    /// otherwise.
+    pub fn curve(mut self, keys: KeyPair) -> Self {
+        let authorize = match &self.socket.mechanism {
+            Mechanism::CurveServer { authorize, .. } => authorize.clone(),
+            _ => None,
+        };
+        self.socket.mechanism = Mechanism::CurveServer { keys, authorize };
+        self
+    }
+
+    /// With [`curve`](Self::curve): only clients whose public key is listed may
+    /// connect; the others' handshakes end with an ERROR ("authentication failed"),
+    /// logged with their address.
+    pub fn allow_clients(self, keys: impl IntoIterator<Item = PublicKey>) -> Self {
+        let allowed: std::collections::HashSet<PublicKey> = keys.into_iter().collect();
+        self.authorize(move |key| allowed.contains(key))
+    }
+
+    /// With [`curve`](Self::curve): `allow` decides, by the client's public key,
+    /// whether it may connect (called once per connection, during the handshake: keep
+    /// it quick).
+    pub fn authorize(mut self, allow: impl Fn(&PublicKey) -> bool + Send + Sync + 'static) -> Self {
+        if let Mechanism::CurveServer { authorize, .. } = &mut self.socket.mechanism {
+            *authorize = Some(Arc::new(allow));
+        } else {
+            tracing::warn!("ServerBuilder::authorize without curve(): nothing to authorize");
+        }
         self
     }
 

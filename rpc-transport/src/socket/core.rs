@@ -671,6 +671,7 @@ mod tests {
             identity: Bytes::new(),
             minor: 1,
             metadata: Metadata::new(),
+            public_key: None,
         };
         let guard = core.add_peer(id, &info, tx, out.clone()).unwrap();
         TestPeer {

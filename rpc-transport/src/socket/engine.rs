@@ -55,7 +55,17 @@ pub(crate) async fn run(core: Arc<Core>, io: Io) -> bool {
         End::Protocol(e) => tracing::warn!(error = %e, "closing connection: protocol violation"),
         End::Rejected(e) => tracing::warn!(error = %e, "closing connection: rejected"),
     });
-    if let Some(reason) = end.reason(handshaken) {
+    if let Some(mut reason) = end.reason(handshaken) {
+        if !handshaken
+            && matches!(end, End::Eof)
+            && matches!(
+                core.opts.mechanism,
+                crate::zmtp::Mechanism::CurveClient { .. }
+            )
+        {
+            // A CURVE server closes at once on a HELLO it cannot open.
+            reason.push_str(" (is the server's public key right?)");
+        }
         core.report_failure(reason);
     }
     handshaken
@@ -75,6 +85,7 @@ impl End {
             End::Eof => format!("connection closed by the peer{during}"),
             End::Io(e) => format!("connection lost{during}: {e}"),
             End::Protocol(e) if handshaken => format!("protocol violation: {e}"),
+            End::Protocol(ZmtpError::PeerError(r)) => format!("refused by the peer: {r}"),
             End::Protocol(e) => format!("handshake failed: {e}"),
             End::Rejected(e) => format!("connection rejected: {e}"),
         })
@@ -91,6 +102,7 @@ fn connection_config(core: &Core) -> ConnectionConfig {
         heartbeat: o.heartbeat,
         heartbeat_zmtp30: o.heartbeat_zmtp30,
         properties: Vec::new(),
+        mechanism: o.mechanism.clone(),
     }
 }
 
@@ -191,7 +203,9 @@ impl<'a> Engine<'a> {
                     self.reply_tx = Some(tx.clone());
                     // Open before the peer can be found: a sender that finds it may
                     // write at once (a closed outbox sends it to the channel).
-                    self.out.set_open(true);
+                    // A CURVE connection seals every frame in order: callers do not
+                    // write to it directly.
+                    self.out.set_open(!self.conn.is_encrypted());
                     match self.core.add_peer(self.id, &info, tx, self.out.clone()) {
                         Ok(g) => {
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::timer::Timer;
-use crate::zmtp::HeartbeatConfig;
+use crate::zmtp::{HeartbeatConfig, Mechanism};
 
 /// Options shared by every socket type. Defaults follow libzmq where it is safe and
 /// bound everything libzmq leaves unbounded.
@@ -42,6 +42,8 @@ pub struct SocketOptions {
     pub rng_seed: Option<u64>,
     /// The clock of handshake and heartbeat deadlines. Default [`Timer::Runtime`].
     pub timer: Timer,
+    /// The security mechanism and its keys: NULL (default) or CURVE.
+    pub mechanism: Mechanism,
 }
 
 impl Default for SocketOptions {
@@ -61,6 +63,7 @@ impl Default for SocketOptions {
             router_mandatory: true,
             rng_seed: None,
             timer: Timer::Runtime,
+            mechanism: Mechanism::Null,
         }
     }
 }
@@ -119,6 +122,12 @@ impl SocketOptions {
     /// Sets the clock of deadlines (see [`Timer`]).
     pub fn timer(mut self, timer: Timer) -> Self {
         self.timer = timer;
+        self
+    }
+
+    /// Sets the security mechanism (see [`Mechanism`]).
+    pub fn mechanism(mut self, mechanism: Mechanism) -> Self {
+        self.mechanism = mechanism;
         self
     }
 

@@ -10,7 +10,7 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::task::{Context, Poll, Waker};
 
@@ -47,6 +47,8 @@ pub(crate) struct Outbox {
     ///
     /// [`Core::try_send_direct`]: super::core::Core::try_send_direct
     in_flight: AtomicUsize,
+    /// `Inner::open`, readable without the lock: a sender looks before anything else.
+    open: AtomicBool,
 }
 
 /// Most messages waiting in `handed`.
@@ -99,6 +101,7 @@ impl Outbox {
             high,
             queued: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
+            open: AtomicBool::new(false),
         }
     }
 
@@ -140,7 +143,9 @@ impl Outbox {
 
     /// Lets senders write messages (after the handshake), or stops them (closing).
     pub fn set_open(&self, open: bool) {
-        self.lock().open = open;
+        let mut inner = self.lock();
+        inner.open = open;
+        self.open.store(open, Ordering::Release);
     }
 
     /// Whether senders may write (false once the connection is closing).
@@ -222,6 +227,11 @@ impl Outbox {
     /// back when the outbox is closed or full (then the socket's queue and the
     /// connection task take it).
     pub fn try_send(&self, msg: Outgoing) -> Result<(), Outgoing> {
+        // Closed (or never opened: a CURVE connection seals every frame itself): not
+        // even handed to the task, which would write it as it is.
+        if !self.open.load(Ordering::Acquire) {
+            return Err(msg);
+        }
         let g = match self.try_writer() {
             Some(g) => g,
             None => {

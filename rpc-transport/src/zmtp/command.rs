@@ -82,6 +82,17 @@ impl Command {
         })
     }
 
+    /// The command's body (name size, name, data), as a frame carries it; a CURVE
+    /// connection seals it into a MESSAGE.
+    pub fn body(&self) -> BytesMut {
+        let mut tx = TxQueue::new();
+        self.encode(&mut tx);
+        let mut all = tx.take_all();
+        // Drop the frame header: flags, then one size byte or eight.
+        let header = if all[0] & 0x02 != 0 { 9 } else { 2 };
+        all.split_off(header)
+    }
+
     /// Queues this command as a frame.
     pub fn encode(&self, tx: &mut TxQueue) {
         match self {

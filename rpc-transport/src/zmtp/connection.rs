@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::command::{Command, Metadata};
+use super::curve::{self, CurveClient, CurveServer, PublicKey, Session};
 use super::frame::{Frame, FrameDecoder, TxQueue, MAX_FRAMES};
 use super::greeting::{Greeting, GREETING_LEN};
 use super::heartbeat::{Heartbeat, HeartbeatConfig};
+use super::mechanism::Mechanism;
 use super::socket_type::SocketType;
 use super::ZmtpError;
 use crate::message::Message;
@@ -39,6 +41,8 @@ pub struct ConnectionConfig {
     pub heartbeat_zmtp30: bool,
     /// Extra READY properties.
     pub properties: Vec<(String, Bytes)>,
+    /// The security mechanism and its keys (NULL by default).
+    pub mechanism: Mechanism,
 }
 
 impl ConnectionConfig {
@@ -52,6 +56,7 @@ impl ConnectionConfig {
             heartbeat: None,
             heartbeat_zmtp30: false,
             properties: Vec::new(),
+            mechanism: Mechanism::Null,
         }
     }
 }
@@ -67,6 +72,9 @@ pub struct PeerInfo {
     pub minor: u8,
     /// Every READY property, including the two above.
     pub metadata: Metadata,
+    /// The peer's CURVE permanent public key, authenticated by the handshake (a
+    /// server learns its client's; a client knew its server's).
+    pub public_key: Option<PublicKey>,
 }
 
 /// Something that happened on the connection.
@@ -101,13 +109,72 @@ pub struct Connection {
     tx: TxQueue,
     handshake_deadline: Instant,
     heartbeat: Heartbeat,
+    /// The CURVE side of the connection: its handshake, then its boxes.
+    curve: Curve,
+}
+
+/// Where a CURVE connection stands (nothing for NULL).
+#[derive(Debug)]
+enum Curve {
+    None,
+    Client(Box<CurveClient>),
+    Server(Box<CurveServer>),
+    Session(Box<Session>),
 }
 
 impl Connection {
     /// A new connection at `now`; our greeting and READY are queued for transmission.
     pub fn new(config: ConnectionConfig, now: Instant) -> Connection {
         let mut tx = TxQueue::new();
-        tx.push_raw(&Greeting::null().encode());
+        let mut greeting = Greeting::null();
+        let name = config.mechanism.name();
+        greeting.mechanism = [0; super::greeting::MECHANISM_LEN];
+        greeting.mechanism[..name.len()].copy_from_slice(name);
+        greeting.as_server = config.mechanism.as_server();
+        tx.push_raw(&greeting.encode());
+        let curve = match &config.mechanism {
+            Mechanism::Null => {
+                Command::Ready(Self::our_metadata(&config)).encode(&mut tx);
+                Curve::None
+            }
+            Mechanism::CurveClient { keys, server } => {
+                let mut client = CurveClient::new(keys.clone(), *server);
+                // Queued at once, like NULL's READY (see the module docs).
+                match client.hello() {
+                    Ok(hello) => tx.push_command_body(&hello),
+                    Err(e) => tracing::error!(error = %e, "cannot make a CURVE HELLO"),
+                }
+                Curve::Client(Box::new(client))
+            }
+            Mechanism::CurveServer { keys, .. } => {
+                Curve::Server(Box::new(CurveServer::new(keys.clone())))
+            }
+        };
+        // CURVE adds 33 bytes to every frame on the wire.
+        let overhead = if matches!(curve, Curve::None) {
+            0
+        } else {
+            64 * 1024
+        };
+        Connection {
+            decoder: FrameDecoder::new(config.max_message_size + overhead),
+            handshake_deadline: now + config.handshake_timeout,
+            config,
+            phase: Phase::Greeting,
+            greeting: [0; GREETING_LEN],
+            greeting_len: 0,
+            peer_minor: 0,
+            partial: Vec::new(),
+            partial_size: 0,
+            events: VecDeque::new(),
+            tx,
+            heartbeat: Heartbeat::default(),
+            curve,
+        }
+    }
+
+    /// The READY properties we announce.
+    fn our_metadata(config: &ConnectionConfig) -> Metadata {
         let mut md = Metadata::new();
         md.insert(
             "Socket-Type",
@@ -122,21 +189,13 @@ impl Connection {
         for (n, v) in &config.properties {
             md.insert(n, v.clone());
         }
-        Command::Ready(md).encode(&mut tx);
-        Connection {
-            decoder: FrameDecoder::new(config.max_message_size),
-            handshake_deadline: now + config.handshake_timeout,
-            config,
-            phase: Phase::Greeting,
-            greeting: [0; GREETING_LEN],
-            greeting_len: 0,
-            peer_minor: 0,
-            partial: Vec::new(),
-            partial_size: 0,
-            events: VecDeque::new(),
-            tx,
-            heartbeat: Heartbeat::default(),
-        }
+        md
+    }
+
+    /// Whether frames travel in CURVE boxes (the direct write path, which writes
+    /// frames as they are, is then not used).
+    pub fn is_encrypted(&self) -> bool {
+        !matches!(self.curve, Curve::None)
     }
 
     /// True once the handshake is done and until the connection fails.
@@ -200,7 +259,7 @@ impl Connection {
                         return Ok(());
                     }
                     let g = Greeting::decode(&self.greeting)?;
-                    if g.mechanism_name() != b"NULL" {
+                    if g.mechanism_name() != self.config.mechanism.name() {
                         return Err(ZmtpError::MechanismMismatch(
                             String::from_utf8_lossy(g.mechanism_name()).into_owned(),
                         ));
@@ -213,6 +272,9 @@ impl Connection {
                     Some(Frame::Data { .. }) => {
                         return Err(ZmtpError::Malformed("message before READY"))
                     }
+                    Some(Frame::Command(body)) if !matches!(self.curve, Curve::None) => {
+                        self.on_curve_handshake(body, &mut clock)?
+                    }
                     Some(Frame::Command(body)) => match Command::decode(body)? {
                         Command::Ready(md) => self.on_ready(md, clock())?,
                         Command::Error(reason) => return Err(ZmtpError::PeerError(reason)),
@@ -221,6 +283,20 @@ impl Connection {
                 },
                 Phase::Active => match self.decoder.decode(src, self.partial_size)? {
                     None => return Ok(()),
+                    Some(Frame::Data { body, .. }) if matches!(self.curve, Curve::Session(_)) => {
+                        let Curve::Session(session) = &mut self.curve else {
+                            unreachable!("matched above")
+                        };
+                        let (flags, frame) = session.open(BytesMut::from(body))?;
+                        if flags & curve::FLAG_COMMAND != 0 {
+                            self.on_command(Command::decode(frame)?, &mut clock)?;
+                        } else {
+                            self.on_frame(flags & curve::FLAG_MORE != 0, frame)?;
+                        }
+                    }
+                    Some(Frame::Command(_)) if matches!(self.curve, Curve::Session(_)) => {
+                        return Err(ZmtpError::Malformed("a command outside a CURVE box"))
+                    }
                     Some(Frame::Data { more, body }) => {
                         if self.partial.len() >= MAX_FRAMES {
                             return Err(ZmtpError::Malformed("more than 1024 frames in a message"));
@@ -265,7 +341,109 @@ impl Connection {
             identity,
             minor: self.peer_minor,
             metadata: md,
+            public_key: None,
         }));
+        Ok(())
+    }
+
+    /// A frame of a message arrived (out of a CURVE box).
+    fn on_frame(&mut self, more: bool, body: Bytes) -> Result<(), ZmtpError> {
+        if self.partial.len() >= MAX_FRAMES {
+            return Err(ZmtpError::Malformed("more than 1024 frames in a message"));
+        }
+        self.partial_size += body.len() as u64;
+        if self.partial_size > self.config.max_message_size {
+            return Err(ZmtpError::TooLarge {
+                size: self.partial_size,
+                max: self.config.max_message_size,
+            });
+        }
+        self.partial.push(body);
+        if !more {
+            let frames = std::mem::take(&mut self.partial);
+            self.partial_size = 0;
+            self.events.push_back(Event::Message(Message::from(frames)));
+        }
+        Ok(())
+    }
+
+    /// A CURVE handshake command arrived.
+    fn on_curve_handshake(
+        &mut self,
+        body: Bytes,
+        clock: &mut impl FnMut() -> Instant,
+    ) -> Result<(), ZmtpError> {
+        if body.starts_with(b"\x05ERROR") {
+            return match Command::decode(body)? {
+                Command::Error(reason) => Err(ZmtpError::PeerError(reason)),
+                _ => Err(ZmtpError::Malformed("ERROR")),
+            };
+        }
+        let md = Self::our_metadata(&self.config);
+        let mut ours = BytesMut::new();
+        md.encode(&mut ours);
+        match std::mem::replace(&mut self.curve, Curve::None) {
+            Curve::Client(mut client) if body.starts_with(b"\x07WELCOME") => {
+                let initiate = client.on_welcome(&body, &ours)?;
+                self.tx.push_command_body(&initiate);
+                self.curve = Curve::Client(client);
+            }
+            Curve::Client(mut client) if body.starts_with(b"\x05READY") => {
+                let theirs = client.on_ready(&body)?;
+                self.curve = Curve::Session(Box::new(client.into_session()?));
+                self.on_ready(Metadata::decode(theirs)?, clock())?;
+                self.set_peer_key(match &self.config.mechanism {
+                    Mechanism::CurveClient { server, .. } => Some(*server),
+                    _ => None,
+                });
+            }
+            Curve::Server(mut server) if body.starts_with(b"\x05HELLO") => {
+                let welcome = server.on_hello(&body)?;
+                self.tx.push_command_body(&welcome);
+                self.curve = Curve::Server(server);
+            }
+            Curve::Server(mut server) if body.starts_with(b"\x08INITIATE") => {
+                let init = server.on_initiate(&body)?;
+                let allowed = match &self.config.mechanism {
+                    Mechanism::CurveServer {
+                        authorize: Some(allow),
+                        ..
+                    } => allow(&init.client),
+                    _ => true,
+                };
+                if !allowed {
+                    return Err(ZmtpError::Unauthorized(format!(
+                        "client key {} is not allowed",
+                        init.client
+                    )));
+                }
+                let ready = server.ready(&ours)?;
+                self.tx.push_command_body(&ready);
+                self.curve = Curve::Session(Box::new(server.into_session()?));
+                self.on_ready(Metadata::decode(init.metadata)?, clock())?;
+                self.set_peer_key(Some(init.client));
+            }
+            _ => return Err(ZmtpError::Curve("unexpected handshake command")),
+        }
+        Ok(())
+    }
+
+    /// Records the peer's authenticated key in the READY event just queued.
+    fn set_peer_key(&mut self, key: Option<PublicKey>) {
+        if let Some(Event::Ready(info)) = self.events.back_mut() {
+            info.public_key = key;
+        }
+    }
+
+    /// Queues a command: in clear, or in a CURVE box once the handshake is done.
+    fn queue_command(&mut self, cmd: Command) -> Result<(), ZmtpError> {
+        match &mut self.curve {
+            Curve::Session(session) => {
+                let sealed = session.seal(curve::FLAG_COMMAND, &[&cmd.body()])?;
+                self.tx.push_frame(0, &sealed.freeze());
+            }
+            _ => cmd.encode(&mut self.tx),
+        }
         Ok(())
     }
 
@@ -277,8 +455,7 @@ impl Connection {
         match cmd {
             Command::Ping { ttl_ds, context } => {
                 self.heartbeat.on_ping(ttl_ds, clock());
-                Command::Pong { context }.encode(&mut self.tx);
-                Ok(())
+                self.queue_command(Command::Pong { context })
             }
             Command::Pong { .. } => Ok(()),
             Command::Error(reason) => Err(ZmtpError::PeerError(reason)),
@@ -295,8 +472,9 @@ impl Connection {
         if self.phase == Phase::Closed {
             return;
         }
-        // ERROR is only meaningful once the peer has our greeting and we have its.
-        if self.phase != Phase::Greeting {
+        // ERROR is only meaningful once the peer has our greeting and we have its; a
+        // CURVE peer gets none for a bad MESSAGE (RFC 26).
+        if self.phase != Phase::Greeting && !matches!(self.curve, Curve::Session(_)) {
             if let Some(reason) = e.error_reason() {
                 Command::Error(reason.to_string()).encode(&mut self.tx);
             }
@@ -327,8 +505,13 @@ impl Connection {
         if self.phase != Phase::Active {
             return Err(ZmtpError::NotActive);
         }
-        self.tx.push_behind(envelope, frames, joined);
-        Ok(())
+        match &mut self.curve {
+            Curve::Session(session) => seal_behind(session, &mut self.tx, envelope, frames, joined),
+            _ => {
+                self.tx.push_behind(envelope, frames, joined);
+                Ok(())
+            }
+        }
     }
 
     /// The next event, if any.
@@ -361,15 +544,16 @@ impl Connection {
             Phase::Greeting | Phase::Handshake if now >= self.handshake_deadline => {
                 Err(ZmtpError::HandshakeTimeout)
             }
-            Phase::Active => self.heartbeat.handle_timeout(now).map(|ping| {
-                if let Some(ttl_ds) = ping {
-                    Command::Ping {
+            Phase::Active => self
+                .heartbeat
+                .handle_timeout(now)
+                .and_then(|ping| match ping {
+                    Some(ttl_ds) => self.queue_command(Command::Ping {
                         ttl_ds,
                         context: Bytes::new(),
-                    }
-                    .encode(&mut self.tx);
-                }
-            }),
+                    }),
+                    None => Ok(()),
+                }),
             _ => Ok(()),
         };
         if let Err(e) = &r {
@@ -377,6 +561,32 @@ impl Connection {
         }
         r
     }
+}
+
+/// Queues a message as CURVE MESSAGE boxes, one per frame (the last `joined` of
+/// `frames` being the parts of one), each in a plain message frame as libzmq sends.
+fn seal_behind(
+    session: &mut Session,
+    tx: &mut TxQueue,
+    envelope: &[Bytes],
+    frames: &[Bytes],
+    joined: usize,
+) -> Result<(), ZmtpError> {
+    let joined = joined.clamp(1, frames.len().max(1));
+    let (head, last) = frames.split_at(frames.len().saturating_sub(joined));
+    let singles = envelope.iter().chain(head).map(std::slice::from_ref);
+    let parts: Vec<&[Bytes]> = singles.chain((!last.is_empty()).then_some(last)).collect();
+    for (i, frame) in parts.iter().enumerate() {
+        let more = if i + 1 < parts.len() {
+            curve::FLAG_MORE
+        } else {
+            0
+        };
+        let slices: Vec<&[u8]> = frame.iter().map(|b| &b[..]).collect();
+        let sealed = session.seal(more, &slices)?;
+        tx.push_frame(0, &sealed.freeze());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -422,6 +632,84 @@ mod tests {
 
     fn events(c: &mut Connection) -> Vec<Event> {
         std::iter::from_fn(|| c.poll_event()).collect()
+    }
+
+    /// A DEALER client and a ROUTER server over CURVE; `allow` decides the client.
+    fn curve_pair(allow: bool) -> (Pair, curve::KeyPair) {
+        let (ck, sk) = (curve::KeyPair::generate(), curve::KeyPair::generate());
+        let mut a = ConnectionConfig::new(SocketType::Dealer);
+        a.mechanism = Mechanism::CurveClient {
+            keys: ck.clone(),
+            server: sk.public(),
+        };
+        a.heartbeat = Some(HeartbeatConfig::every(Duration::from_millis(100)));
+        let mut b = ConnectionConfig::new(SocketType::Router);
+        b.mechanism = Mechanism::CurveServer {
+            keys: sk,
+            authorize: Some(std::sync::Arc::new(move |_| allow)),
+        };
+        (Pair::new(a, b), ck)
+    }
+
+    #[test]
+    fn curve_handshake_authenticates_and_boxes_messages_and_commands() {
+        let (mut p, client_keys) = curve_pair(true);
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        assert!(p.a.is_active() && p.b.is_active());
+        assert!(p.a.is_encrypted());
+        let ev = events(&mut p.b);
+        let [Event::Ready(info)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(info.socket_type, SocketType::Dealer);
+        assert_eq!(info.public_key, Some(client_keys.public()));
+        events(&mut p.a);
+        let msg = Message::from(vec![
+            Bytes::new(),
+            Bytes::from_static(b"secret"),
+            Bytes::from(vec![9u8; 70_000]),
+        ]);
+        p.a.send(&msg).unwrap();
+        // Nothing of it travels in clear.
+        let wire = p.a.transmit().take_all();
+        assert!(!wire.windows(6).any(|w| w == b"secret"));
+        let mut wire = wire;
+        p.b.handle_input(&mut wire, p.now).unwrap();
+        assert_eq!(events(&mut p.b), [Event::Message(msg.clone())]);
+        p.b.send(&msg).unwrap();
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        assert_eq!(events(&mut p.a), [Event::Message(msg)]);
+        // Heartbeats travel boxed too, and are answered.
+        let later = p.now + Duration::from_millis(150);
+        p.a.handle_timeout(later).unwrap();
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        p.a.handle_timeout(later + Duration::from_millis(50))
+            .unwrap();
+        assert!(p.a.is_active(), "the PONG came back");
+    }
+
+    #[test]
+    fn a_refused_curve_client_hears_why() {
+        let (mut p, _) = curve_pair(false);
+        let (ra, rb) = p.drive();
+        assert!(matches!(rb, Err(ZmtpError::Unauthorized(_))), "{rb:?}");
+        assert!(
+            matches!(&ra, Err(ZmtpError::PeerError(r)) if r == "authentication failed"),
+            "{ra:?}"
+        );
+        assert!(!p.a.is_active() && !p.b.is_active());
+    }
+
+    #[test]
+    fn curve_and_null_do_not_talk() {
+        let (p, _) = curve_pair(true);
+        let mut q = Pair::new(
+            ConnectionConfig::new(SocketType::Dealer),
+            p.b.config.clone(),
+        );
+        let (ra, rb) = q.drive();
+        assert!(matches!(ra, Err(ZmtpError::MechanismMismatch(_))), "{ra:?}");
+        assert!(matches!(rb, Err(ZmtpError::MechanismMismatch(_))), "{rb:?}");
     }
 
     #[test]

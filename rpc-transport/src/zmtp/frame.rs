@@ -225,6 +225,13 @@ impl TxQueue {
         self.buf.extend_from_slice(&tmp);
     }
 
+    /// Queues a command frame whose body (name size, name, data) is given whole.
+    pub fn push_command_body(&mut self, body: &[u8]) {
+        put_header(&mut self.buf, FLAG_COMMAND, body.len());
+        self.len += body.len() + if body.len() > 255 { 9 } else { 2 };
+        self.buf.extend_from_slice(body);
+    }
+
     fn seal(&mut self) {
         if !self.buf.is_empty() {
             self.chunks.push_back(self.buf.split().freeze());

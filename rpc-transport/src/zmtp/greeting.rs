@@ -17,7 +17,8 @@ use super::ZmtpError;
 pub const GREETING_LEN: usize = 64;
 
 /// Length of the mechanism field.
-const MECHANISM_LEN: usize = 20;
+/// Size of the greeting's mechanism field.
+pub const MECHANISM_LEN: usize = 20;
 
 /// A decoded greeting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,6 +26,7 @@ pub mod curve;
 pub mod frame;
 pub mod greeting;
 pub mod heartbeat;
+pub mod mechanism;
 pub mod socket_type;
 pub mod z85;
 
@@ -34,6 +35,7 @@ pub use connection::{Connection, ConnectionConfig, Event, PeerInfo};
 pub use frame::{Frame, FrameDecoder, TxQueue};
 pub use greeting::{Greeting, GREETING_LEN};
 pub use heartbeat::HeartbeatConfig;
+pub use mechanism::{Authorizer, Mechanism};
 pub use socket_type::SocketType;
 
 /// Why a ZMTP connection failed. Every variant closes that one connection.
@@ -88,6 +90,9 @@ pub enum ZmtpError {
     /// does not rise, a box that does not open.
     #[error("CURVE: {0}")]
     Curve(&'static str),
+    /// The server refused our credentials, or we refused the client's.
+    #[error("authentication rejected: {0}")]
+    Unauthorized(String),
 }
 
 impl ZmtpError {
@@ -99,6 +104,7 @@ impl ZmtpError {
             ZmtpError::IncompatibleSocketType { .. } => Some("invalid socket type"),
             ZmtpError::MechanismMismatch(_) => Some("security mechanism mismatch"),
             ZmtpError::HandshakeTimeout => Some("handshake timed out"),
+            ZmtpError::Unauthorized(_) => Some("authentication failed"),
             _ => None,
         }
     }

@@ -1,0 +1,191 @@
+//! CURVE end to end: typed clients and servers, an allow-list, refusals that say why,
+//! and libzmq (pyzmq) peers on either side.
+
+#[allow(dead_code)]
+#[path = "../examples/common/calc.rs"]
+mod calc;
+mod support;
+
+use std::time::Duration;
+
+use calc::{CalcClient, CalcServer, MyCalc};
+use serde::Serialize;
+use support::PyPeer;
+use zmtp_rpc::{Client, KeyPair, RpcError, Server, ServerHandle};
+
+/// A CURVE server of the calculator allowing `clients` (all when `None`).
+async fn server(keys: &KeyPair, clients: Option<Vec<KeyPair>>) -> (ServerHandle, String) {
+    let mut b = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .curve(keys.clone())
+        .add_service(CalcServer::new(MyCalc));
+    if let Some(list) = clients {
+        b = b.allow_clients(list.iter().map(KeyPair::public));
+    }
+    let s = b.start().await.unwrap();
+    let ep = s.endpoints()[0].to_string();
+    (s, ep)
+}
+
+/// Calls until a call fails for the reason `why` names (the first may find the
+/// handshake still under way); returns the error's text.
+async fn refused(calc: &CalcClient, why: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = calc
+            .add(1, 2)
+            .await
+            .expect_err("a refused client's call fails");
+        let text = e.to_string();
+        if text.contains(why) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not refused: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn typed_calls_travel_over_curve_to_an_allowed_client() {
+    let (sk, ck) = (KeyPair::generate(), KeyPair::generate());
+    let (server, ep) = server(&sk, Some(vec![ck.clone()])).await;
+    let client = Client::builder()
+        .endpoint(&ep)
+        .curve(ck, sk.public())
+        .connect()
+        .await
+        .unwrap();
+    let calc = CalcClient::new(client);
+    assert_eq!(calc.add(2, 3).await.unwrap(), 5);
+    assert_eq!(calc.div(10, 2).await.unwrap(), Ok(5));
+    assert!(server.stats().executed >= 2);
+}
+
+#[tokio::test]
+async fn a_client_off_the_list_a_wrong_server_key_and_a_null_client_are_refused() {
+    let (sk, ck) = (KeyPair::generate(), KeyPair::generate());
+    let (server, ep) = server(&sk, Some(vec![ck.clone()])).await;
+    // A key the server does not know.
+    let stranger = Client::builder()
+        .endpoint(&ep)
+        .curve(KeyPair::generate(), sk.public())
+        .connect()
+        .await
+        .unwrap();
+    let text = refused(&CalcClient::new(stranger), "authentication failed").await;
+    assert!(text.contains(&ep), "{text}");
+    // The right client key, the wrong server key: the server cannot open its HELLO.
+    let misled = Client::builder()
+        .endpoint(&ep)
+        .curve(ck, KeyPair::generate().public())
+        .connect()
+        .await
+        .unwrap();
+    let text = refused(&CalcClient::new(misled), "server's public key").await;
+    assert!(text.contains(&ep), "{text}");
+    // No security at all.
+    let plain = Client::connect([ep.clone()]).await.unwrap();
+    let text = refused(&CalcClient::new(plain), "mechanism").await;
+    assert!(text.contains(&ep), "{text}");
+    assert_eq!(server.stats().requests, 0, "no request got through");
+}
+
+#[derive(Serialize)]
+struct AddArgs {
+    a: i64,
+    b: i64,
+}
+
+/// A `calc.add` request as a plain REQ client sends it.
+fn add_request(a: i64, b: i64) -> [Vec<u8>; 2] {
+    let header = support::Hdr {
+        v: 1,
+        id: *uuid::Uuid::new_v4().as_bytes(),
+        method: "calc.add",
+        timeout_ms: 5000,
+        attempt: 1,
+    };
+    [
+        rmp_serde::to_vec_named(&header).unwrap(),
+        rmp_serde::to_vec_named(&AddArgs { a, b }).unwrap(),
+    ]
+}
+
+#[tokio::test]
+async fn a_libzmq_curve_req_client_calls_our_server_and_one_off_the_list_is_refused() {
+    let sk = KeyPair::generate();
+    let mut boot = PyPeer::new("REQ", &[]).await;
+    let keys = boot.ok("curve_keypair").await;
+    let (_, py_secret) = keys.split_once(' ').unwrap();
+    let py_keys = KeyPair::from_secret_z85(py_secret).unwrap();
+    let (server, ep) = server(&sk, Some(vec![py_keys])).await;
+    let opt = format!("curve_client={py_secret},{}", sk.public());
+    let mut py = PyPeer::new("REQ", &[&opt]).await;
+    py.connect(&ep).await;
+    let [h, a] = add_request(40, 2);
+    py.send(&[&h, &a]).await;
+    let reply = py.recv(10_000).await.expect("our server answered libzmq");
+    assert_eq!(reply.len(), 2, "{reply:?}");
+    let body: i64 = rmp_serde::from_slice(&reply[1]).unwrap();
+    assert_eq!(body, 42);
+    // Another libzmq key, not on the list: no answer, and nothing runs.
+    let other = KeyPair::generate();
+    let opt = format!("curve_client={},{}", other.secret_z85(), sk.public());
+    let mut stranger = PyPeer::new("REQ", &[&opt]).await;
+    stranger.connect(&ep).await;
+    let [h, a] = add_request(1, 1);
+    stranger.send(&[&h, &a]).await;
+    assert!(
+        stranger.recv(500).await.is_none(),
+        "a refused client got an answer"
+    );
+    assert_eq!(server.stats().requests, 1);
+}
+
+#[tokio::test]
+async fn our_curve_client_calls_a_libzmq_curve_rep_server() {
+    let mut boot = PyPeer::new("REP", &[]).await;
+    let keys = boot.ok("curve_keypair").await;
+    let (py_public, py_secret) = keys.split_once(' ').unwrap();
+    let mut py = PyPeer::new("REP", &[&format!("curve_server={py_secret}")]).await;
+    let ep = py.bind("tcp://127.0.0.1:0").await;
+    py.ok("serve py").await;
+    let client = Client::builder()
+        .endpoint(&ep)
+        .curve(KeyPair::generate(), py_public.parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let body = format!("hello {i}");
+        let reply = client.request(body.as_str()).await.unwrap();
+        assert_eq!(&reply.frames()[0][..], format!("py:{body}").as_bytes());
+    }
+    // Multipart, and a frame of 8 MiB, both ways.
+    let big = vec![0x33u8; 8 << 20];
+    let client = Client::builder()
+        .endpoint(&ep)
+        .curve(KeyPair::generate(), py_public.parse().unwrap())
+        .max_message_size(16 << 20)
+        .connect()
+        .await
+        .unwrap();
+    let reply = client
+        .request(zmtp_rpc::Message::from(vec![bytes::Bytes::from(big)]))
+        .await
+        .unwrap();
+    assert_eq!(reply.frames()[0].len(), 3 + (8 << 20));
+    assert!(matches!(
+        Client::builder()
+            .endpoint(&ep)
+            .connect()
+            .await
+            .unwrap()
+            .request("plain")
+            .await,
+        Err(RpcError::Unavailable { .. })
+    ));
+}
