@@ -20,8 +20,8 @@
 //! BENCH_TAG, BENCH_ROUNDS (suite: rounds whose medians are printed, default 3),
 //! BENCH_PIN (suite: CPUs for `taskset -c`, e.g. `0` to pin server and client to one).
 //! BENCH_PAYLOADS, BENCH_CONCS (suite: comma-separated lists, default 64,4096,1048576 and
-//! 1,16), BENCH_KINDS (reqrep,dealer,rpc; raw TCP always runs). To measure what the
-//! guarantees cost, `rpc` rows read BENCH_NO_HEARTBEAT (neither side), BENCH_NO_CACHE
+//! 1,16), BENCH_KINDS (reqrep,dealer,rpc,curve; raw TCP always runs; `curve` is the
+//! typed call over CURVE). To measure what the guarantees cost, `rpc` rows read BENCH_NO_HEARTBEAT (neither side), BENCH_NO_CACHE
 //! (server without reply cache) and BENCH_CACHE_ENTRIES (the cache's bound).
 //! Every server and client are separate processes on 127.0.0.1; callers run
 //! in spawned tasks; each call is timed on its own; percentiles are nearest-rank.

@@ -124,11 +124,14 @@ pub async fn serve(kind: &str, addr: &str) {
                 }
             }
         }
-        "rpc" => {
+        "rpc" | "curve" => {
             let mut b = Server::builder()
                 .bind(ep)
                 .max_message_size(64 << 20)
                 .timer(timer());
+            if kind == "curve" {
+                b = b.curve(bench_keys().0);
+            }
             if std::env::var("BENCH_NO_HEARTBEAT").is_ok() {
                 b = b.heartbeat(None);
             }
@@ -149,6 +152,15 @@ pub async fn serve(kind: &str, addr: &str) {
         }
         other => panic!("unknown server kind {other}"),
     }
+}
+
+/// The server's and the client's CURVE keys of the `curve` rows: fixed, so that the
+/// client process knows the server's public key (a benchmark, not a deployment).
+fn bench_keys() -> (zmtp_rpc::KeyPair, zmtp_rpc::KeyPair) {
+    (
+        zmtp_rpc::KeyPair::from_secret_bytes([7; 32]),
+        zmtp_rpc::KeyPair::from_secret_bytes([9; 32]),
+    )
 }
 
 /// The clock of deadlines: BENCH_TIMER=thread for the crate's timer thread, else
@@ -241,12 +253,16 @@ pub async fn measure(kind: &str, addr: &str, k: &Knobs) -> (Sample, String) {
             .await;
             (s, k.conc.to_string())
         }
-        "rpc" => {
+        "rpc" | "curve" => {
             let mut b = Client::builder()
                 .endpoint(ep)
                 .connections_per_endpoint(k.conns)
                 .max_message_size(64 << 20)
                 .timer(timer());
+            if kind == "curve" {
+                let (server, client) = bench_keys();
+                b = b.curve(client, server.public());
+            }
             if let Some(n) = crate::measure::env_opt("BENCH_BULK_CONNS") {
                 b = b.bulk_connections(n);
             }
@@ -340,6 +356,7 @@ fn name(kind: &str) -> &'static str {
         "reqrep" => "zmtp-rpc REQ-REP",
         "dealer" => "zmtp-rpc DEALER-ROUTER",
         "rpc" => "zmtp-rpc typed RPC",
+        "curve" => "zmtp-rpc typed RPC, CURVE",
         _ => "?",
     }
 }
@@ -459,13 +476,25 @@ pub async fn suite() {
             // (kind, connections of the typed client): 16 callers share one client,
             // with one connection and with two.
             let all: &[(&str, usize)] = if conc == 1 {
-                &[("tcp", 1), ("reqrep", 1), ("dealer", 1), ("rpc", 1)]
+                &[
+                    ("tcp", 1),
+                    ("reqrep", 1),
+                    ("dealer", 1),
+                    ("rpc", 1),
+                    ("curve", 1),
+                ]
             } else if payload >= 1 << 20 {
                 // Large payloads: also what raw TCP does with all callers on one
                 // connection, the kernel's limit for the typed client's `1conn` row.
-                &[("tcp", 1), ("tcpmux", 1), ("rpc", 1), ("rpc", 2)]
+                &[
+                    ("tcp", 1),
+                    ("tcpmux", 1),
+                    ("rpc", 1),
+                    ("rpc", 2),
+                    ("curve", 1),
+                ]
             } else {
-                &[("tcp", 1), ("rpc", 1), ("rpc", 2)]
+                &[("tcp", 1), ("rpc", 1), ("rpc", 2), ("curve", 1)]
             };
             // BENCH_KINDS (comma-separated) keeps some rows; raw TCP always runs.
             let keep = std::env::var("BENCH_KINDS").ok();
