@@ -11,14 +11,32 @@ use std::time::Duration;
 use calc::{CalcClient, CalcServer, MyCalc};
 use serde::Serialize;
 use support::PyPeer;
-use zmtp_rpc::{Client, KeyPair, RpcError, Server, ServerHandle};
+use zmtp_rpc::{rpc_service, Client, KeyPair, RequestContext, RpcError, Server, ServerHandle};
+
+/// Tells a client the key it was authenticated by.
+#[rpc_service(name = "whoami")]
+pub trait WhoAmI {
+    /// The caller's CURVE public key as the handler sees it, in Z85.
+    async fn key(&self) -> Option<String>;
+}
+
+struct Me;
+
+impl WhoAmI for Me {
+    async fn key(&self) -> Option<String> {
+        RequestContext::current()
+            .and_then(|c| c.client_key)
+            .map(|k| k.to_z85())
+    }
+}
 
 /// A CURVE server of the calculator allowing `clients` (all when `None`).
 async fn server(keys: &KeyPair, clients: Option<Vec<KeyPair>>) -> (ServerHandle, String) {
     let mut b = Server::builder()
         .bind("tcp://127.0.0.1:0")
         .curve(keys.clone())
-        .add_service(CalcServer::new(MyCalc));
+        .add_service(CalcServer::new(MyCalc))
+        .add_service(WhoAmIServer::new(Me));
     if let Some(list) = clients {
         b = b.allow_clients(list.iter().map(KeyPair::public));
     }
@@ -52,16 +70,20 @@ async fn refused(calc: &CalcClient, why: &str) -> String {
 async fn typed_calls_travel_over_curve_to_an_allowed_client() {
     let (sk, ck) = (KeyPair::generate(), KeyPair::generate());
     let (server, ep) = server(&sk, Some(vec![ck.clone()])).await;
+    let ck_public = ck.public();
     let client = Client::builder()
         .endpoint(&ep)
         .curve(ck, sk.public())
         .connect()
         .await
         .unwrap();
-    let calc = CalcClient::new(client);
+    let calc = CalcClient::new(client.clone());
     assert_eq!(calc.add(2, 3).await.unwrap(), 5);
     assert_eq!(calc.div(10, 2).await.unwrap(), Ok(5));
     assert!(server.stats().executed >= 2);
+    // The handler knows who called: the key the handshake authenticated.
+    let me = WhoAmIClient::new(client).key().await.unwrap();
+    assert_eq!(me, Some(ck_public.to_z85()));
 }
 
 #[tokio::test]

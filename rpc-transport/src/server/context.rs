@@ -21,6 +21,9 @@ pub struct RequestContext {
     pub deadline: Instant,
     /// Metadata from the request header.
     pub metadata: BTreeMap<String, String>,
+    /// The client's CURVE public key, authenticated by the handshake (`None` over
+    /// NULL): a handler can authorize per method by it.
+    pub client_key: Option<crate::zmtp::curve::PublicKey>,
 }
 
 thread_local! {

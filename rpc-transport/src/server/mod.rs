@@ -581,6 +581,7 @@ impl Shared {
             None
         };
         let here = inbound.peer;
+        let client_key = inbound.peer_key;
         let waiter = Waiter {
             peer: here,
             conn: inbound.reply,
@@ -687,6 +688,7 @@ impl Shared {
             attempt: header.attempt,
             deadline,
             metadata: header.meta,
+            client_key,
         };
         let mut handler = Handler::new(ctx, svc.dispatch(request));
         // Fast path: most handlers finish without waiting. One poll with a no-op

@@ -31,6 +31,8 @@ pub(crate) struct Inbound {
     pub msg: Message,
     /// The connection's send queue, for an answer without a peer-table lookup.
     pub reply: mpsc::Sender<Outgoing>,
+    /// The peer's CURVE public key, authenticated by the handshake.
+    pub peer_key: Option<crate::zmtp::curve::PublicKey>,
 }
 
 /// Receives messages straight from the connection tasks instead of the socket's

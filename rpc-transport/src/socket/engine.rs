@@ -158,6 +158,8 @@ struct Engine<'a> {
     /// while it stays empty, it will wake the task, and polling it (a waker
     /// registration each time) can wait.
     rx_armed: bool,
+    /// The peer's CURVE public key, once the handshake authenticated it.
+    peer_key: Option<crate::zmtp::curve::PublicKey>,
 }
 
 impl<'a> Engine<'a> {
@@ -210,6 +212,7 @@ impl<'a> Engine<'a> {
                         Ok(g) => {
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");
                             self.guard = Some(g);
+                            self.peer_key = info.public_key;
                             self.handshaken = true;
                             self.core.report_handshake();
                         }
@@ -225,6 +228,7 @@ impl<'a> Engine<'a> {
                         routing_id: g.routing_id.clone(),
                         msg,
                         reply: reply.clone(),
+                        peer_key: self.peer_key,
                     };
                     if let Some(direct) = self.core.direct.get() {
                         self.out.answer_received();
@@ -472,6 +476,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         stop_check: stop.clone(),
         stop_waker: None,
         rx_armed: false,
+        peer_key: None,
     };
     // Registered once (it takes the watch's lock to register).
     let stopped = stop.changed();
