@@ -7,7 +7,6 @@ mod calc;
 mod support;
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use calc::{CalcClient, CalcError, CalcServer, MyCalc};
 use tokio::process::Command;
@@ -22,24 +21,7 @@ async fn a_python_req_client_calls_a_rust_service() {
         .await
         .unwrap();
     let ep = server.endpoints()[0].to_string();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(support::python())
-            .arg(support::peer_script("rpc_client.py"))
-            .arg(&ep)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("python client finishes")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("ALL OK"), "{stdout}");
+    support::run_peer_script("rpc_client.py", &[&ep]).await;
     server.shutdown().await;
 }
 

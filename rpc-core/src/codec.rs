@@ -161,6 +161,13 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &Payload) -> Result<T, RpcEr
     }
 }
 
+/// Whether `bytes` starts with a MessagePack map (fixmap, map 16, map 32): headers
+/// and arguments must be maps (docs/PROTOCOL.md §3, §4), so that fields bind by name,
+/// never by position.
+pub fn is_map(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
+}
+
 /// Decodes a value, refusing nesting deeper than [`MAX_DEPTH`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RpcError> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);

@@ -115,6 +115,19 @@ impl RequestHeader {
         }
     }
 
+    /// The request id of a header that may be bad elsewhere (a field of the wrong
+    /// type, a missing one): so that the refusal can name the request it refuses.
+    pub fn peek_id(b: &[u8]) -> Option<RequestId> {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: RequestId,
+        }
+        if !crate::codec::is_map(b) {
+            return None;
+        }
+        crate::codec::decode::<IdOnly>(b).ok().map(|h| h.id)
+    }
+
     /// Reads a header from a frame.
     pub fn from_bytes(b: &[u8]) -> Result<RequestHeader, RpcError> {
         RequestHeader::from_bytes_known(b, |_| None)
@@ -131,6 +144,11 @@ impl RequestHeader {
         match Reader(b).request(&known) {
             Some(h) => Ok(h),
             None => {
+                if !crate::codec::is_map(b) {
+                    return Err(RpcError::BadRequest(
+                        "the header must be a MessagePack map".into(),
+                    ));
+                }
                 let mut h: RequestHeader = crate::codec::decode(b)?;
                 if let Some(m) = known(h.method.as_bytes()) {
                     h.method = Cow::Borrowed(m);
@@ -163,12 +181,37 @@ impl ReplyHeader {
         put_str(out, &self.message);
     }
 
-    /// Reads a header from a frame.
+    /// Reads a header from a frame. A status code this version does not know is
+    /// read as INTERNAL, its message saying which code came (PROTOCOL.md §5).
     pub fn from_bytes(b: &[u8]) -> Result<ReplyHeader, RpcError> {
-        match Reader(b).reply() {
-            Some(h) => Ok(h),
-            None => crate::codec::decode(b),
+        if let Some(h) = Reader(b).reply() {
+            return Ok(h);
         }
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            v: u8,
+            id: RequestId,
+            status: u8,
+            #[serde(default)]
+            message: String,
+        }
+        if !crate::codec::is_map(b) {
+            return Err(RpcError::Protocol("the reply header is not a map".into()));
+        }
+        let raw: Raw = crate::codec::decode(b)?;
+        let (status, message) = match Status::from_code(raw.status) {
+            Some(s) => (s, raw.message),
+            None => (
+                Status::Internal,
+                format!("unknown status {}: {}", raw.status, raw.message),
+            ),
+        };
+        Ok(ReplyHeader {
+            v: raw.v,
+            id: raw.id,
+            status,
+            message,
+        })
     }
 }
 
@@ -549,7 +592,20 @@ mod tests {
         let at = bad_status.len() - 10; // the status, before "message" and ""
         assert_eq!(bad_status[at], Status::Ok as u8);
         bad_status[at] = 0x7f;
-        assert!(ReplyHeader::from_bytes(&bad_status).is_err());
+        // A status this version does not know reads as INTERNAL (PROTOCOL.md §5).
+        let h = ReplyHeader::from_bytes(&bad_status).unwrap();
+        assert_eq!(h.status, Status::Internal);
+        assert_eq!(h.message, "unknown status 127: ");
+        // A header that is not a map is refused, with its id when it has one.
+        let array = codec::encode(&(1u8, "a.b")).unwrap();
+        assert!(RequestHeader::from_bytes(&array).is_err());
+        assert_eq!(RequestHeader::peek_id(&array), None);
+        let mut wrong_type = requests()[0].to_bytes();
+        let id = requests()[0].id;
+        assert_eq!(RequestHeader::peek_id(&wrong_type), Some(id));
+        let cut = wrong_type.len() - 1;
+        wrong_type.truncate(cut);
+        assert_eq!(RequestHeader::peek_id(&wrong_type), None, "cut short");
         // A meta count far beyond the input.
         let mut huge = requests()[0].to_bytes();
         let meta_at = huge.len() - 1;

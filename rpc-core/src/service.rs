@@ -67,6 +67,14 @@ impl Reply {
 
     /// Decodes the arguments of a request, or answers BAD_REQUEST.
     pub fn decode_args<A: DeserializeOwned>(args: &Bytes) -> Result<A, Reply> {
+        if !codec::is_map(args) {
+            // An array would bind arguments by position: adding or reordering one
+            // would silently change what the method gets.
+            return Err(Reply::status(
+                Status::BadRequest,
+                "arguments must be a MessagePack map of named arguments",
+            ));
+        }
         codec::decode_shared(args)
             .map_err(|e| Reply::status(Status::BadRequest, format!("cannot decode arguments: {e}")))
     }

@@ -177,6 +177,27 @@ pub async fn spawn_first_line(mut cmd: Command) -> Spawned {
     }
 }
 
+/// Runs `tests/peers/NAME ARGS...` (a Python peer) to its end, within 30 s; fails
+/// the test with its output unless it succeeds and prints `ALL OK`.
+pub async fn run_peer_script(name: &str, args: &[&str]) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(python())
+            .arg(peer_script(name))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the python peer finishes in time")
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{name} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ALL OK"), "{name}: {stdout}");
+    stdout
+}
+
 /// A request header as a plain client writes it (docs/PROTOCOL.md): for tests that
 /// build requests by hand.
 #[derive(serde::Serialize)]
@@ -194,7 +215,9 @@ pub struct Hdr<'a> {
     pub attempt: u32,
 }
 
-mod serde_bytes16 {
+/// Serializes a request id as MessagePack `bin` 16.
+pub mod serde_bytes16 {
+    /// As `#[serde(with = ...)]` wants.
     pub fn serialize<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(b)
     }

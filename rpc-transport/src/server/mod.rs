@@ -601,7 +601,10 @@ impl Shared {
                 Err(e) => {
                     bump(&self.counters.rejected);
                     let why = format!("bad request header: {}", error_chain(&e));
-                    return self.refuse(waiter, nil, Status::BadRequest, why);
+                    // Answered with the request's own id when it can be read, so
+                    // that its caller learns why at once.
+                    let id = RequestHeader::peek_id(&h).unwrap_or(nil);
+                    return self.refuse(waiter, id, Status::BadRequest, why);
                 }
             },
             None => {

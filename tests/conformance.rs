@@ -1,0 +1,69 @@
+//! docs/PROTOCOL.md's rules on malformed input, checked from Python (a peer written from
+//! the spec) and from a hand-made server reply.
+
+#[allow(dead_code)]
+#[path = "../examples/common/calc.rs"]
+mod calc;
+mod support;
+
+use calc::{CalcClient, CalcServer, MyCalc};
+use serde::Serialize;
+use support::PyPeer;
+use zmtp_rpc::{Client, RpcError, Server};
+
+#[tokio::test]
+async fn the_server_refuses_what_the_spec_refuses_and_names_the_request() {
+    let server = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(CalcServer::new(MyCalc))
+        .start()
+        .await
+        .unwrap();
+    let ep = server.endpoints()[0].to_string();
+    support::run_peer_script("conformance.py", &[&ep]).await;
+    // The two bad headers never reached a dispatcher; the array arguments were
+    // refused by it (BAD_REQUEST before the method), the last request ran.
+    let st = server.stats();
+    assert_eq!((st.requests, st.rejected), (4, 2), "{st:?}");
+}
+
+/// A reply header with any status code.
+#[derive(Serialize)]
+struct ReplyHeader<'a> {
+    v: u8,
+    #[serde(with = "support::serde_bytes16")]
+    id: [u8; 16],
+    status: u8,
+    message: &'a str,
+}
+
+#[tokio::test]
+async fn an_unknown_status_reads_as_internal() {
+    let mut py = PyPeer::new("ROUTER", &[]).await;
+    let ep = py.bind("tcp://127.0.0.1:0").await;
+    let client = Client::builder()
+        .endpoint(&ep)
+        .retries(0)
+        .connect()
+        .await
+        .unwrap();
+    let calc = CalcClient::new(client);
+    let call = tokio::spawn(async move { calc.add(1, 2).await });
+    // [routing id][request id][empty][header][arguments]
+    let req = py.recv(10_000).await.expect("the request arrived");
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&req[1]);
+    let header = rmp_serde::to_vec_named(&ReplyHeader {
+        v: 1,
+        id,
+        status: 42,
+        message: "from the future",
+    })
+    .unwrap();
+    py.send(&[&req[0], &req[1], b"", &header, b"\xc0"]).await;
+    let e = call.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&e, RpcError::Internal(m) if m == "unknown status 42: from the future"),
+        "{e:?}"
+    );
+}
