@@ -211,3 +211,102 @@ async fn our_curve_client_calls_a_libzmq_curve_rep_server() {
         Err(RpcError::Unavailable { .. })
     ));
 }
+
+// PLAIN: user names and passwords, in clear.
+
+/// Tells a client the PLAIN user it was let in as.
+#[rpc_service(name = "user")]
+pub trait User {
+    /// The caller's user name as the handler sees it.
+    async fn name(&self) -> Option<String>;
+}
+
+struct Users;
+
+impl User for Users {
+    async fn name(&self) -> Option<String> {
+        RequestContext::current().and_then(|c| c.user.map(|u| u.to_string()))
+    }
+}
+
+/// A PLAIN server of the calculator that lets in "ann" with "secret".
+async fn plain_server() -> (ServerHandle, String) {
+    let s = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .plain()
+        .allow_users([("ann", "secret")])
+        .add_service(CalcServer::new(MyCalc))
+        .add_service(UserServer::new(Users))
+        .start()
+        .await
+        .unwrap();
+    let ep = s.endpoints()[0].to_string();
+    (s, ep)
+}
+
+#[tokio::test]
+async fn plain_lets_a_known_user_in_tells_handlers_who_and_refuses_a_wrong_password() {
+    let (server, ep) = plain_server().await;
+    let ann = Client::builder()
+        .endpoint(&ep)
+        .plain("ann", "secret")
+        .connect()
+        .await
+        .unwrap();
+    assert_eq!(CalcClient::new(ann.clone()).add(1, 2).await.unwrap(), 3);
+    assert_eq!(
+        UserClient::new(ann).name().await.unwrap().as_deref(),
+        Some("ann")
+    );
+    let guess = Client::builder()
+        .endpoint(&ep)
+        .plain("ann", "guess")
+        .connect()
+        .await
+        .unwrap();
+    let text = refused(&CalcClient::new(guess), "authentication failed").await;
+    assert!(text.contains(&ep), "{text}");
+    assert_eq!(server.stats().requests, 2);
+}
+
+#[tokio::test]
+async fn plain_both_ways_with_libzmq() {
+    // A pyzmq PLAIN client calls our server; a wrong password gets nothing.
+    let (server, ep) = plain_server().await;
+    let mut py = PyPeer::new("REQ", &["plain_client=ann,secret"]).await;
+    py.connect(&ep).await;
+    let [h, a] = add_request(2, 2);
+    py.send(&[&h, &a]).await;
+    let reply = py.recv(10_000).await.expect("our server answered libzmq");
+    assert_eq!(rmp_serde::from_slice::<i64>(&reply[1]).unwrap(), 4);
+    let mut wrong = PyPeer::new("REQ", &["plain_client=ann,guess"]).await;
+    wrong.connect(&ep).await;
+    wrong.send(&[&h, &a]).await;
+    assert!(wrong.recv(500).await.is_none());
+    assert_eq!(server.stats().requests, 1);
+    // Our client calls a pyzmq PLAIN server.
+    let mut rep = PyPeer::new("REP", &["plain_server=bob,pw"]).await;
+    let rep_ep = rep.bind("tcp://127.0.0.1:0").await;
+    rep.ok("serve py").await;
+    let client = Client::builder()
+        .endpoint(&rep_ep)
+        .plain("bob", "pw")
+        .connect()
+        .await
+        .unwrap();
+    let reply = client.request("hi").await.unwrap();
+    assert_eq!(&reply.frames()[0][..], b"py:hi");
+    // libzmq's authenticator (ZAP) refuses a wrong password.
+    let refused_client = Client::builder()
+        .endpoint(&rep_ep)
+        .plain("bob", "nope")
+        .call_timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap();
+    let e = refused_client.request("hi").await.unwrap_err();
+    assert!(
+        matches!(e, RpcError::Unavailable { .. } | RpcError::DeadlineExceeded),
+        "{e}"
+    );
+}

@@ -6,7 +6,9 @@ One command per line, one answer per line:
                                                req_correlate=1 req_relaxed=1
                                                router_mandatory=1 maxmsgsize=N
                                                curve_server=SECRET_Z85
-                                               curve_client=SECRET_Z85,SERVER_PUBLIC_Z85)
+                                               curve_client=SECRET_Z85,SERVER_PUBLIC_Z85
+                                               plain_server=USER,PASSWORD (ZAP)
+                                               plain_client=USER,PASSWORD)
   curve_keypair                 -> ok PUBLIC SECRET   (Z85, from libzmq)
   curve_public SECRET           -> ok PUBLIC          (libzmq's derivation)
   bind ENDPOINT                 -> ok LAST_ENDPOINT
@@ -85,6 +87,19 @@ def main():
                         sock.setsockopt(zmq.ROUTER_MANDATORY, int(v))
                     elif k == "maxmsgsize":
                         sock.setsockopt(zmq.MAXMSGSIZE, int(v))
+                    elif k == "plain_server":
+                        # libzmq's PLAIN server needs a ZAP handler: pyzmq's
+                        # authenticator, allowing this one user.
+                        from zmq.auth.thread import ThreadAuthenticator
+                        user, password = v.split(",", 1)
+                        auth = ThreadAuthenticator(ctx)
+                        auth.start()
+                        auth.configure_plain(domain="*", passwords={user: password})
+                        sock.plain_server = True
+                    elif k == "plain_client":
+                        user, password = v.split(",", 1)
+                        sock.plain_username = user.encode()
+                        sock.plain_password = password.encode()
                     elif k == "curve_server":
                         sock.curve_server = True
                         sock.curve_secretkey = v.encode()

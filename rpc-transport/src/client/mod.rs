@@ -245,6 +245,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Speaks PLAIN (RFC 24) to every endpoint with this user name and password, which
+    /// travel in clear: only inside a network already trusted.
+    pub fn plain(mut self, username: impl Into<String>, password: impl Into<Vec<u8>>) -> Self {
+        self.config.socket.mechanism = Mechanism::PlainClient {
+            username: username.into(),
+            password: password.into(),
+        };
+        self
+    }
+
     /// How many resends the client makes, all calls together (default: 20% of calls
     /// plus 10 a second; see [`RetryBudget`]). Past it a call fails with its last
     /// attempt's failure instead of resending.

@@ -24,6 +24,8 @@ pub struct RequestContext {
     /// The client's CURVE public key, authenticated by the handshake (`None` over
     /// NULL): a handler can authorize per method by it.
     pub client_key: Option<crate::zmtp::curve::PublicKey>,
+    /// The client's PLAIN user name, as the server allowed it (`None` otherwise).
+    pub user: Option<std::sync::Arc<str>>,
 }
 
 thread_local! {

@@ -197,6 +197,40 @@ impl ServerBuilder {
         self
     }
 
+    /// Speaks PLAIN (RFC 24) to every client: user names and passwords travel in
+    /// clear, so only inside a network already trusted. Any user is served unless
+    /// [`allow_users`](Self::allow_users) or [`authorize_plain`](Self::authorize_plain)
+    /// says otherwise; handlers see the user in [`RequestContext`]'s `user`.
+    pub fn plain(mut self) -> Self {
+        self.socket.mechanism = Mechanism::PlainServer { authorize: None };
+        self
+    }
+
+    /// With [`plain`](Self::plain): only these user names with these passwords may
+    /// connect.
+    pub fn allow_users<U, P>(self, users: impl IntoIterator<Item = (U, P)>) -> Self
+    where
+        U: Into<String>,
+        P: Into<Vec<u8>>,
+    {
+        let users: HashMap<String, Vec<u8>> = users
+            .into_iter()
+            .map(|(u, p)| (u.into(), p.into()))
+            .collect();
+        self.authorize_plain(move |user, pass| users.get(user).is_some_and(|p| p == pass))
+    }
+
+    /// With [`plain`](Self::plain): `allow` decides by user name and password.
+    pub fn authorize_plain(
+        mut self,
+        allow: impl Fn(&str, &[u8]) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.socket.mechanism = Mechanism::PlainServer {
+            authorize: Some(Arc::new(allow)),
+        };
+        self
+    }
+
     /// The clock of handshake and heartbeat deadlines (see
     /// [`Timer`](crate::Timer); default tokio's, which `tokio::time::pause()` controls).
     pub fn timer(mut self, timer: crate::Timer) -> Self {
@@ -582,6 +616,7 @@ impl Shared {
         };
         let here = inbound.peer;
         let client_key = inbound.peer_key;
+        let user = inbound.peer_user;
         let waiter = Waiter {
             peer: here,
             conn: inbound.reply,
@@ -692,6 +727,7 @@ impl Shared {
             deadline,
             metadata: header.meta,
             client_key,
+            user,
         };
         let mut handler = Handler::new(ctx, svc.dispatch(request));
         // Fast path: most handlers finish without waiting. One poll with a no-op

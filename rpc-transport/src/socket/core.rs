@@ -33,6 +33,8 @@ pub(crate) struct Inbound {
     pub reply: mpsc::Sender<Outgoing>,
     /// The peer's CURVE public key, authenticated by the handshake.
     pub peer_key: Option<crate::zmtp::curve::PublicKey>,
+    /// The PLAIN user name the server allowed.
+    pub peer_user: Option<Arc<str>>,
 }
 
 /// Receives messages straight from the connection tasks instead of the socket's
@@ -674,6 +676,7 @@ mod tests {
             minor: 1,
             metadata: Metadata::new(),
             public_key: None,
+            user: None,
         };
         let guard = core.add_peer(id, &info, tx, out.clone()).unwrap();
         TestPeer {

@@ -160,6 +160,8 @@ struct Engine<'a> {
     rx_armed: bool,
     /// The peer's CURVE public key, once the handshake authenticated it.
     peer_key: Option<crate::zmtp::curve::PublicKey>,
+    /// The peer's PLAIN user name, once the server allowed it.
+    peer_user: Option<Arc<str>>,
 }
 
 impl<'a> Engine<'a> {
@@ -213,6 +215,7 @@ impl<'a> Engine<'a> {
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");
                             self.guard = Some(g);
                             self.peer_key = info.public_key;
+                            self.peer_user = info.user.as_deref().map(Arc::from);
                             self.handshaken = true;
                             self.core.report_handshake();
                         }
@@ -229,6 +232,7 @@ impl<'a> Engine<'a> {
                         msg,
                         reply: reply.clone(),
                         peer_key: self.peer_key,
+                        peer_user: self.peer_user.clone(),
                     };
                     if let Some(direct) = self.core.direct.get() {
                         self.out.answer_received();
@@ -477,6 +481,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
         stop_waker: None,
         rx_armed: false,
         peer_key: None,
+        peer_user: None,
     };
     // Registered once (it takes the watch's lock to register).
     let stopped = stop.changed();

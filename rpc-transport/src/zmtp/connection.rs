@@ -75,6 +75,8 @@ pub struct PeerInfo {
     /// The peer's CURVE permanent public key, authenticated by the handshake (a
     /// server learns its client's; a client knew its server's).
     pub public_key: Option<PublicKey>,
+    /// A PLAIN client's user name, as the server allowed it.
+    pub user: Option<String>,
 }
 
 /// Something that happened on the connection.
@@ -109,17 +111,26 @@ pub struct Connection {
     tx: TxQueue,
     handshake_deadline: Instant,
     heartbeat: Heartbeat,
-    /// The CURVE side of the connection: its handshake, then its boxes.
-    curve: Curve,
+    /// The security mechanism's side of the connection: its handshake, then (CURVE)
+    /// its boxes.
+    curve: Sec,
+    /// A PLAIN client's user name, between its HELLO and its INITIATE.
+    plain_user: Option<String>,
 }
 
-/// Where a CURVE connection stands (nothing for NULL).
+/// Where a secured connection's mechanism stands (nothing for NULL).
 #[derive(Debug)]
-enum Curve {
+enum Sec {
     None,
     Client(Box<CurveClient>),
     Server(Box<CurveServer>),
     Session(Box<Session>),
+    /// PLAIN: HELLO sent, waiting for WELCOME (then READY).
+    PlainClient,
+    /// PLAIN: waiting for HELLO (`false`) or, once it was allowed, INITIATE (`true`).
+    PlainServer(bool),
+    /// PLAIN after READY: messages in clear.
+    PlainDone,
 }
 
 impl Connection {
@@ -135,7 +146,7 @@ impl Connection {
         let curve = match &config.mechanism {
             Mechanism::Null => {
                 Command::Ready(Self::our_metadata(&config)).encode(&mut tx);
-                Curve::None
+                Sec::None
             }
             Mechanism::CurveClient { keys, server } => {
                 let mut client = CurveClient::new(keys.clone(), *server);
@@ -144,14 +155,26 @@ impl Connection {
                     Ok(hello) => tx.push_command_body(&hello),
                     Err(e) => tracing::error!(error = %e, "cannot make a CURVE HELLO"),
                 }
-                Curve::Client(Box::new(client))
+                Sec::Client(Box::new(client))
             }
             Mechanism::CurveServer { keys, .. } => {
-                Curve::Server(Box::new(CurveServer::new(keys.clone())))
+                Sec::Server(Box::new(CurveServer::new(keys.clone())))
             }
+            Mechanism::PlainClient { username, password } => {
+                let mut hello = BytesMut::from(&b"\x05HELLO"[..]);
+                let (user, pass) = (username.as_bytes(), &password[..]);
+                let (user, pass) = (&user[..user.len().min(255)], &pass[..pass.len().min(255)]);
+                hello.extend_from_slice(&[user.len() as u8]);
+                hello.extend_from_slice(user);
+                hello.extend_from_slice(&[pass.len() as u8]);
+                hello.extend_from_slice(pass);
+                tx.push_command_body(&hello);
+                Sec::PlainClient
+            }
+            Mechanism::PlainServer { .. } => Sec::PlainServer(false),
         };
         // CURVE adds 33 bytes to every frame on the wire.
-        let overhead = if matches!(curve, Curve::None) {
+        let overhead = if !matches!(curve, Sec::Client(_) | Sec::Server(_)) {
             0
         } else {
             64 * 1024
@@ -170,6 +193,7 @@ impl Connection {
             tx,
             heartbeat: Heartbeat::default(),
             curve,
+            plain_user: None,
         }
     }
 
@@ -195,7 +219,10 @@ impl Connection {
     /// Whether frames travel in CURVE boxes (the direct write path, which writes
     /// frames as they are, is then not used).
     pub fn is_encrypted(&self) -> bool {
-        !matches!(self.curve, Curve::None)
+        matches!(
+            self.curve,
+            Sec::Client(_) | Sec::Server(_) | Sec::Session(_)
+        )
     }
 
     /// True once the handshake is done and until the connection fails.
@@ -272,8 +299,8 @@ impl Connection {
                     Some(Frame::Data { .. }) => {
                         return Err(ZmtpError::Malformed("message before READY"))
                     }
-                    Some(Frame::Command(body)) if !matches!(self.curve, Curve::None) => {
-                        self.on_curve_handshake(body, &mut clock)?
+                    Some(Frame::Command(body)) if !matches!(self.curve, Sec::None) => {
+                        self.on_secure_handshake(body, &mut clock)?
                     }
                     Some(Frame::Command(body)) => match Command::decode(body)? {
                         Command::Ready(md) => self.on_ready(md, clock())?,
@@ -283,8 +310,8 @@ impl Connection {
                 },
                 Phase::Active => match self.decoder.decode(src, self.partial_size)? {
                     None => return Ok(()),
-                    Some(Frame::Data { body, .. }) if matches!(self.curve, Curve::Session(_)) => {
-                        let Curve::Session(session) = &mut self.curve else {
+                    Some(Frame::Data { body, .. }) if matches!(self.curve, Sec::Session(_)) => {
+                        let Sec::Session(session) = &mut self.curve else {
                             unreachable!("matched above")
                         };
                         let (flags, frame) = session.open(BytesMut::from(body))?;
@@ -294,7 +321,7 @@ impl Connection {
                             self.on_frame(flags & curve::FLAG_MORE != 0, frame)?;
                         }
                     }
-                    Some(Frame::Command(_)) if matches!(self.curve, Curve::Session(_)) => {
+                    Some(Frame::Command(_)) if matches!(self.curve, Sec::Session(_)) => {
                         return Err(ZmtpError::Malformed("a command outside a CURVE box"))
                     }
                     Some(Frame::Data { more, body }) => {
@@ -342,6 +369,7 @@ impl Connection {
             minor: self.peer_minor,
             metadata: md,
             public_key: None,
+            user: None,
         }));
         Ok(())
     }
@@ -368,7 +396,7 @@ impl Connection {
     }
 
     /// A CURVE handshake command arrived.
-    fn on_curve_handshake(
+    fn on_secure_handshake(
         &mut self,
         body: Bytes,
         clock: &mut impl FnMut() -> Instant,
@@ -382,27 +410,27 @@ impl Connection {
         let md = Self::our_metadata(&self.config);
         let mut ours = BytesMut::new();
         md.encode(&mut ours);
-        match std::mem::replace(&mut self.curve, Curve::None) {
-            Curve::Client(mut client) if body.starts_with(b"\x07WELCOME") => {
+        match std::mem::replace(&mut self.curve, Sec::None) {
+            Sec::Client(mut client) if body.starts_with(b"\x07WELCOME") => {
                 let initiate = client.on_welcome(&body, &ours)?;
                 self.tx.push_command_body(&initiate);
-                self.curve = Curve::Client(client);
+                self.curve = Sec::Client(client);
             }
-            Curve::Client(mut client) if body.starts_with(b"\x05READY") => {
+            Sec::Client(mut client) if body.starts_with(b"\x05READY") => {
                 let theirs = client.on_ready(&body)?;
-                self.curve = Curve::Session(Box::new(client.into_session()?));
+                self.curve = Sec::Session(Box::new(client.into_session()?));
                 self.on_ready(Metadata::decode(theirs)?, clock())?;
                 self.set_peer_key(match &self.config.mechanism {
                     Mechanism::CurveClient { server, .. } => Some(*server),
                     _ => None,
                 });
             }
-            Curve::Server(mut server) if body.starts_with(b"\x05HELLO") => {
+            Sec::Server(mut server) if body.starts_with(b"\x05HELLO") => {
                 let welcome = server.on_hello(&body)?;
                 self.tx.push_command_body(&welcome);
-                self.curve = Curve::Server(server);
+                self.curve = Sec::Server(server);
             }
-            Curve::Server(mut server) if body.starts_with(b"\x08INITIATE") => {
+            Sec::Server(mut server) if body.starts_with(b"\x08INITIATE") => {
                 let init = server.on_initiate(&body)?;
                 let allowed = match &self.config.mechanism {
                     Mechanism::CurveServer {
@@ -419,11 +447,47 @@ impl Connection {
                 }
                 let ready = server.ready(&ours)?;
                 self.tx.push_command_body(&ready);
-                self.curve = Curve::Session(Box::new(server.into_session()?));
+                self.curve = Sec::Session(Box::new(server.into_session()?));
                 self.on_ready(Metadata::decode(init.metadata)?, clock())?;
                 self.set_peer_key(Some(init.client));
             }
-            _ => return Err(ZmtpError::Curve("unexpected handshake command")),
+            Sec::PlainClient if body.starts_with(b"\x07WELCOME") => {
+                self.tx
+                    .push_command_body(&[&b"\x08INITIATE"[..], &ours].concat());
+                self.curve = Sec::PlainClient;
+            }
+            Sec::PlainClient if body.starts_with(b"\x05READY") => {
+                self.curve = Sec::PlainDone;
+                self.on_ready(Metadata::decode(body.slice(6..))?, clock())?;
+            }
+            Sec::PlainServer(false) if body.starts_with(b"\x05HELLO") => {
+                let (user, pass) = plain_hello(&body)?;
+                let allowed = match &self.config.mechanism {
+                    Mechanism::PlainServer {
+                        authorize: Some(allow),
+                    } => allow(&user, &pass),
+                    _ => true,
+                };
+                if !allowed {
+                    return Err(ZmtpError::Unauthorized(format!(
+                        "user {user:?} is not allowed"
+                    )));
+                }
+                self.tx.push_command_body(b"\x07WELCOME");
+                self.plain_user = Some(user);
+                self.curve = Sec::PlainServer(true);
+            }
+            Sec::PlainServer(true) if body.starts_with(b"\x08INITIATE") => {
+                self.tx
+                    .push_command_body(&[&b"\x05READY"[..], &ours].concat());
+                self.curve = Sec::PlainDone;
+                self.on_ready(Metadata::decode(body.slice(9..))?, clock())?;
+                let user = self.plain_user.take();
+                if let Some(Event::Ready(info)) = self.events.back_mut() {
+                    info.user = user;
+                }
+            }
+            _ => return Err(ZmtpError::Malformed("unexpected handshake command")),
         }
         Ok(())
     }
@@ -438,7 +502,7 @@ impl Connection {
     /// Queues a command: in clear, or in a CURVE box once the handshake is done.
     fn queue_command(&mut self, cmd: Command) -> Result<(), ZmtpError> {
         match &mut self.curve {
-            Curve::Session(session) => {
+            Sec::Session(session) => {
                 let sealed = session.seal(curve::FLAG_COMMAND, &[&cmd.body()])?;
                 self.tx.push_frame(0, &sealed.freeze());
             }
@@ -474,7 +538,7 @@ impl Connection {
         }
         // ERROR is only meaningful once the peer has our greeting and we have its; a
         // CURVE peer gets none for a bad MESSAGE (RFC 26).
-        if self.phase != Phase::Greeting && !matches!(self.curve, Curve::Session(_)) {
+        if self.phase != Phase::Greeting && !matches!(self.curve, Sec::Session(_)) {
             if let Some(reason) = e.error_reason() {
                 Command::Error(reason.to_string()).encode(&mut self.tx);
             }
@@ -506,7 +570,7 @@ impl Connection {
             return Err(ZmtpError::NotActive);
         }
         match &mut self.curve {
-            Curve::Session(session) => seal_behind(session, &mut self.tx, envelope, frames, joined),
+            Sec::Session(session) => seal_behind(session, &mut self.tx, envelope, frames, joined),
             _ => {
                 self.tx.push_behind(envelope, frames, joined);
                 Ok(())
@@ -561,6 +625,21 @@ impl Connection {
         }
         r
     }
+}
+
+/// A PLAIN HELLO's user name and password, sizes checked.
+fn plain_hello(body: &[u8]) -> Result<(String, Vec<u8>), ZmtpError> {
+    let bad = || ZmtpError::Malformed("PLAIN HELLO");
+    let rest = body.get(6..).ok_or_else(bad)?;
+    let (&ulen, rest) = rest.split_first().ok_or_else(bad)?;
+    let user = rest.get(..usize::from(ulen)).ok_or_else(bad)?;
+    let rest = &rest[usize::from(ulen)..];
+    let (&plen, rest) = rest.split_first().ok_or_else(bad)?;
+    if rest.len() != usize::from(plen) {
+        return Err(bad());
+    }
+    let user = String::from_utf8(user.to_vec()).map_err(|_| bad())?;
+    Ok((user, rest.to_vec()))
 }
 
 /// Queues a message as CURVE MESSAGE boxes, one per frame (the last `joined` of
@@ -698,6 +777,48 @@ mod tests {
             "{ra:?}"
         );
         assert!(!p.a.is_active() && !p.b.is_active());
+    }
+
+    /// A DEALER PLAIN client and a ROUTER PLAIN server allowing only "ann"/"pw".
+    fn plain_pair(user: &str, password: &[u8]) -> Pair {
+        let mut a = ConnectionConfig::new(SocketType::Dealer);
+        a.mechanism = Mechanism::PlainClient {
+            username: user.into(),
+            password: password.into(),
+        };
+        let mut b = ConnectionConfig::new(SocketType::Router);
+        b.mechanism = Mechanism::PlainServer {
+            authorize: Some(std::sync::Arc::new(|u, p| u == "ann" && p == b"pw")),
+        };
+        Pair::new(a, b)
+    }
+
+    #[test]
+    fn plain_lets_a_known_user_in_and_tells_a_stranger_why_not() {
+        let mut p = plain_pair("ann", b"pw");
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        assert!(p.a.is_active() && p.b.is_active() && !p.a.is_encrypted());
+        let ev = events(&mut p.b);
+        let [Event::Ready(info)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(info.user.as_deref(), Some("ann"));
+        let mut q = plain_pair("ann", b"guess");
+        let (ra, rb) = q.drive();
+        assert!(matches!(rb, Err(ZmtpError::Unauthorized(_))), "{rb:?}");
+        assert!(matches!(&ra, Err(ZmtpError::PeerError(r)) if r == "authentication failed"));
+    }
+
+    #[test]
+    fn a_plain_hello_of_the_wrong_size_is_refused() {
+        assert!(plain_hello(b"\x05HELLO").is_err());
+        assert!(plain_hello(b"\x05HELLO\x03an").is_err());
+        assert!(plain_hello(b"\x05HELLO\x03ann\x02p").is_err());
+        assert!(plain_hello(b"\x05HELLO\x03ann\x02pww").is_err());
+        assert_eq!(
+            plain_hello(b"\x05HELLO\x03ann\x02pw").unwrap(),
+            ("ann".to_string(), b"pw".to_vec())
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@ use super::curve::{KeyPair, PublicKey};
 /// Decides whether a CURVE client, known by its permanent public key, may connect.
 pub type Authorizer = Arc<dyn Fn(&PublicKey) -> bool + Send + Sync>;
 
+/// Decides whether a PLAIN client, by user name and password, may connect.
+pub type PlainAuthorizer = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
+
 /// The security mechanism of a socket's connections (the greeting's mechanism field
 /// and the handshake it implies).
 #[derive(Clone, Default)]
@@ -30,6 +33,20 @@ pub enum Mechanism {
         /// Allows or refuses a client by its permanent public key.
         authorize: Option<Authorizer>,
     },
+    /// PLAIN (RFC 24), as the client: a user name and password, sent in clear (only
+    /// inside a network already trusted).
+    PlainClient {
+        /// The user name (at most 255 bytes).
+        username: String,
+        /// The password (at most 255 bytes).
+        password: Vec<u8>,
+    },
+    /// PLAIN, as the server: who may connect (`None`: anyone, as libzmq without a
+    /// ZAP handler).
+    PlainServer {
+        /// Allows or refuses a client by user name and password.
+        authorize: Option<PlainAuthorizer>,
+    },
 }
 
 impl Mechanism {
@@ -38,12 +55,16 @@ impl Mechanism {
         match self {
             Mechanism::Null => b"NULL",
             Mechanism::CurveClient { .. } | Mechanism::CurveServer { .. } => b"CURVE",
+            Mechanism::PlainClient { .. } | Mechanism::PlainServer { .. } => b"PLAIN",
         }
     }
 
     /// Whether we are the server of the mechanism (the greeting's as-server field).
     pub fn as_server(&self) -> bool {
-        matches!(self, Mechanism::CurveServer { .. })
+        matches!(
+            self,
+            Mechanism::CurveServer { .. } | Mechanism::PlainServer { .. }
+        )
     }
 }
 
@@ -59,6 +80,14 @@ impl fmt::Debug for Mechanism {
             Mechanism::CurveServer { keys, authorize } => f
                 .debug_struct("CurveServer")
                 .field("public", &keys.public())
+                .field("authorize", &authorize.is_some())
+                .finish(),
+            Mechanism::PlainClient { username, .. } => f
+                .debug_struct("PlainClient")
+                .field("username", username)
+                .finish_non_exhaustive(),
+            Mechanism::PlainServer { authorize } => f
+                .debug_struct("PlainServer")
                 .field("authorize", &authorize.is_some())
                 .finish(),
         }

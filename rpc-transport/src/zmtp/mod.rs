@@ -35,7 +35,7 @@ pub use connection::{Connection, ConnectionConfig, Event, PeerInfo};
 pub use frame::{Frame, FrameDecoder, TxQueue};
 pub use greeting::{Greeting, GREETING_LEN};
 pub use heartbeat::HeartbeatConfig;
-pub use mechanism::{Authorizer, Mechanism};
+pub use mechanism::{Authorizer, Mechanism, PlainAuthorizer};
 pub use socket_type::SocketType;
 
 /// Why a ZMTP connection failed. Every variant closes that one connection.
