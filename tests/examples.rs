@@ -130,3 +130,13 @@ async fn worker_pool_survives_a_killed_worker() {
     assert!(out.contains("restarted worker"), "{out}");
     assert!(out.contains("no call failed"), "{out}");
 }
+
+#[tokio::test]
+async fn secure_pool_serves_the_allowed_client_and_refuses_a_stranger() {
+    let out = run("secure_pool", &[]).await;
+    assert!(out.contains("served by 3 workers"), "{out}");
+    assert!(
+        out.contains("stranger refused:") && out.contains("authentication failed"),
+        "{out}"
+    );
+}
