@@ -217,3 +217,41 @@ async fn power_of_two_choices_routes_around_a_slow_server() {
     assert!(p2c[2] < 80, "p2c sends the slow one under 10%: {p2c:?}");
     assert!(p2c[2] > 0, "but still measures it: {p2c:?}");
 }
+
+/// The slowest of `n` sequential calls, and the client's hedges, with `hedge` on a
+/// round-robin pool of two 2 ms servers and one 50 ms server.
+async fn slowest_with(hedge: Option<Duration>, n: usize) -> (Duration, u64) {
+    let mut servers = Vec::new();
+    for (i, delay) in [(0, 2), (1, 2), (2, 50)] {
+        servers.push(slow_server(i, delay).await);
+    }
+    let mut b = Client::builder()
+        .endpoints(servers.iter().map(|(_, ep)| ep.clone()))
+        .balance(Balance::RoundRobin);
+    if let Some(d) = hedge {
+        b = b.hedge(d);
+    }
+    let client = b.connect().await.unwrap();
+    assert!(client.wait_healthy(3, Duration::from_secs(5)).await);
+    let who = WhoClient::new(client.clone());
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let t0 = tokio::time::Instant::now();
+        who.who(0).await.unwrap();
+        slowest = slowest.max(t0.elapsed());
+    }
+    (slowest, client.stats().hedges)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedged_call_is_answered_by_the_faster_server() {
+    let (slowest, hedges) = slowest_with(None, 30).await;
+    assert!(slowest >= Duration::from_millis(50), "{slowest:?}");
+    assert_eq!(hedges, 0);
+    let (slowest, hedges) = slowest_with(Some(Duration::from_millis(10)), 30).await;
+    // About a third of the calls go to the slow server (hedges draw turns too); after
+    // 10 ms a copy goes to a fast
+    // one, whose answer (2 ms later) ends the call.
+    assert!(slowest < Duration::from_millis(20), "{slowest:?}");
+    assert!((8..=20).contains(&hedges), "{hedges} hedges for 30 calls");
+}

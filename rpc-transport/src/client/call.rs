@@ -22,6 +22,9 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// Metadata sent in the request header.
     pub metadata: BTreeMap<String, String>,
+    /// Hedge delay (see [`ClientBuilder::hedge`](super::ClientBuilder::hedge)); the
+    /// client's when `None`.
+    pub hedge: Option<Duration>,
 }
 
 fn classify(id: RequestId, mut reply: Message) -> Verdict<Reply> {
@@ -55,12 +58,15 @@ fn classify(id: RequestId, mut reply: Message) -> Verdict<Reply> {
 
 impl Client {
     /// Calls `method` with MessagePack `args`; returns the OK or APP_ERROR reply.
-    pub async fn call(
+    ///
+    /// (Not an async fn: the frames-building closure owns the arguments and the
+    /// metadata, so that the call's future holds them once.)
+    pub fn call(
         &self,
         method: &'static MethodInfo,
         args: Payload,
         opts: CallOptions,
-    ) -> Result<Reply, RpcError> {
+    ) -> impl Future<Output = Result<Reply, RpcError>> + Send + '_ {
         let id = RequestId::new();
         let timeout = opts.timeout.unwrap_or(self.inner.config.call_timeout);
         let span = tracing::debug_span!(
@@ -71,7 +77,12 @@ impl Client {
             attempt = tracing::field::Empty,
             endpoint = tracing::field::Empty
         );
-        let build = |attempt: u32, remaining: Duration, to: &Member| {
+        let hedge_ms = match opts.hedge {
+            Some(_) => super::hedge_ms(opts.hedge),
+            None => self.inner.config.hedge_ms(),
+        };
+        let metadata = opts.metadata;
+        let build = move |attempt: u32, remaining: Duration, to: &Member| {
             let header = RequestHeader {
                 v: PROTOCOL_VERSION,
                 id,
@@ -80,7 +91,7 @@ impl Client {
                     .unwrap_or(u64::MAX)
                     .max(1),
                 attempt,
-                meta: opts.metadata.clone(),
+                meta: metadata.clone(),
                 acks: Vec::new(),
             };
             // Room for the envelope the attempt loop puts in front.
@@ -89,10 +100,11 @@ impl Client {
             Outgoing::with_payload(head, args.clone())
         };
         tracing::Instrument::instrument(
-            self.execute(id, method.retry, timeout, true, build, |r| classify(id, r)),
+            self.execute(id, method.retry, timeout, hedge_ms, true, build, move |r| {
+                classify(id, r)
+            }),
             span,
         )
-        .await
     }
 }
 
@@ -140,6 +152,14 @@ impl<R: Send + 'static> Call<R> {
     /// Overrides the call's deadline.
     pub fn timeout(mut self, d: Duration) -> Self {
         self.opts.timeout = Some(d);
+        self
+    }
+
+    /// Hedges this call after `delay` (see
+    /// [`ClientBuilder::hedge`](super::ClientBuilder::hedge)); ignored for
+    /// `at_most_once` methods.
+    pub fn hedge(mut self, delay: Duration) -> Self {
+        self.opts.hedge = Some(delay);
         self
     }
 

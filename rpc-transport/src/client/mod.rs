@@ -98,10 +98,26 @@ pub(crate) struct Config {
     /// Calls wait (within their deadline) for an endpoint even when every endpoint's
     /// last connect failed.
     wait_for_ready: bool,
+    /// Hedge delay of calls that do not set their own.
+    hedge: Option<Duration>,
     pub(crate) connections: usize,
     /// Most connections an endpoint grows to for bulk requests.
     pub(crate) bulk_connections: usize,
     pub(crate) socket: SocketOptions,
+}
+
+impl Config {
+    /// The client's hedge delay in milliseconds (0: none), as calls carry it.
+    pub(crate) fn hedge_ms(&self) -> u32 {
+        hedge_ms(self.hedge)
+    }
+}
+
+/// A hedge delay in milliseconds, at least 1 (0: no hedging).
+pub(crate) fn hedge_ms(delay: Option<Duration>) -> u32 {
+    delay.map_or(0, |d| {
+        u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+    })
 }
 
 /// Builds a [`Client`].
@@ -161,6 +177,7 @@ impl ClientBuilder {
                 max_attempts: 4,
                 balance: Balance::PowerOfTwoChoices,
                 wait_for_ready: false,
+                hedge: None,
                 connections: 1,
                 bulk_connections: 2,
                 socket: SocketOptions::default()
@@ -260,6 +277,16 @@ impl ClientBuilder {
     /// attempt's failure instead of resending.
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// Hedged calls: a call (of a method that may be retried, never `at_most_once`)
+    /// that has waited `delay` for its reply sends one more attempt, with the same id,
+    /// to another endpoint; the first reply wins, and the server of the other is told
+    /// it may let go of its. Hedges are attempts: they count against the retry budget
+    /// and the retries. Off by default; per call with `Call::hedge`.
+    pub fn hedge(mut self, delay: Duration) -> Self {
+        self.config.hedge = Some(delay);
         self
     }
 
@@ -398,6 +425,9 @@ struct Pending {
     endpoint: usize,
     generation: u64,
     deadline: Instant,
+    /// A hedged copy of the attempt, on another endpoint (member, generation): the
+    /// first reply of either ends the attempt.
+    hedge: Option<(usize, u64)>,
 }
 
 /// How the caller's classifier judges a reply.
@@ -618,11 +648,20 @@ impl Inner {
     fn fail_in_flight(&self, idx: usize, generation: u64) {
         let lost: Vec<Pending> = {
             let mut pending = self.pending();
-            let ids: Vec<RequestId> = pending
-                .iter()
-                .filter(|(_, p)| p.endpoint == idx && p.generation == generation)
-                .map(|(id, _)| *id)
-                .collect();
+            let here = (idx, generation);
+            let mut ids: Vec<RequestId> = Vec::new();
+            for (id, p) in pending.iter_mut() {
+                if p.hedge == Some(here) {
+                    // The hedge is lost; the first copy still waits.
+                    p.hedge = None;
+                } else if (p.endpoint, p.generation) == here {
+                    match p.hedge.take() {
+                        // The hedge goes on alone.
+                        Some((e, g)) => (p.endpoint, p.generation) = (e, g),
+                        None => ids.push(*id),
+                    }
+                }
+            }
             ids.iter().filter_map(|id| pending.remove(id)).collect()
         };
         for p in lost {
@@ -987,6 +1026,7 @@ impl Client {
                 id,
                 retry,
                 timeout,
+                self.inner.config.hedge_ms(),
                 false,
                 |_, _, _| Outgoing::from(msg.clone()),
                 Verdict::Done,
@@ -999,24 +1039,39 @@ impl Client {
     /// The attempt loop shared by raw requests and typed calls. `build` makes the
     /// frames of attempt `n` to an endpoint given the time remaining; `classify` judges
     /// a reply. With `acks` (typed calls, whose headers carry acknowledgements), the
-    /// server whose reply ends the call is told so with a later request.
-    pub(crate) async fn execute<T>(
-        &self,
+    /// server whose reply ends the call is told so with a later request. The call
+    /// starts now (not at its first poll): what only sets it up is not kept in its
+    /// future, which stays small.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn execute<'a, T: 'a>(
+        &'a self,
         id: RequestId,
-        retry: RetryPolicy,
+        policy: RetryPolicy,
         timeout: Duration,
+        hedge_ms: u32,
         acks: bool,
-        mut build: impl FnMut(u32, Duration, &Member) -> Outgoing,
-        mut classify: impl FnMut(Message) -> Verdict<T>,
-    ) -> Result<T, RpcError> {
+        build: impl FnMut(u32, Duration, &Member) -> Outgoing + 'a,
+        classify: impl FnMut(Message) -> Verdict<T> + 'a,
+    ) -> impl std::future::Future<Output = Result<T, RpcError>> + 'a {
+        // (Not an async fn: its arguments would stay in the call's future.)
         let inner = &*self.inner;
-        let c = &inner.counters;
-        bump(&c.calls);
-        let r = self
-            .attempts(id, retry, timeout, acks, &mut build, &mut classify)
-            .await;
-        bump(if r.is_ok() { &c.succeeded } else { &c.failed });
-        r
+        bump(&inner.counters.calls);
+        inner.budget.deposit();
+        // One clock reading serves the first attempt unless it waits for an endpoint.
+        let now = Instant::now();
+        // The id's random bits draw the jitter of this call's delays.
+        let seed = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap_or_default());
+        let cfg = &inner.config;
+        let retry = Retry::new(
+            policy,
+            cfg.max_attempts,
+            cfg.attempt_timeout,
+            now.into_std(),
+            timeout,
+            seed,
+        )
+        .hedging(hedge_ms);
+        self.attempts(id, retry, now, acks, build, classify)
     }
 
     /// The thin async shell around [`Retry`]: picks endpoints, registers and sends
@@ -1024,29 +1079,21 @@ impl Client {
     async fn attempts<T>(
         &self,
         id: RequestId,
-        policy: RetryPolicy,
-        timeout: Duration,
+        mut retry: Retry,
+        mut now: Instant,
         acks: bool,
-        build: &mut impl FnMut(u32, Duration, &Member) -> Outgoing,
-        classify: &mut impl FnMut(Message) -> Verdict<T>,
+        mut build: impl FnMut(u32, Duration, &Member) -> Outgoing,
+        mut classify: impl FnMut(Message) -> Verdict<T>,
     ) -> Result<T, RpcError> {
         let inner = &self.inner;
         let c = &inner.counters;
-        // One clock reading serves the first attempt unless it waits for an endpoint.
-        let mut now = Instant::now();
         let cfg = &inner.config;
-        inner.budget.deposit();
-        // The id's random bits draw the jitter of this call's delays.
-        let seed = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap_or_default());
-        let mut retry = Retry::new(
-            policy,
-            cfg.max_attempts,
-            cfg.attempt_timeout,
-            now.into_std(),
-            timeout,
-            seed,
-        );
-        let deadline = Instant::from_std(retry.deadline());
+        let build = &mut build;
+        // Every end of the call is counted once, here.
+        let failed = |e: RpcError| {
+            bump(&c.failed);
+            Err(e)
+        };
         let mut guard = CallGuard {
             inner,
             id,
@@ -1055,7 +1102,7 @@ impl Client {
         let mut decision = retry.start(now.into_std());
         loop {
             let avoid = match decision {
-                Decision::Fail(e) => return Err(e),
+                Decision::Fail(e) => return failed(e),
                 Decision::Send { avoid, not_before } => {
                     let not_before = Instant::from_std(not_before);
                     if not_before > now {
@@ -1068,19 +1115,23 @@ impl Client {
             };
             let (idx, sent_at) = match inner.pick(avoid) {
                 Some(idx) => (idx, now),
-                None => match Box::pin(inner.wait_for_endpoint(deadline, avoid)).await {
-                    Ok(idx) => (idx, Instant::now()),
-                    Err(why) => return Err(retry.unreachable(why)),
-                },
+                None => {
+                    let deadline = Instant::from_std(retry.deadline());
+                    match Box::pin(inner.wait_for_endpoint(deadline, avoid)).await {
+                        Ok(idx) => (idx, Instant::now()),
+                        Err(why) => return failed(retry.unreachable(why)),
+                    }
+                }
             };
             let ep = &inner.members.at(idx);
+            let deadline = Instant::from_std(retry.deadline());
             let remaining = deadline.saturating_duration_since(sent_at);
             let msg = build(retry.attempts() + 1, remaining, ep)
                 .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
             let (size, max) = (msg.byte_len(), cfg.socket.max_message_size);
             if size > max {
                 // The server would refuse it (the same limit is the default there).
-                return Err(RpcError::MessageTooLarge { size, max });
+                return failed(RpcError::MessageTooLarge { size, max });
             }
             guard.clear = false;
             let slot = reply_cell::ReplyCell::new();
@@ -1094,6 +1145,7 @@ impl Client {
                     endpoint: idx,
                     generation: registered,
                     deadline: attempt_deadline,
+                    hedge: None,
                 },
             );
             let sent = match ep.try_send(msg, cfg.bulk_connections) {
@@ -1117,7 +1169,14 @@ impl Client {
             let _out = Outstanding(&ep.outstanding);
             inner.watchdog.watch(attempt_deadline);
             let mut turn = reply_cell::Turn::new(&inner.wake_line, slot);
-            let event = std::future::poll_fn(|cx| turn.poll_take(cx)).await;
+            let event = match retry.hedge_delay() {
+                Some(delay) => {
+                    // Boxed: hedging is rare, and the call's future stays small.
+                    let at = (sent_at + delay).min(attempt_deadline);
+                    Box::pin(self.wait_hedged(at, id, idx, &mut retry, build, &mut turn)).await
+                }
+                None => std::future::poll_fn(|cx| turn.poll_take(cx)).await,
+            };
             // The next caller's turn, before this one's reply is decoded.
             drop(turn);
             let (from, outcome) = match event {
@@ -1129,8 +1188,10 @@ impl Client {
                     // the call's future stays small), unless the call's deadline cut
                     // the attempt short.
                     let p2c = cfg.balance == Balance::PowerOfTwoChoices;
-                    if p2c && from == idx && attempt_deadline < deadline && inner.members.len() > 1
-                    {
+                    let cut = attempt_deadline >= Instant::from_std(retry.deadline());
+                    if p2c && !cut && inner.members.len() > 1 {
+                        // A hedge that won says the first endpoint took at least
+                        // this long, and observes it so: its estimate keeps it out.
                         let t = Instant::now();
                         let sent_at = attempt_deadline - cfg.attempt_timeout;
                         let at = inner.nanos(t.into_std());
@@ -1141,10 +1202,18 @@ impl Client {
                     let verdict = classify(msg);
                     if acks && !matches!(verdict, Verdict::NotRun(_)) {
                         inner.members.at(from).received(id);
+                        // The call is over: the loser of a hedge may let go too.
+                        if let Some(h) = retry.take_hedge() {
+                            let loser = if from == idx { h } else { idx };
+                            inner.members.at(loser).received(id);
+                        }
                     }
                     match verdict {
-                        Verdict::Done(t) => return Ok(t),
-                        Verdict::Fail(e) => return Err(retry.on_error_reply(e)),
+                        Verdict::Done(t) => {
+                            bump(&c.succeeded);
+                            return Ok(t);
+                        }
+                        Verdict::Fail(e) => return failed(retry.on_error_reply(e)),
                         Verdict::NotRun(e) => {
                             let addr = &inner.members.at(from).addr;
                             tracing::debug!(endpoint = %addr, error = %e, "not run; failing over");
@@ -1171,7 +1240,7 @@ impl Client {
                     tracing::info!(endpoint = %ep.addr, attempt, "attempt timed out");
                     // Cut short by the call's deadline, the attempt says nothing
                     // about the server: it did not have its attempt timeout.
-                    if attempt_deadline < deadline {
+                    if attempt_deadline < Instant::from_std(retry.deadline()) {
                         inner.stalled(idx, sent);
                     }
                     let endpoint = ep.addr.clone();
@@ -1194,6 +1263,94 @@ impl Client {
             };
             decision = retry.on_outcome(from, outcome, now.into_std(), may_resend);
         }
+    }
+
+    /// Waits for the attempt's reply; at `at`, if none came, sends a hedged copy (see
+    /// [`Client::hedge`]) and waits on for the first reply of either.
+    async fn wait_hedged(
+        &self,
+        at: Instant,
+        id: RequestId,
+        first: usize,
+        retry: &mut Retry,
+        build: &mut impl FnMut(u32, Duration, &Member) -> Outgoing,
+        turn: &mut reply_cell::Turn<'_, Event>,
+    ) -> Event {
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(at));
+        let early = std::future::poll_fn(|cx| match turn.poll_take(cx) {
+            std::task::Poll::Ready(e) => std::task::Poll::Ready(Some(e)),
+            std::task::Poll::Pending => {
+                std::future::Future::poll(timer.as_mut(), cx).map(|()| None)
+            }
+        })
+        .await;
+        if let Some(e) = early {
+            return e;
+        }
+        // Counted in flight at its endpoint until the first reply of either.
+        let _hedged = self.hedge(id, first, retry, build);
+        if _hedged.is_some() {
+            retry.hedged_to(self.hedge_target(id));
+        }
+        std::future::poll_fn(|cx| turn.poll_take(cx)).await
+    }
+
+    /// Where the hedge of call `id` went, while its attempt is pending.
+    fn hedge_target(&self, id: RequestId) -> Option<usize> {
+        self.inner
+            .pending()
+            .get(&id)
+            .and_then(|p| p.hedge)
+            .map(|(e, _)| e)
+    }
+
+    /// Sends a hedged copy of the attempt in flight on `first` to another endpoint;
+    /// returns the count of it in flight there (dropped when the call moves on), or
+    /// `None` when no other endpoint can take it, the budget says no, or the reply came
+    /// meanwhile.
+    fn hedge<'a>(
+        &'a self,
+        id: RequestId,
+        first: usize,
+        retry: &mut Retry,
+        build: &mut impl FnMut(u32, Duration, &Member) -> Outgoing,
+    ) -> Option<Outstanding<'a>> {
+        let inner = &*self.inner;
+        let to = inner.pick(Some(first)).filter(|&i| i != first)?;
+        let now = Instant::now();
+        if !inner.budget.try_withdraw(now.into_std()) {
+            bump(&inner.counters.budget_refusals);
+            return None;
+        }
+        let ep = inner.members.at(to);
+        let remaining = Instant::from_std(retry.deadline()).saturating_duration_since(now);
+        let msg = build(retry.attempts() + 1, remaining, ep)
+            .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
+        // Registered before sending, as every attempt.
+        let registered = ep.generation();
+        inner.pending().get_mut(&id)?.hedge = Some((to, registered));
+        match ep.try_send(msg, inner.config.bulk_connections) {
+            Ok(sent) => {
+                if sent.generation != registered {
+                    if let Some(p) = inner.pending().get_mut(&id) {
+                        p.hedge = Some((to, sent.generation));
+                    }
+                }
+            }
+            Err(_) => {
+                if let Some(p) = inner.pending().get_mut(&id) {
+                    p.hedge = None;
+                }
+                return None;
+            }
+        }
+        retry.sent();
+        bump(&inner.counters.attempts);
+        bump(&inner.counters.hedges);
+        bump(&ep.counters.sent);
+        tracing::debug!(from = %inner.members.at(first).addr, to = %ep.addr, "hedged");
+        ep.outstanding.fetch_add(1, Ordering::Relaxed);
+        Some(Outstanding(&ep.outstanding))
     }
 
     /// Counts an attempt sent to `idx` (a resend when `attempt` > 1, a failover when
@@ -1231,6 +1388,7 @@ impl Client {
             attempts: read(&c.attempts),
             retries: read(&c.retries),
             budget_refusals: read(&c.budget_refusals),
+            hedges: read(&c.hedges),
             timeouts: read(&c.timeouts),
             failovers: read(&c.failovers),
             reconnects: read(&c.reconnects),

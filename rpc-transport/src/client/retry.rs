@@ -82,14 +82,19 @@ pub(crate) struct Retry {
     deadline: Instant,
     /// Attempts written to a connection.
     attempts: u32,
-    /// The endpoint that failed last and why.
-    last: Option<(usize, RpcError)>,
+    /// The endpoint that failed last and why (boxed: failures are rare, and the
+    /// call's future stays small).
+    last: Option<Box<(usize, RpcError)>>,
     /// "Did not run" answers in a row.
     not_run: u32,
     /// Delays after them, made at the second (boxed: rare, and the call's future
     /// stays small).
     backoff: Option<Box<Backoff>>,
     seed: u64,
+    /// Hedge delay in milliseconds (0: no hedging).
+    hedge_ms: u32,
+    /// The endpoint the attempt in flight was hedged to, if it was.
+    hedged: Option<u32>,
 }
 
 impl Retry {
@@ -114,7 +119,37 @@ impl Retry {
             not_run: 0,
             backoff: None,
             seed,
+            hedge_ms: 0,
+            hedged: None,
         }
+    }
+
+    /// The attempt in flight was hedged to `endpoint` (`None`: the hedge is gone).
+    pub fn hedged_to(&mut self, endpoint: Option<usize>) {
+        self.hedged = endpoint.and_then(|e| u32::try_from(e).ok());
+    }
+
+    /// Where the attempt that just ended was hedged to, if it was (asked once).
+    pub fn take_hedge(&mut self) -> Option<usize> {
+        self.hedged.take().map(|e| e as usize)
+    }
+
+    /// Hedges attempts after `ms` milliseconds (0: never), for methods that may be
+    /// retried.
+    pub fn hedging(mut self, ms: u32) -> Retry {
+        self.hedge_ms = if self.policy == RetryPolicy::Retry {
+            ms
+        } else {
+            0
+        };
+        self
+    }
+
+    /// When the attempt in flight is hedged, if it is: never for `at_most_once`, nor
+    /// beyond the attempts allowed.
+    pub fn hedge_delay(&self) -> Option<Duration> {
+        (self.hedge_ms > 0 && self.may_hedge())
+            .then(|| Duration::from_millis(u64::from(self.hedge_ms)))
     }
 
     /// The call's deadline.
@@ -125,6 +160,12 @@ impl Retry {
     /// Attempts sent so far.
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Whether one more attempt may go out beside the one in flight (a hedge): only
+    /// for methods that may be retried, within the attempts allowed.
+    pub fn may_hedge(&self) -> bool {
+        self.policy == RetryPolicy::Retry && self.attempts < self.max_attempts
     }
 
     /// The first decision: send at once, unless the deadline is already spent.
@@ -181,7 +222,7 @@ impl Retry {
             return Decision::Fail(cause);
         }
         self.not_run = if delivered { 0 } else { self.not_run + 1 };
-        self.last = Some((endpoint, cause));
+        self.last = Some(Box::new((endpoint, cause)));
         if self.attempts >= self.max_attempts || now >= self.deadline {
             return Decision::Fail(self.gave_up());
         }
@@ -200,7 +241,7 @@ impl Retry {
             return Decision::Fail(self.gave_up());
         }
         if !may_resend() {
-            let (_, cause) = self.last.take().expect("set above");
+            let (_, cause) = *self.last.take().expect("set above");
             return Decision::Fail(cause);
         }
         Decision::Send {
@@ -227,7 +268,7 @@ impl Retry {
     pub fn gave_up(&mut self) -> RpcError {
         RpcError::Unavailable {
             attempts: self.attempts,
-            last: self.last.take().map(|(_, e)| Box::new(e)),
+            last: self.last.take().map(|b| Box::new(b.1)),
         }
     }
 
@@ -542,6 +583,22 @@ mod tests {
         r.sent();
         r.on_outcome(0, lost(), t0, || panic!("asked for a call that ends"));
         r.on_outcome(0, Outcome::NotSent, t0, || panic!("asked for no resend"));
+    }
+
+    #[test]
+    fn only_methods_that_may_be_retried_are_hedged_and_within_their_attempts() {
+        let t0 = Instant::now();
+        let d = Some(Duration::from_millis(5));
+        let mut r = Retry::new(RetryPolicy::Retry, 2, ATTEMPT, t0, CALL, 7).hedging(5);
+        assert_eq!(r.hedge_delay(), d);
+        r.sent();
+        assert_eq!(r.hedge_delay(), d, "one attempt out of two sent");
+        r.sent();
+        assert_eq!(r.hedge_delay(), None, "no attempt left for a hedge");
+        let once = Retry::new(RetryPolicy::AtMostOnce, 4, ATTEMPT, t0, CALL, 7).hedging(5);
+        assert_eq!(once.hedge_delay(), None, "at_most_once is never hedged");
+        let off = Retry::new(RetryPolicy::Retry, 4, ATTEMPT, t0, CALL, 7).hedging(0);
+        assert_eq!(off.hedge_delay(), None);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct ClientStats {
     pub retries: u64,
     /// Resends the retry budget refused (the call failed with its last cause).
     pub budget_refusals: u64,
+    /// Hedged attempts sent (also counted in `attempts`).
+    pub hedges: u64,
     /// Attempts that timed out.
     pub timeouts: u64,
     /// Resends that went to a different endpoint than the failed attempt.
@@ -66,6 +68,7 @@ pub(crate) struct Counters {
     pub attempts: AtomicU64,
     pub retries: AtomicU64,
     pub budget_refusals: AtomicU64,
+    pub hedges: AtomicU64,
     pub timeouts: AtomicU64,
     pub failovers: AtomicU64,
     pub reconnects: AtomicU64,
