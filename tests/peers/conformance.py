@@ -57,6 +57,17 @@ def main():
     assert r["id"] == h["id"], f"answered with id {r['id']!r}, not the request's"
     print("bad header answered with its id:", r["message"])
 
+    # An id reused with another method is refused, not answered from the cache entry
+    # of the first.
+    h = header()
+    r = exchange(sock, [msgpack.packb(h), msgpack.packb({"a": 1, "b": 2})])
+    assert r["status"] == 0, f"first use of the id: {r}"
+    h2 = header(id=h["id"], method="calc.div")
+    r = exchange(sock, [msgpack.packb(h2), msgpack.packb({"a": 8, "b": 2})])
+    assert r["status"] == BAD_REQUEST, f"id reused with another method: {r}"
+    assert r["id"] == h["id"], f"answered for another id: {r}"
+    print("id reused with another method refused:", r["message"])
+
     # And a good request still works on the same socket.
     h = header()
     sock.send_multipart([msgpack.packb(h), msgpack.packb({"a": 40, "b": 2})])

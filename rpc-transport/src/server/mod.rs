@@ -440,6 +440,14 @@ impl Counters {
     }
 }
 
+/// A method name's tag in the reply cache (32-bit FNV-1a): an id reused with another
+/// method is refused instead of answered with the first method's reply.
+fn method_tag(method: &str) -> u32 {
+    method.bytes().fold(0x811c_9dc5, |h: u32, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// Requests handled per pass of a connection task before the answers given so far
 /// are written: with 16 callers on one connection, answering a read batch in groups of
 /// four keeps the client busy while the server works (+25-40% calls a second over
@@ -682,6 +690,7 @@ impl Shared {
             }
         };
         let now = Instant::now();
+        let tag = method_tag(&header.method);
         let lookup = {
             let mut cache = self.cache();
             // Replies this client has received: let go of them now, while their
@@ -689,7 +698,7 @@ impl Shared {
             for acked in header.acks.iter().take(MAX_ACKS) {
                 cache.ack(*acked);
             }
-            cache.begin(id, waiter, now.into_std())
+            cache.begin_tagged(id, tag, waiter, now.into_std())
         };
         match lookup {
             Lookup::Run => {}
@@ -707,6 +716,14 @@ impl Shared {
                 bump(&self.counters.deduplicated);
                 tracing::debug!(request_id = %id, "request of an acknowledged call dropped");
                 return;
+            }
+            Lookup::Conflict(waiter) => {
+                bump(&self.counters.rejected);
+                let why = format!(
+                    "request id {id} reused with another method ({})",
+                    header.method
+                );
+                return self.refuse(waiter, id, Status::BadRequest, why);
             }
         }
         let size = args.len();

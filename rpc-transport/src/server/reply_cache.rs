@@ -32,6 +32,9 @@ pub(crate) enum Lookup<W> {
     /// Finished, and its caller has acknowledged the reply: this is a stale copy of
     /// a request whose call is over; it is neither run nor answered.
     Acked,
+    /// Running or finished as another method: the id is reused (a client's bug, or a
+    /// forgery); the request is refused, neither run nor answered from the cache.
+    Conflict(W),
 }
 
 /// A finished id, in its generation's map: where its reply is in the generation's
@@ -39,7 +42,8 @@ pub(crate) enum Lookup<W> {
 /// emptied at once.
 #[derive(Clone, Copy)]
 enum Finished {
-    Done(u32),
+    /// Where its reply is, and the method's tag (see [`ReplyCache::begin_tagged`]).
+    Done(u32, u32),
     /// The reply acknowledged by its client (let go of): the id is kept so that a
     /// stale copy of the request does not run again.
     Acked,
@@ -49,6 +53,8 @@ enum Finished {
 pub(crate) struct Waiters<W> {
     first: Option<W>,
     more: Vec<W>,
+    /// The method's tag.
+    tag: u32,
 }
 
 impl<W> Waiters<W> {
@@ -56,6 +62,7 @@ impl<W> Waiters<W> {
         Waiters {
             first: None,
             more: Vec::new(),
+            tag: 0,
         }
     }
 }
@@ -96,7 +103,7 @@ impl Generation {
     /// The reply of a finished id of this generation (none once acknowledged).
     fn reply(&self, f: Finished) -> Option<&Outgoing> {
         match f {
-            Finished::Done(i) => self.replies.get(i as usize)?.as_ref(),
+            Finished::Done(i, _) => self.replies.get(i as usize)?.as_ref(),
             Finished::Acked => None,
         }
     }
@@ -106,7 +113,7 @@ impl Generation {
         let Some(f) = self.map.get_mut(&id) else {
             return false;
         };
-        if let Finished::Done(i) = *f {
+        if let Finished::Done(i, _) = *f {
             if let Some(r) = self.replies.get_mut(i as usize).and_then(Option::take) {
                 self.bytes -= r.byte_len();
             }
@@ -158,9 +165,20 @@ impl<W> ReplyCache<W> {
     }
 
     /// Looks `id` up for a request from `waiter` arriving at `now`.
+    #[cfg(test)]
     pub fn begin(&mut self, id: RequestId, waiter: W, now: Instant) -> Lookup<W> {
+        self.begin_tagged(id, 0, waiter, now)
+    }
+
+    /// Looks `id` up for a request of the method whose tag is `tag` (a hash of its
+    /// name) from `waiter` arriving at `now`: an id running or finished as another
+    /// method is a [`Lookup::Conflict`].
+    pub fn begin_tagged(&mut self, id: RequestId, tag: u32, waiter: W, now: Instant) -> Lookup<W> {
         self.age(now);
         if let Some(w) = self.running.get_mut(&id) {
+            if w.tag != tag {
+                return Lookup::Conflict(waiter);
+            }
             w.more.push(waiter);
             return Lookup::Joined;
         }
@@ -170,6 +188,7 @@ impl<W> ReplyCache<W> {
             None => old.map.get(&id).map(|f| (*f, old)),
         };
         match finished {
+            Some((Finished::Done(_, t), _)) if t != tag => Lookup::Conflict(waiter),
             Some((f, g)) => match g.reply(f) {
                 Some(reply) => Lookup::Cached(reply.clone(), waiter),
                 None => Lookup::Acked,
@@ -178,6 +197,7 @@ impl<W> ReplyCache<W> {
                 let waiters = Waiters {
                     first: Some(waiter),
                     more: Vec::new(),
+                    tag,
                 };
                 self.running.insert(id, waiters);
                 Lookup::Run
@@ -194,6 +214,7 @@ impl<W> ReplyCache<W> {
         now: Instant,
     ) -> (Waiters<W>, Result<&Outgoing, Outgoing>) {
         let waiters = self.running.remove(&id).unwrap_or_else(Waiters::none);
+        let tag = waiters.tag;
         self.age(now);
         let size = reply.byte_len();
         if self.max_entries == 0 || size > self.max_bytes {
@@ -227,7 +248,7 @@ impl<W> ReplyCache<W> {
             end: now.checked_add(max_age),
         });
         // An id runs once: it is in no generation yet.
-        young.map.insert(id, Finished::Done(i));
+        young.map.insert(id, Finished::Done(i, tag));
         young.replies.push(Some(reply));
         let Some(Some(kept)) = young.replies.last() else {
             unreachable!("just stored")
@@ -315,7 +336,7 @@ impl<W> ReplyCache<W> {
             assert_eq!(g.map.is_empty(), g.ages.is_none(), "start of a generation");
             let mut listed = 0;
             for f in g.map.values() {
-                if let Finished::Done(i) = f {
+                if let Finished::Done(i, _) = f {
                     assert!(g.replies[*i as usize].is_some(), "a reply let go of early");
                     listed += 1;
                 }
@@ -364,6 +385,32 @@ mod tests {
 
     fn env(n: u8) -> Vec<Bytes> {
         vec![Bytes::from(vec![n]), Bytes::new()]
+    }
+
+    #[test]
+    fn an_id_reused_with_another_method_conflicts_running_or_finished() {
+        let t0 = Instant::now();
+        let mut c: ReplyCache<u8> = ReplyCache::new(10, Duration::from_secs(60), 1 << 20);
+        let id = RequestId::new();
+        assert_eq!(c.begin_tagged(id, 1, 10, t0), Lookup::Run);
+        assert_eq!(
+            c.begin_tagged(id, 2, 11, t0),
+            Lookup::Conflict(11),
+            "running"
+        );
+        assert_eq!(c.begin_tagged(id, 1, 12, t0), Lookup::Joined);
+        let (waiters, kept) = c.finish(id, out(vec![Bytes::from_static(b"r")]), t0);
+        assert!(kept.is_ok());
+        assert_eq!(all(waiters), [10, 12]);
+        assert_eq!(
+            c.begin_tagged(id, 2, 13, t0),
+            Lookup::Conflict(13),
+            "finished"
+        );
+        assert!(matches!(
+            c.begin_tagged(id, 1, 14, t0),
+            Lookup::Cached(_, 14)
+        ));
     }
 
     #[test]
