@@ -192,6 +192,9 @@ async fn our_curve_client_calls_a_libzmq_curve_rep_server() {
         .endpoint(&ep)
         .curve(KeyPair::generate(), py_public.parse().unwrap())
         .max_message_size(16 << 20)
+        // 8 MiB each way through CURVE and Python: seconds on a busy machine.
+        .attempt_timeout(Duration::from_secs(20))
+        .call_timeout(Duration::from_secs(40))
         .connect()
         .await
         .unwrap();
