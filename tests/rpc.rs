@@ -1452,9 +1452,48 @@ async fn with_every_server_overloaded_the_retry_budget_bounds_the_attempts() {
     let after = client.stats();
     let attempts = after.attempts - before.attempts;
     let per_call = attempts as f64 / CALLS as f64;
-    assert!(per_call <= 1.25, "{attempts} attempts for {CALLS} calls");
+    // 20% of the calls, plus the floor's reserve of 100 and what it refills while
+    // the calls run: about 1.31 (it was 4).
+    assert!(per_call <= 1.35, "{attempts} attempts for {CALLS} calls");
     assert!(after.budget_refusals > 0, "{after:?}");
     // Once the load is gone, the server serves again.
     assert_eq!(busy.await.unwrap().unwrap(), 100_000);
     assert_eq!(calc.add(1, 2).await.unwrap(), 3);
+}
+
+/// Makes replies of any size from small requests.
+#[rpc_service(name = "grow")]
+pub trait Grow {
+    /// `n` bytes.
+    async fn bytes(&self, n: u64) -> zmtp_rpc::Blob;
+}
+
+struct Grower;
+
+impl Grow for Grower {
+    async fn bytes(&self, n: u64) -> zmtp_rpc::Blob {
+        Bytes::from(vec![1u8; n as usize]).into()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_over_the_limit_becomes_an_error_for_that_call_only() {
+    let server = Server::builder()
+        .max_message_size(64 << 10)
+        .add_service(GrowServer::new(Grower));
+    let (server, client) = paused_pair(server, Client::builder().max_message_size(16 << 20)).await;
+    let grow = GrowClient::new(client.clone());
+    let e = grow.bytes(1 << 20).await.unwrap_err();
+    assert!(
+        matches!(&e, RpcError::Internal(m) if m.contains("exceeds the server's message size limit")),
+        "{e:?}"
+    );
+    // Neither the connection nor the cache paid for it.
+    assert_eq!(grow.bytes(1000).await.unwrap().len(), 1000);
+    assert_eq!(client.stats().reconnects, 0);
+    assert!(
+        server.stats().cached_bytes < 64 << 10,
+        "{:?}",
+        server.stats()
+    );
 }

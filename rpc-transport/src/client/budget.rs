@@ -9,7 +9,7 @@
 //!
 //! Two buckets of tokens, a resend taking one: each call deposits `ratio` of a token
 //! into the first (up to a cap, so that a long quiet spell does not bank an unbounded
-//! storm); the second refills at `per_second` tokens a second, up to one second's
+//! storm); the second refills at `per_second` tokens a second, up to ten seconds'
 //! worth, and starts full. The time is passed in. Deposits are one relaxed atomic
 //! add; only resends take the lock.
 
@@ -21,6 +21,11 @@ use crate::sync::lock;
 
 /// Thousandths of a token.
 const MILLI: u64 = 1000;
+
+/// Seconds' worth of floor tokens the floor bucket holds, and starts with (Finagle's
+/// window is 10 s): a burst of resends after a worker dies with many calls in flight
+/// is let through; a storm that lasts is held to the rate.
+const RESERVE_SECS: f64 = 10.0;
 
 /// The retry budget of a client (its settings); see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,7 +95,7 @@ impl Budget {
             deposits: AtomicU64::new(0),
             per_second: settings.per_second,
             floor: Mutex::new(Floor {
-                tokens: f64::from(settings.per_second.unwrap_or(0)),
+                tokens: f64::from(settings.per_second.unwrap_or(0)) * RESERVE_SECS,
                 at: None,
             }),
         }
@@ -120,8 +125,8 @@ impl Budget {
         let elapsed = floor
             .at
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-        let max = f64::from(per_second);
-        floor.tokens = (floor.tokens + elapsed.as_secs_f64() * max).min(max);
+        let rate = f64::from(per_second);
+        floor.tokens = (floor.tokens + elapsed.as_secs_f64() * rate).min(rate * RESERVE_SECS);
         floor.at = Some(now);
         if floor.tokens >= 1.0 {
             floor.tokens -= 1.0;
@@ -148,11 +153,11 @@ mod tests {
         for _ in 0..400 {
             b.deposit();
         }
-        // 400 calls fund 80 resends; the floor starts with 10.
-        assert_eq!(allowed(&b, 1000, t0), 90);
-        // The floor refills at 10 a second, up to 10.
+        // 400 calls fund 80 resends; the floor starts with 10 seconds' worth, 100.
+        assert_eq!(allowed(&b, 1000, t0), 180);
+        // The floor refills at 10 a second, up to 100.
         assert_eq!(allowed(&b, 100, t0 + Duration::from_millis(500)), 5);
-        assert_eq!(allowed(&b, 100, t0 + Duration::from_secs(60)), 10);
+        assert_eq!(allowed(&b, 1000, t0 + Duration::from_secs(60)), 100);
     }
 
     #[test]

@@ -295,6 +295,7 @@ impl ServerBuilder {
             )),
             draining: AtomicBool::new(false),
             counters: Counters::default(),
+            max_reply: self.socket.max_message_size,
         });
         // Requests are handled in the connection's own task: no hop to a server loop.
         let weak = Arc::downgrade(&shared);
@@ -554,6 +555,9 @@ struct Shared {
     max_waiting_bytes: usize,
     cache: Mutex<ReplyCache<Waiter>>,
     draining: AtomicBool,
+    /// Largest reply body sent (the message size limit): past it, the caller gets an
+    /// error status instead, and the reply is not kept.
+    max_reply: usize,
     counters: Counters,
 }
 
@@ -809,11 +813,25 @@ impl Shared {
         now: Instant,
         here: Option<(PeerId, &mut Answers<'_>)>,
     ) {
-        let reply = outcome.unwrap_or_else(|panic| {
+        let mut reply = outcome.unwrap_or_else(|panic| {
             bump(&self.counters.panics);
             tracing::error!(panic, "handler panicked");
             Reply::status(Status::Internal, format!("handler panicked: {panic}"))
         });
+        let size = reply.body.len();
+        if size > self.max_reply {
+            // The caller's connection would refuse it (and lose every call on it); a
+            // retry would get it again from the cache.
+            tracing::warn!(request_id = %id, size, max = self.max_reply, "reply too large");
+            reply = Reply::status(
+                Status::Internal,
+                format!(
+                    "the method ran, but its reply of {size} bytes exceeds the server's \
+                     message size limit of {} bytes",
+                    self.max_reply
+                ),
+            );
+        }
         let frames = reply_frames(id, reply);
         // Sent under the cache's lock, from the copy it keeps (no second copy to make;
         // sending queues or hands over, it never waits).
