@@ -140,3 +140,14 @@ async fn secure_pool_serves_the_allowed_client_and_refuses_a_stranger() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn middleware_checks_the_token_and_times_out() {
+    let out = run("middleware", &[]).await;
+    assert!(out.contains("without a token: Err(BadRequest("), "{out}");
+    assert!(out.contains("with the token: Ok(1)"), "{out}");
+    assert!(
+        out.contains("past the server's 100 ms timeout: Err(DeadlineExceeded)"),
+        "{out}"
+    );
+}

@@ -85,6 +85,9 @@ pub enum RpcError {
     /// A reply that does not follow the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// A client layer (middleware) failed the call.
+    #[error("client layer: {0}")]
+    Layer(String),
     /// The client is closed, or was built without endpoints.
     #[error("client closed or misconfigured: {0}")]
     Config(String),

@@ -177,7 +177,18 @@ impl<R: Send + 'static> IntoFuture for Call<R> {
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
             let args = self.args?;
-            let reply = self.client.call(self.method, args, self.opts).await?;
+            let reply = match self.client.layers() {
+                Some(stack) => {
+                    let req = super::CallRequest {
+                        method: self.method,
+                        args,
+                        opts: self.opts,
+                    };
+                    // Boxed: layers are the rare case; the call's future stays small.
+                    Box::pin(tower::ServiceExt::oneshot(stack, req)).await?
+                }
+                None => self.client.call(self.method, args, self.opts).await?,
+            };
             (self.decode)(reply)
         })
     }

@@ -38,6 +38,7 @@ mod balance;
 mod budget;
 mod call;
 mod health;
+mod layered;
 mod member;
 mod members;
 mod reply_cell;
@@ -48,6 +49,7 @@ mod watchdog;
 pub use budget::RetryBudget;
 pub use call::{decode_result, decode_value, Call, CallOptions};
 pub use health::{Health, HealthState};
+pub use layered::{CallRequest, Calls};
 pub use stats::{ClientStats, EndpointStats};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -404,6 +406,7 @@ impl ClientBuilder {
         Ok(Client {
             _close: Arc::new(CloseOnDrop(inner.clone())),
             inner,
+            stack: None,
         })
     }
 }
@@ -917,6 +920,8 @@ impl Drop for CloseOnDrop {
 pub struct Client {
     inner: Arc<Inner>,
     _close: Arc<CloseOnDrop>,
+    /// Layers around its typed calls ([`Client::layer`]).
+    stack: Option<layered::Stack>,
 }
 
 impl std::fmt::Debug for Client {

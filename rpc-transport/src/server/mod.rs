@@ -14,9 +14,14 @@
 
 mod context;
 mod handler;
+mod layered;
 mod reply_cache;
 
 pub use context::RequestContext;
+pub use layered::Dispatcher;
+
+/// Wraps a service in a layer (see [`ServerBuilder::layer`]).
+type Wrap = Arc<dyn Fn(Arc<dyn Dispatch>) -> Arc<dyn Dispatch> + Send + Sync>;
 use reply_cache::{Lookup, ReplyCache};
 
 use std::borrow::Cow;
@@ -75,6 +80,8 @@ pub struct ServerBuilder {
     cache_bytes: usize,
     drain_timeout: Duration,
     socket: SocketOptions,
+    /// Layers around every service, innermost first.
+    layers: Vec<Wrap>,
 }
 
 impl Default for ServerBuilder {
@@ -89,6 +96,7 @@ impl ServerBuilder {
         ServerBuilder {
             endpoints: Vec::new(),
             services: HashMap::new(),
+            layers: Vec::new(),
             max_concurrency: 1024,
             max_waiting_bytes: 256 << 20,
             cache_entries: 10_000,
@@ -112,6 +120,27 @@ impl ServerBuilder {
     /// Adds a service; requests are routed to it by the service part of the method name.
     pub fn add_service(mut self, svc: impl Dispatch) -> Self {
         self.services.insert(svc.service_name(), Arc::new(svc));
+        self
+    }
+
+    /// Puts a tower [`Layer`](tower::Layer) around every service (those added before
+    /// and after): a request goes through the layer's service, as a
+    /// [`ServiceRequest`], to the service's dispatcher ([`Dispatcher`]), and the
+    /// [`Reply`] comes back through it. Layers given first are innermost. A layer's
+    /// error is answered as a status: tower's timeout DEADLINE_EXCEEDED, its load
+    /// shedding OVERLOADED (the caller tries another server), others INTERNAL.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<Dispatcher> + Send + Sync + 'static,
+        L::Service:
+            tower::Service<ServiceRequest, Response = Reply> + Clone + Send + Sync + 'static,
+        <L::Service as tower::Service<ServiceRequest>>::Error: Into<tower::BoxError>,
+        <L::Service as tower::Service<ServiceRequest>>::Future: Send + 'static,
+    {
+        self.layers.push(Arc::new(move |inner: Arc<dyn Dispatch>| {
+            let service = layer.layer(Dispatcher(inner.clone()));
+            Arc::new(layered::Layered::new(&*inner, service)) as Arc<dyn Dispatch>
+        }));
         self
     }
 
@@ -270,8 +299,14 @@ impl ServerBuilder {
         for ep in &self.endpoints {
             bound.push(router.bind(ep).await?);
         }
+        let mut services = self.services;
+        for svc in services.values_mut() {
+            for wrap in &self.layers {
+                *svc = wrap(svc.clone());
+            }
+        }
         let mut routes = HashMap::default();
-        for svc in self.services.values() {
+        for svc in services.values() {
             for m in svc.methods() {
                 let route = Route {
                     svc: svc.clone(),
@@ -282,7 +317,7 @@ impl ServerBuilder {
             }
         }
         let shared = Arc::new(Shared {
-            services: self.services,
+            services,
             routes,
             limit: Arc::new(Semaphore::new(self.max_concurrency)),
             max_concurrency: self.max_concurrency,
