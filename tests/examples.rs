@@ -151,3 +151,41 @@ async fn middleware_checks_the_token_and_times_out() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn metrics_are_scraped_over_http() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A free port for the exporter.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ex = start("metrics", &[&port.to_string()]).await;
+    assert!(ex.first.starts_with("METRICS "), "{}", ex.first);
+    let series = [
+        "zmtp_rpc_client_calls_total{service=\"calc\",method=\"add\",outcome=\"ok\"}",
+        "zmtp_rpc_client_attempts_total",
+        "zmtp_rpc_server_requests_total{method=\"calc.add\"}",
+        "zmtp_rpc_server_replies_total{status=\"app_error\"}",
+    ];
+    let mut body = String::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        body.clear();
+        s.read_to_string(&mut body).await.unwrap();
+        if series.iter().all(|s| body.contains(s)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for s in series {
+        assert!(body.contains(s), "no {s} in:\n{body}");
+    }
+    drop(ex);
+}

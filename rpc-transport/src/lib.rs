@@ -30,6 +30,7 @@
 pub mod client;
 mod counter;
 pub mod message;
+mod observe;
 pub mod server;
 pub mod socket;
 mod sync;

@@ -176,20 +176,25 @@ impl<R: Send + 'static> IntoFuture for Call<R> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            let method = self.method;
             let args = self.args?;
             let reply = match self.client.layers() {
                 Some(stack) => {
                     let req = super::CallRequest {
-                        method: self.method,
+                        method,
                         args,
                         opts: self.opts,
                     };
                     // Boxed: layers are the rare case; the call's future stays small.
-                    Box::pin(tower::ServiceExt::oneshot(stack, req)).await?
+                    Box::pin(tower::ServiceExt::oneshot(stack, req)).await
                 }
-                None => self.client.call(self.method, args, self.opts).await?,
+                None => self.client.call(method, args, self.opts).await,
             };
-            (self.decode)(reply)
+            crate::observe::client_call(
+                method,
+                crate::observe::outcome(&reply.as_ref().map(|_| ())),
+            );
+            (self.decode)(reply?)
         })
     }
 }

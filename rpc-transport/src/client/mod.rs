@@ -1200,7 +1200,9 @@ impl Client {
                         let t = Instant::now();
                         let sent_at = attempt_deadline - cfg.attempt_timeout;
                         let at = inner.nanos(t.into_std());
-                        ep.latency.observe(t.saturating_duration_since(sent_at), at);
+                        let rtt = t.saturating_duration_since(sent_at);
+                        ep.latency.observe(rtt, at);
+                        crate::observe::client_round_trip(rtt);
                     }
                     // The call ends here unless the server did not run it: then the
                     // server that answered may let go of its reply.
@@ -1352,6 +1354,7 @@ impl Client {
         retry.sent();
         bump(&inner.counters.attempts);
         bump(&inner.counters.hedges);
+        crate::observe::client_attempt(true, true);
         bump(&ep.counters.sent);
         tracing::debug!(from = %inner.members.at(first).addr, to = %ep.addr, "hedged");
         ep.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -1364,6 +1367,7 @@ impl Client {
         let c = &self.inner.counters;
         bump(&c.attempts);
         bump(&ep.counters.sent);
+        crate::observe::client_attempt(attempt > 1, false);
         if attempt > 1 {
             bump(&c.retries);
             if let Some(from) = failed.filter(|l| *l != idx) {

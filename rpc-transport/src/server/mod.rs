@@ -639,6 +639,7 @@ fn reply_frames(id: RequestId, reply: Reply) -> Outgoing {
 impl Shared {
     fn refuse(&self, waiter: Waiter, id: RequestId, status: Status, why: String) {
         tracing::debug!(request_id = %id, ?status, why, "request refused");
+        crate::observe::server_reply(status);
         waiter.send(reply_frames(id, Reply::status(status, why)));
     }
 
@@ -714,7 +715,10 @@ impl Shared {
         // name (a hand-written dispatcher may serve methods it does not list; the
         // generated ones answer UNKNOWN_METHOD).
         let (svc, method) = match route.get() {
-            Some(r) => (r.svc.clone(), Cow::Borrowed(r.method)),
+            Some(r) => {
+                crate::observe::server_request(r.name);
+                (r.svc.clone(), Cow::Borrowed(r.method))
+            }
             None => {
                 let (service, method) = header
                     .method
@@ -743,16 +747,19 @@ impl Shared {
             Lookup::Run => {}
             Lookup::Joined => {
                 bump(&self.counters.deduplicated);
+                crate::observe::server_deduplicated();
                 return;
             }
             Lookup::Cached(reply, waiter) => {
                 bump(&self.counters.deduplicated);
+                crate::observe::server_deduplicated();
                 waiter.send(reply);
                 return;
             }
             Lookup::Acked => {
                 // A stale copy of a call that has its reply: nobody waits for it.
                 bump(&self.counters.deduplicated);
+                crate::observe::server_deduplicated();
                 tracing::debug!(request_id = %id, "request of an acknowledged call dropped");
                 return;
             }
@@ -831,6 +838,7 @@ impl Shared {
     /// Refuses request `id` with OVERLOADED, to everyone waiting for it.
     fn overloaded(&self, id: RequestId, why: &str) {
         bump(&self.counters.overloaded);
+        crate::observe::server_overloaded();
         tracing::debug!(request_id = %id, why, "request refused: overloaded");
         let frames = reply_frames(id, Reply::status(Status::Overloaded, why));
         let waiters = self.cache().abandon(id);
@@ -867,6 +875,7 @@ impl Shared {
                 ),
             );
         }
+        crate::observe::server_reply(reply.status);
         let frames = reply_frames(id, reply);
         // Sent under the cache's lock, from the copy it keeps (no second copy to make;
         // sending queues or hands over, it never waits).
