@@ -1497,3 +1497,54 @@ async fn a_reply_over_the_limit_becomes_an_error_for_that_call_only() {
         server.stats()
     );
 }
+
+#[tokio::test]
+async fn reserved_methods_answer_health_and_describe_and_can_be_turned_off() {
+    let (_server, ep) = start().await;
+    let client = Client::connect([ep]).await.unwrap();
+    let hdr = |method| Hdr {
+        v: 1,
+        id: *uuid::Uuid::new_v4().as_bytes(),
+        method,
+        timeout_ms: 1000,
+        attempt: 1,
+    };
+    let (_, r) = raw(&client, &hdr("_rpc.health"), b"\x80").await;
+    assert_eq!(r.status, Status::Ok);
+    let health: String = rmp_serde::from_slice(&r.body.to_bytes()).unwrap();
+    assert_eq!(health, "SERVING");
+    let (_, r) = raw(&client, &hdr("_rpc.describe"), b"\x80").await;
+    assert_eq!(r.status, Status::Ok);
+    #[derive(Deserialize, Debug)]
+    struct M {
+        name: String,
+        retry: String,
+    }
+    #[derive(Deserialize, Debug)]
+    struct S {
+        name: String,
+        methods: Vec<M>,
+    }
+    let services: Vec<S> = rmp_serde::from_slice(&r.body.to_bytes()).unwrap();
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["calc", "echo"]);
+    let charge = services[0]
+        .methods
+        .iter()
+        .find(|m| m.name == "calc.charge")
+        .expect("calc.charge described");
+    assert_eq!(charge.retry, "at_most_once");
+    // Turned off: the reserved names are unknown, as any other.
+    let quiet = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .reserved_methods(false)
+        .add_service(CalcServer::new(MyCalc::default()))
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect([quiet.endpoints()[0].to_string()])
+        .await
+        .unwrap();
+    let (_, r) = raw(&client, &hdr("_rpc.health"), b"\x80").await;
+    assert_eq!(r.status, Status::UnknownMethod, "{}", r.message);
+}

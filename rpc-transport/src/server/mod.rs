@@ -82,6 +82,7 @@ pub struct ServerBuilder {
     socket: SocketOptions,
     /// Layers around every service, innermost first.
     layers: Vec<Wrap>,
+    reserved: bool,
 }
 
 impl Default for ServerBuilder {
@@ -97,6 +98,7 @@ impl ServerBuilder {
             endpoints: Vec::new(),
             services: HashMap::new(),
             layers: Vec::new(),
+            reserved: true,
             max_concurrency: 1024,
             max_waiting_bytes: 256 << 20,
             cache_entries: 10_000,
@@ -120,6 +122,14 @@ impl ServerBuilder {
     /// Adds a service; requests are routed to it by the service part of the method name.
     pub fn add_service(mut self, svc: impl Dispatch) -> Self {
         self.services.insert(svc.service_name(), Arc::new(svc));
+        self
+    }
+
+    /// Whether the server answers the reserved methods `_rpc.health` ("SERVING",
+    /// or SHUTTING_DOWN while draining) and `_rpc.describe` (its services, methods
+    /// and their retry semantics); docs/PROTOCOL.md §9. On by default.
+    pub fn reserved_methods(mut self, on: bool) -> Self {
+        self.reserved = on;
         self
     }
 
@@ -329,6 +339,7 @@ impl ServerBuilder {
                 self.cache_bytes,
             )),
             draining: AtomicBool::new(false),
+            reserved: self.reserved,
             counters: Counters::default(),
             max_reply: self.socket.max_message_size,
         });
@@ -590,6 +601,8 @@ struct Shared {
     max_waiting_bytes: usize,
     cache: Mutex<ReplyCache<Waiter>>,
     draining: AtomicBool,
+    /// Whether `_rpc.health` and `_rpc.describe` are answered.
+    reserved: bool,
     /// Largest reply body sent (the message size limit): past it, the caller gets an
     /// error status instead, and the reply is not kept.
     max_reply: usize,
@@ -710,6 +723,13 @@ impl Shared {
         if header.timeout_ms == 0 {
             bump(&self.counters.rejected);
             return self.refuse(waiter, id, Status::DeadlineExceeded, "no time left".into());
+        }
+        if route.get().is_none() && self.reserved && header.method.starts_with("_rpc.") {
+            if let Some(reply) = self.reserved_reply(&header.method) {
+                crate::observe::server_reply(reply.status);
+                waiter.send(reply_frames(id, reply));
+                return;
+            }
         }
         // A method of a table borrows its names; any other goes to its service by
         // name (a hand-written dispatcher may serve methods it does not list; the
@@ -888,6 +908,46 @@ impl Shared {
         send_all(waiters, reply, here);
         drop(cache);
         drop(permit);
+    }
+
+    /// The answer to a reserved method (`_rpc.*`), if `method` is one.
+    fn reserved_reply(&self, method: &str) -> Option<Reply> {
+        #[derive(serde::Serialize)]
+        struct MethodDesc {
+            name: &'static str,
+            retry: &'static str,
+        }
+        #[derive(serde::Serialize)]
+        struct ServiceDesc {
+            name: &'static str,
+            methods: Vec<MethodDesc>,
+        }
+        match method {
+            "_rpc.health" => Some(Reply::ok(&"SERVING")),
+            "_rpc.describe" => {
+                let mut services: Vec<ServiceDesc> = self
+                    .services
+                    .values()
+                    .map(|s| ServiceDesc {
+                        name: s.service_name(),
+                        methods: s
+                            .methods()
+                            .iter()
+                            .map(|m| MethodDesc {
+                                name: m.name,
+                                retry: match m.retry {
+                                    rpc_core::RetryPolicy::Retry => "retry",
+                                    rpc_core::RetryPolicy::AtMostOnce => "at_most_once",
+                                },
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                services.sort_by_key(|s| s.name);
+                Some(Reply::ok(&services))
+            }
+            _ => None,
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, ReplyCache<Waiter>> {
