@@ -4,38 +4,27 @@
 use std::process::Output;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use zmtp_rpc::{rpc_service, RequestContext, Server, ServerHandle};
 
-#[derive(Debug, Serialize, Deserialize)]
-pub enum CalcError {
-    DivideByZero,
-}
+#[allow(dead_code)]
+#[path = "../../examples/common/calc.rs"]
+mod calc;
 
-#[rpc_service(name = "calc")]
-pub trait Calc {
-    async fn add(&self, a: i64, b: i64) -> i64;
-    async fn div(&self, a: i64, b: i64) -> Result<i64, CalcError>;
+use calc::{CalcServer, MyCalc};
+
+/// What the tool exercises beyond the calculator: retry semantics and metadata.
+#[rpc_service(name = "extra")]
+pub trait Extra {
     #[rpc(at_most_once)]
     async fn charge(&self, cents: u64) -> u64;
     /// The value of metadata entry `key`, if the call carried one.
     async fn meta(&self, key: String) -> Option<String>;
 }
 
-struct MyCalc;
+struct MyExtra;
 
-impl Calc for MyCalc {
-    async fn add(&self, a: i64, b: i64) -> i64 {
-        a + b
-    }
-    async fn div(&self, a: i64, b: i64) -> Result<i64, CalcError> {
-        if b == 0 {
-            Err(CalcError::DivideByZero)
-        } else {
-            Ok(a / b)
-        }
-    }
+impl Extra for MyExtra {
     async fn charge(&self, cents: u64) -> u64 {
         cents
     }
@@ -48,6 +37,7 @@ async fn server() -> (ServerHandle, String) {
     let s = Server::builder()
         .bind("tcp://127.0.0.1:0")
         .add_service(CalcServer::new(MyCalc))
+        .add_service(ExtraServer::new(MyExtra))
         .start()
         .await
         .unwrap();
@@ -88,7 +78,7 @@ async fn call_prints_json_results_and_exits_by_outcome() {
     let o = tool(&[
         "call",
         &ep,
-        "calc.meta",
+        "extra.meta",
         r#"{"key": "who"}"#,
         "-m",
         "who=cli",
@@ -121,10 +111,11 @@ async fn describe_lists_methods_and_health_probes() {
     let o = tool(&["describe", &ep]).await;
     assert_eq!(o.status.code(), Some(0));
     let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let methods = d[0]["methods"].as_array().unwrap();
+    assert_eq!(d[0]["name"], "calc");
+    let methods = d[1]["methods"].as_array().unwrap();
     assert!(methods
         .iter()
-        .any(|m| m["name"] == "calc.charge" && m["retry"] == "at_most_once"));
+        .any(|m| m["name"] == "extra.charge" && m["retry"] == "at_most_once"));
     let o = tool(&["health", &ep]).await;
     assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "SERVING"));
     server.shutdown().await;
