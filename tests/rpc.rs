@@ -1548,3 +1548,13 @@ async fn reserved_methods_answer_health_and_describe_and_can_be_turned_off() {
     let (_, r) = raw(&client, &hdr("_rpc.health"), b"\x80").await;
     assert_eq!(r.status, Status::UnknownMethod, "{}", r.message);
 }
+
+#[test]
+fn a_raw_identifier_goes_on_the_wire_without_its_r_hash() {
+    #[rpc_service(name = "kw")]
+    #[allow(dead_code)] // client side only
+    pub trait Keywords {
+        async fn r#type(&self, r#match: u8) -> u8;
+    }
+    assert_eq!(KeywordsClient::METHODS[0].name, "kw.type");
+}

@@ -142,7 +142,8 @@ impl Service {
 impl Method {
     fn parse(f: &syn::TraitItemFn) -> Result<Method, syn::Error> {
         let mut errors = Errors::default();
-        let mut wire_name = f.sig.ident.to_string();
+        // `r#type` is `type` on the wire.
+        let mut wire_name = syn::ext::IdentExt::unraw(&f.sig.ident).to_string();
         let mut wire_span = f.sig.ident.span();
         let mut at_most_once = false;
         let mut docs = Vec::new();

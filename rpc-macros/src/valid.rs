@@ -29,6 +29,21 @@ fn borrows(ty: &Type) -> Option<proc_macro2::Span> {
     b.0
 }
 
+/// Finds `impl Trait` inside a type.
+struct ImplTrait(Option<proc_macro2::Span>);
+
+impl<'a> Visit<'a> for ImplTrait {
+    fn visit_type_impl_trait(&mut self, t: &'a syn::TypeImplTrait) {
+        self.0.get_or_insert(t.span());
+    }
+}
+
+fn impl_trait(ty: &Type) -> Option<proc_macro2::Span> {
+    let mut f = ImplTrait(None);
+    f.visit_type(ty);
+    f.0
+}
+
 pub fn check(s: &Service) -> Result<(), syn::Error> {
     let mut errors = Errors::default();
     if !s.item.generics.params.is_empty() {
@@ -72,6 +87,14 @@ pub fn check(s: &Service) -> Result<(), syn::Error> {
             ),
         }
         for a in &m.args {
+            if let Some(span) = impl_trait(&a.ty) {
+                errors.push_at(
+                    span,
+                    "rpc arguments must be concrete types: `impl Trait` has no wire form \
+                     (name a type, such as `Vec<i64>`)",
+                );
+                continue;
+            }
             if let Some(span) = borrows(&a.ty) {
                 errors.push_at(
                     span,
@@ -85,7 +108,12 @@ pub fn check(s: &Service) -> Result<(), syn::Error> {
                 );
             }
         }
-        if let Some(span) = borrows(&m.output) {
+        if let Some(span) = impl_trait(&m.output) {
+            errors.push_at(
+                span,
+                "rpc results must be concrete types: `impl Trait` has no wire form",
+            );
+        } else if let Some(span) = borrows(&m.output) {
             errors.push_at(
                 span,
                 "rpc results must be owned types: no references or explicit lifetimes",
