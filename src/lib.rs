@@ -40,15 +40,22 @@
 
 #![warn(missing_docs)]
 
-pub use rpc_core::{Blob, Dispatch, MethodInfo, Reply, RequestId, RetryPolicy, RpcError, Status};
+pub use rpc_core::{
+    Blob, Dispatch, MethodInfo, Payload, Reply, RequestId, RetryPolicy, RpcError, ServiceRequest,
+    Status,
+};
 pub use rpc_macros::rpc_service;
 pub use rpc_transport as transport;
 pub use rpc_transport::client::{
-    Balance, Call, CallOptions, Client, ClientBuilder, ClientStats, EndpointStats, HealthState,
-    PoolChange, RetryBudget,
+    Balance, Call, CallOptions, CallRequest, Calls, Client, ClientBuilder, ClientStats,
+    EndpointStats, HealthState, PoolChange, RetryBudget,
 };
-pub use rpc_transport::server::{RequestContext, Server, ServerBuilder, ServerHandle, ServerStats};
+pub use rpc_transport::server::{
+    Dispatcher, RequestContext, Server, ServerBuilder, ServerHandle, ServerStats,
+};
+pub use rpc_transport::socket::SocketError;
 pub use rpc_transport::zmtp::curve::{KeyPair, PublicKey};
+pub use rpc_transport::zmtp::HeartbeatConfig;
 pub use rpc_transport::{Message, Timer};
 
 /// Items generated code refers to. Not a public API.

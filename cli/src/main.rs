@@ -5,6 +5,7 @@
 //! zmtp-rpc call tcp://127.0.0.1:5555 calc.add '{"a": 2, "b": 3}'
 //! zmtp-rpc describe tcp://127.0.0.1:5555
 //! zmtp-rpc health tcp://127.0.0.1:5555      # exit 0 when serving (a Kubernetes probe)
+//! zmtp-rpc bench tcp://127.0.0.1:5555 calc.add '{"a": 1, "b": 2}' -c 16 -d 10
 //! ```
 //!
 //! Exit codes: 0 success; 1 the method answered its error type (APP_ERROR) or the
@@ -13,6 +14,8 @@
 
 use std::process::ExitCode;
 use std::time::Duration;
+
+mod bench;
 
 use clap::{Parser, Subcommand};
 use zmtp_rpc::__private::{Reply, Status};
@@ -58,6 +61,23 @@ enum Command {
     Health {
         /// The server's endpoint.
         endpoint: String,
+    },
+    /// Calls a method as fast as it answers from several callers for a while, then
+    /// prints calls per second and latency percentiles.
+    Bench {
+        /// Server endpoints (comma-separated).
+        endpoints: String,
+        /// `service.method`.
+        method: String,
+        /// Arguments as a JSON object.
+        #[arg(default_value = "{}")]
+        args: String,
+        /// Callers at once.
+        #[arg(long, short = 'c', default_value_t = 16)]
+        concurrency: usize,
+        /// Seconds to run.
+        #[arg(long, short = 'd', default_value_t = 10)]
+        duration: u64,
     },
 }
 
@@ -143,6 +163,31 @@ async fn run(command: Command, timeout: Duration) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            endpoints,
+            method,
+            args,
+            concurrency,
+            duration,
+        } => {
+            let args: serde_json::Value = serde_json::from_str(&args)
+                .map_err(|e| Failure::Usage(format!("arguments are not JSON: {e}")))?;
+            let payload = zmtp_rpc::__private::codec::encode_payload(&args)?;
+            let client = Client::builder()
+                .endpoints(endpoints.split(',').map(str::trim))
+                .connect()
+                .await?;
+            bench::run(
+                client,
+                method_info(&method),
+                payload,
+                timeout,
+                concurrency.max(1),
+                Duration::from_secs(duration),
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Health { endpoint } => {
             let opts = CallOptions {
                 timeout: Some(timeout),
@@ -180,13 +225,16 @@ async fn call<'a>(
         .connect()
         .await?;
     let payload = zmtp_rpc::__private::codec::encode_payload(args)?;
-    // A name known only at run time: a method table entry of the process's lifetime
-    // (one per invocation of the tool).
-    let info: &'static MethodInfo = Box::leak(Box::new(MethodInfo {
+    client.call(method_info(method), payload, opts).await
+}
+
+/// A method known only at run time: a method table entry of the process's lifetime
+/// (one per invocation of the tool).
+fn method_info(method: &str) -> &'static MethodInfo {
+    Box::leak(Box::new(MethodInfo {
         name: Box::leak(method.to_owned().into_boxed_str()),
         retry: RetryPolicy::Retry,
-    }));
-    client.call(info, payload, opts).await
+    }))
 }
 
 /// A reply's body as JSON.

@@ -125,3 +125,25 @@ async fn describe_lists_methods_and_health_probes() {
         (Some(1), "NOT_SERVING")
     );
 }
+
+#[tokio::test]
+async fn bench_prints_rate_and_percentiles() {
+    let (_s, ep) = server().await;
+    let o = tool(&[
+        "bench",
+        &ep,
+        "calc.add",
+        r#"{"a": 1, "b": 2}"#,
+        "-c",
+        "4",
+        "-d",
+        "1",
+    ])
+    .await;
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("calls/s, 0 failed, 4 callers"), "{out}");
+    for p in ["p50", "p99", "p100"] {
+        assert!(out.contains(p), "{out}");
+    }
+}
