@@ -6,6 +6,7 @@
 //! cargo run --release -p zmtp-bench -- failover     # SIGKILL / SIGSTOP costs
 //! cargo run --release -p zmtp-bench -- memory       # idle connection cost
 //! cargo run --release -p zmtp-bench -- balance      # a slow worker; pick cost, 3 vs 300
+//! cargo run --release -p zmtp-bench -- codec        # header codec: hand vs rmp-serde
 //! zmtp-bench server KIND ADDR / client KIND ADDR    # one side (anchors contender)
 //! ```
 //! KIND: `tcp` (4-byte length prefix, TCP_NODELAY, one write per frame, reads that take
@@ -32,6 +33,7 @@
 //! BENCH_SERVER_PID, the server's).
 
 mod balance;
+mod codec;
 mod failover;
 mod floors;
 mod measure;
@@ -129,6 +131,7 @@ fn main() {
             });
         }
         "balance" => rt.block_on(balance::run_all()),
+        "codec" => codec::run(),
         "latency" => rt.block_on(rows::suite()),
         "failover" => rt.block_on(failover::run()),
         "memory" => memory::run(&rt),
@@ -139,7 +142,7 @@ fn main() {
         }
         other => {
             eprintln!(
-                "unknown command {other}: all | latency | failover | memory | balance | server | client"
+                "unknown command {other}: all | latency | failover | memory | balance | codec | server | client"
             );
             std::process::exit(2);
         }
