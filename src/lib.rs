@@ -69,4 +69,18 @@ pub mod __private {
     pub use serde;
     pub use std::sync::Arc;
     pub use tower;
+
+    /// What every argument, result and error of an `#[rpc_service]` method must be:
+    /// the generated code checks each type against it, so a missing derive is reported
+    /// at the type, in these words.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot travel in an RPC call: it must implement serde's `Serialize` and `DeserializeOwned`",
+        label = "used in an #[rpc_service] method",
+        note = "add `#[derive(serde::Serialize, serde::Deserialize)]` to `{Self}`, or wrap a foreign type in a newtype that has them"
+    )]
+    pub trait Wire {}
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> Wire for T {}
+
+    /// Compiles only when `T` is [`Wire`].
+    pub fn assert_wire<T: Wire>() {}
 }

@@ -8,6 +8,38 @@ use syn::{FnArg, TraitItem};
 
 use crate::ast::{Method, Service};
 
+/// One `assert_wire::<T>()` per argument, result and error type, spanned at the type:
+/// a type without serde's traits is reported there, in words that say what to add,
+/// before the derives of the generated argument structs complain about it. Arguments
+/// with their own `#[serde(..)]` attributes (`with = ..`) are left to those.
+fn wire_checks(s: &Service, p: &TokenStream) -> TokenStream {
+    let mut tys: Vec<&syn::Type> = Vec::new();
+    for m in &s.methods {
+        tys.extend(
+            m.args
+                .iter()
+                .filter(|a| a.serde_attrs.is_empty())
+                .map(|a| &a.ty),
+        );
+        match &m.result {
+            Some((t, e)) => tys.extend([t, e]),
+            None => tys.push(&m.output),
+        }
+    }
+    let checks = tys.iter().map(|ty| {
+        let span = syn::spanned::Spanned::span(ty);
+        quote::quote_spanned!(span=> #p::assert_wire::<#ty>();)
+    });
+    quote! {
+        const _: () = {
+            #[allow(dead_code)]
+            fn __wire_types() {
+                #(#checks)*
+            }
+        };
+    }
+}
+
 pub fn expand(s: &Service) -> TokenStream {
     let krate = &s.krate;
     let p = quote!(#krate::__private);
@@ -101,6 +133,8 @@ pub fn expand(s: &Service) -> TokenStream {
         }
     });
 
+    let wire_checks = wire_checks(s, &p);
+
     let client_doc = format!(
         "Client of the [`{trait_ident}`] service (`{service_name}`): one async method per \
          trait method, each returning a [`Call`]({}::Call) to `.await`, optionally after \
@@ -115,6 +149,8 @@ pub fn expand(s: &Service) -> TokenStream {
 
     quote! {
         #the_trait
+
+        #wire_checks
 
         #[doc = #client_doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
