@@ -1519,6 +1519,14 @@ async fn reserved_methods_answer_health_and_describe_and_can_be_turned_off() {
     struct M {
         name: String,
         retry: String,
+        args: Vec<A>,
+        returns: String,
+    }
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct A {
+        name: String,
+        #[serde(rename = "type")]
+        ty: String,
     }
     #[derive(Deserialize, Debug)]
     struct S {
@@ -1534,6 +1542,19 @@ async fn reserved_methods_answer_health_and_describe_and_can_be_turned_off() {
         .find(|m| m.name == "calc.charge")
         .expect("calc.charge described");
     assert_eq!(charge.retry, "at_most_once");
+    let arg = |name: &str, ty: &str| A {
+        name: name.into(),
+        ty: ty.into(),
+    };
+    assert_eq!(
+        charge.args,
+        [arg("account", "String"), arg("cents", "u64")],
+        "names and types as the trait spells them"
+    );
+    assert_eq!(charge.returns, "Result<Receipt, CalcError>");
+    let count = services[0].methods.iter().find(|m| m.name == "calc.count");
+    let count = count.expect("renamed method described by its wire name");
+    assert_eq!((count.args.len(), count.returns.as_str()), (0, "u32"));
     // Turned off: the reserved names are unknown, as any other.
     let quiet = Server::builder()
         .bind("tcp://127.0.0.1:0")

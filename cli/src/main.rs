@@ -231,10 +231,10 @@ async fn call<'a>(
 /// A method known only at run time: a method table entry of the process's lifetime
 /// (one per invocation of the tool).
 fn method_info(method: &str) -> &'static MethodInfo {
-    Box::leak(Box::new(MethodInfo {
-        name: Box::leak(method.to_owned().into_boxed_str()),
-        retry: RetryPolicy::Retry,
-    }))
+    Box::leak(Box::new(MethodInfo::new(
+        Box::leak(method.to_owned().into_boxed_str()),
+        RetryPolicy::Retry,
+    )))
 }
 
 /// A reply's body as JSON.

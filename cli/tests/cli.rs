@@ -116,6 +116,12 @@ async fn describe_lists_methods_and_health_probes() {
     assert!(methods
         .iter()
         .any(|m| m["name"] == "extra.charge" && m["retry"] == "at_most_once"));
+    let add = &d[0]["methods"][0];
+    assert_eq!(add["name"], "calc.add");
+    assert_eq!(
+        add["args"][1],
+        serde_json::json!({"name": "b", "type": "i64"})
+    );
     let o = tool(&["health", &ep]).await;
     assert_eq!((o.status.code(), stdout(&o).as_str()), (Some(0), "SERVING"));
     server.shutdown().await;

@@ -20,9 +20,24 @@ pub struct MethodInfo {
     pub name: &'static str,
     /// Retry semantics.
     pub retry: RetryPolicy,
+    /// The arguments, in order: name and Rust type as the trait spells them (for
+    /// `_rpc.describe` and tools; empty for a method known only at run time).
+    pub args: &'static [(&'static str, &'static str)],
+    /// The return type as the trait spells it (`""` when not known).
+    pub returns: &'static str,
 }
 
 impl MethodInfo {
+    /// A method known by name only: no argument or return types to describe.
+    pub const fn new(name: &'static str, retry: RetryPolicy) -> MethodInfo {
+        MethodInfo {
+            name,
+            retry,
+            args: &[],
+            returns: "",
+        }
+    }
+
     /// The service part of the wire name.
     pub fn service(&self) -> &'static str {
         self.name.rsplit_once('.').map(|(s, _)| s).unwrap_or("")

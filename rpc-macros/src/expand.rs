@@ -8,6 +8,24 @@ use syn::{FnArg, TraitItem};
 
 use crate::ast::{Method, Service};
 
+/// A type as the trait spells it, in rustfmt's spacing (`Vec<u8>`, `Result<u32, E>`,
+/// `&str`) rather than the token stream's (`Vec < u8 >`).
+fn type_text(ty: &syn::Type) -> String {
+    let raw = ty.to_token_stream().to_string();
+    raw.replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace(" <", "<")
+        .replace("< ", "<")
+        .replace(" >", ">")
+        .replace(" ,", ",")
+        .replace("& ", "&")
+        .replace("( ", "(")
+        .replace(" )", ")")
+        .replace("[ ", "[")
+        .replace(" ]", "]")
+        .replace(" ;", ";")
+}
+
 /// One `assert_wire::<T>()` per argument, result and error type, spanned at the type:
 /// a type without serde's traits is reported there, in words that say what to add,
 /// before the derives of the generated argument structs complain about it. Arguments
@@ -59,7 +77,14 @@ pub fn expand(s: &Service) -> TokenStream {
         } else {
             quote!(#p::RetryPolicy::Retry)
         };
-        quote!(#p::MethodInfo { name: #wire, retry: #retry })
+        let args = m.args.iter().map(|a| {
+            let name = a.ident.to_string();
+            let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+            let ty = type_text(&a.ty);
+            quote!((#name, #ty))
+        });
+        let returns = type_text(&m.output);
+        quote!(#p::MethodInfo { name: #wire, retry: #retry, args: &[#(#args),*], returns: #returns })
     });
 
     let client_methods = s.methods.iter().enumerate().map(|(i, m)| {
@@ -296,4 +321,25 @@ fn expand_trait(s: &Service) -> TokenStream {
         );
     }
     item.into_token_stream()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::type_text;
+
+    #[test]
+    fn types_read_as_the_trait_spells_them() {
+        for spelled in [
+            "i64",
+            "Vec<u8>",
+            "Result<Receipt, CalcError>",
+            "std::collections::HashMap<String, Vec<Option<u32>>>",
+            "(u8, String)",
+            "[u8; 16]",
+            "::core::option::Option<()>",
+        ] {
+            let ty: syn::Type = syn::parse_str(spelled).unwrap();
+            assert_eq!(type_text(&ty), spelled);
+        }
+    }
 }

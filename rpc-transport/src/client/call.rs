@@ -242,10 +242,7 @@ mod tests {
             .connect()
             .await
             .expect("client");
-        static M: MethodInfo = MethodInfo {
-            name: "Svc.method",
-            retry: RetryPolicy::Retry,
-        };
+        static M: MethodInfo = MethodInfo::new("Svc.method", RetryPolicy::Retry);
         let call = Call::new(client, &M, Ok(Payload::default()), |_| Ok(()));
         let fut = std::future::IntoFuture::into_future(call);
         let size = std::mem::size_of_val(&*fut);

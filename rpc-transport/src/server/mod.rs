@@ -913,9 +913,17 @@ impl Shared {
     /// The answer to a reserved method (`_rpc.*`), if `method` is one.
     fn reserved_reply(&self, method: &str) -> Option<Reply> {
         #[derive(serde::Serialize)]
+        struct ArgDesc {
+            name: &'static str,
+            #[serde(rename = "type")]
+            ty: &'static str,
+        }
+        #[derive(serde::Serialize)]
         struct MethodDesc {
             name: &'static str,
             retry: &'static str,
+            args: Vec<ArgDesc>,
+            returns: &'static str,
         }
         #[derive(serde::Serialize)]
         struct ServiceDesc {
@@ -939,6 +947,12 @@ impl Shared {
                                     rpc_core::RetryPolicy::Retry => "retry",
                                     rpc_core::RetryPolicy::AtMostOnce => "at_most_once",
                                 },
+                                args: m
+                                    .args
+                                    .iter()
+                                    .map(|&(name, ty)| ArgDesc { name, ty })
+                                    .collect(),
+                                returns: m.returns,
                             })
                             .collect(),
                     })
