@@ -143,7 +143,7 @@ async fn a_panicking_handler_answers_internal_and_the_server_goes_on() {
 
 #[tokio::test(start_paused = true)]
 async fn per_call_deadline_is_enforced() {
-    let (_server, client) = paused_pair(calc_server(), Client::builder()).await;
+    let (_server, client) = pair(At::Inproc, calc_server(), Client::builder()).await;
     ends_by_deadline(CalcClient::new(client).sleep_ms(2000)).await;
 }
 
@@ -241,7 +241,8 @@ async fn a_server_can_add_a_defaulted_argument_for_old_clients() {
             x * factor.unwrap_or(1)
         }
     }
-    let (_server, client) = serve_and_connect(
+    let (_server, client) = pair(
+        At::Tcp,
         Server::builder().add_service(ScaleV2Server::new(S)),
         Client::builder(),
     )
@@ -348,17 +349,6 @@ async fn the_server_dispatcher_is_a_tower_service() {
     let _ = Arc::new(());
 }
 
-/// Starts `server` on a free TCP port and connects `client` to it.
-async fn serve_and_connect(
-    server: zmtp_rpc::ServerBuilder,
-    client: zmtp_rpc::ClientBuilder,
-) -> (ServerHandle, Client) {
-    let server = server.bind("tcp://127.0.0.1:0").start().await.unwrap();
-    let ep = server.endpoints()[0].to_string();
-    let client = client.endpoint(ep).connect().await.unwrap();
-    (server, client)
-}
-
 /// A server builder with the calculator.
 fn calc_server() -> zmtp_rpc::ServerBuilder {
     Server::builder().add_service(CalcServer::new(MyCalc::default()))
@@ -370,17 +360,34 @@ fn inproc_name() -> String {
     format!("inproc://rpc-test-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Starts `server` (with its services) and connects `client` to it over `inproc://`: all in memory, so a
-/// test under `tokio::time::pause()` controls every clock the pair reads (both use
-/// tokio's timer, the default).
-async fn paused_pair(
+/// Where [`pair`] puts its server.
+#[derive(Clone, Copy)]
+enum At {
+    /// A free port on 127.0.0.1.
+    Tcp,
+    /// A fresh `inproc://` name: all in memory, so a test under `tokio::time::pause()`
+    /// controls every clock the pair reads (both use tokio's timer, the default). The
+    /// client is connected before `pair` returns.
+    Inproc,
+}
+
+/// The one way these tests start a server (`server`, with its services) and a client
+/// (`client`) of it.
+async fn pair(
+    at: At,
     server: zmtp_rpc::ServerBuilder,
     client: zmtp_rpc::ClientBuilder,
 ) -> (ServerHandle, Client) {
-    let server = server.bind(inproc_name()).start().await.unwrap();
+    let addr = match at {
+        At::Tcp => "tcp://127.0.0.1:0".to_string(),
+        At::Inproc => inproc_name(),
+    };
+    let server = server.bind(addr).start().await.unwrap();
     let ep = server.endpoints()[0].to_string();
     let client = client.endpoint(ep).connect().await.unwrap();
-    assert!(client.wait_healthy(1, Duration::from_secs(5)).await);
+    if let At::Inproc = at {
+        assert!(client.wait_healthy(1, Duration::from_secs(5)).await);
+    }
     (server, client)
 }
 
@@ -388,7 +395,8 @@ async fn paused_pair(
 /// itself: no heartbeats on either side, no retries, attempts of a minute. A message
 /// left unwritten or a caller left unwoken then shows as a call waiting for a timer.
 async fn quiet_pair(service: impl zmtp_rpc::Dispatch) -> (ServerHandle, Client) {
-    serve_and_connect(
+    pair(
+        At::Tcp,
         Server::builder().heartbeat(None).add_service(service),
         Client::builder()
             .heartbeat(None)
@@ -401,7 +409,8 @@ async fn quiet_pair(service: impl zmtp_rpc::Dispatch) -> (ServerHandle, Client) 
 
 #[tokio::test(start_paused = true)]
 async fn past_the_concurrency_limit_the_server_answers_overloaded_at_once() {
-    let (server, client) = paused_pair(
+    let (server, client) = pair(
+        At::Inproc,
         calc_server().max_concurrency(1),
         Client::builder().retries(1),
     )
@@ -462,7 +471,8 @@ impl Hold for Holder {
 #[tokio::test(start_paused = true)]
 async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
     let go = Arc::new(tokio::sync::Semaphore::new(0));
-    let (server, client) = paused_pair(
+    let (server, client) = pair(
+        At::Inproc,
         Server::builder()
             .max_waiting_bytes(10_000)
             .add_service(HoldServer::new(Holder(go.clone()))),
@@ -497,7 +507,8 @@ async fn handlers_that_wait_hold_a_bounded_sum_of_arguments() {
 
 #[tokio::test]
 async fn a_server_holds_at_most_max_connections() {
-    let (server, first) = serve_and_connect(
+    let (server, first) = pair(
+        At::Tcp,
         Server::builder()
             .max_connections(1)
             .add_service(CalcServer::new(MyCalc::default())),
@@ -534,7 +545,7 @@ async fn a_server_holds_at_most_max_connections() {
 
 #[tokio::test(start_paused = true)]
 async fn graceful_shutdown_finishes_running_calls_and_refuses_new_ones() {
-    let (server, client) = paused_pair(calc_server(), Client::builder().retries(0)).await;
+    let (server, client) = pair(At::Inproc, calc_server(), Client::builder().retries(0)).await;
     let calc = CalcClient::new(client);
     let running = tokio::spawn({
         let calc = calc.clone();
@@ -630,7 +641,8 @@ impl Slicer for MySlicer {
 
 #[tokio::test]
 async fn large_blobs_travel_without_copies_and_arrive_intact() {
-    let (server, client) = serve_and_connect(
+    let (server, client) = pair(
+        At::Tcp,
         Server::builder()
             .max_message_size(8 << 20)
             .add_service(SlicerServer::new(MySlicer)),
@@ -1226,7 +1238,8 @@ impl Ctx for MyCtx {
 
 #[tokio::test]
 async fn handlers_see_their_context_and_panics_after_waiting_answer_internal() {
-    let (server, client) = serve_and_connect(
+    let (server, client) = pair(
+        At::Tcp,
         Server::builder().add_service(CtxServer::new(MyCtx)),
         Client::builder(),
     )
@@ -1354,7 +1367,7 @@ async fn a_peer_that_never_answers_the_handshake_is_named_at_the_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn a_zero_deadline_fails_at_once_and_any_duration_is_a_deadline() {
-    let (_server, client) = paused_pair(calc_server(), Client::builder()).await;
+    let (_server, client) = pair(At::Inproc, calc_server(), Client::builder()).await;
     let calc = CalcClient::new(client);
     let t0 = tokio::time::Instant::now();
     let e = calc.add(1, 2).timeout(Duration::ZERO).await.unwrap_err();
@@ -1400,7 +1413,7 @@ async fn builders_refuse_settings_that_cannot_work_and_say_which() {
 #[tokio::test(start_paused = true)]
 async fn a_request_over_the_size_limit_fails_at_once_and_sends_nothing() {
     let server = calc_server().add_service(EchoServer::new(MyEcho));
-    let (server, client) = paused_pair(server, Client::builder()).await;
+    let (server, client) = pair(At::Inproc, server, Client::builder()).await;
     let echo = EchoClient::new(client.clone());
     let e = echo.echo("x".repeat(5 << 20)).await.unwrap_err();
     assert!(
@@ -1416,7 +1429,8 @@ async fn a_request_over_the_size_limit_fails_at_once_and_sends_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn with_every_server_overloaded_the_retry_budget_bounds_the_attempts() {
-    let (server, client) = paused_pair(
+    let (server, client) = pair(
+        At::Inproc,
         calc_server().max_concurrency(1),
         Client::builder()
             .attempt_timeout(Duration::from_secs(200))
@@ -1481,7 +1495,12 @@ async fn a_reply_over_the_limit_becomes_an_error_for_that_call_only() {
     let server = Server::builder()
         .max_message_size(64 << 10)
         .add_service(GrowServer::new(Grower));
-    let (server, client) = paused_pair(server, Client::builder().max_message_size(16 << 20)).await;
+    let (server, client) = pair(
+        At::Inproc,
+        server,
+        Client::builder().max_message_size(16 << 20),
+    )
+    .await;
     let grow = GrowClient::new(client.clone());
     let e = grow.bytes(1 << 20).await.unwrap_err();
     assert!(
