@@ -3,17 +3,18 @@
 //! A connection task that hands over several replies in one pass would wake every
 //! caller at once: tokio queues all but the first on the waking thread and unparks
 //! another worker to steal them (an eventfd write or a futex, a context switch and
-//! cache misses per burst). With 16 callers on one connection those wake-ups cost the
-//! client more than the calls did (5.0 us of CPU per call with two workers, 3.4 us
-//! with one). Instead the first caller of a burst is woken and the others wait in a
+//! cache misses per burst). With many callers on one connection those wake-ups cost
+//! the client more than the calls did. Instead the first caller of a burst is woken
+//! and the others wait in a
 //! [`WakeLine`]: each caller that takes its reply wakes the next one, on the thread it
 //! runs on (tokio's LIFO slot: no unpark). The last one wakes the connection tasks
 //! that wait for the burst to end (to write the requests the callers left corked).
 //!
 //! A line runs on one thread at a time: callers that work between calls would all
-//! wait for one worker (8 callers spinning 1 ms after each call, 2 workers: 168 ms
-//! before the wake line, 252 ms with it). A turn longer than [`SLOW_TURN`] breaks the line
-//! up (166 ms).
+//! wait for one worker. A turn longer than [`SLOW_TURN`] breaks the line up, so such
+//! callers spread over the workers again. (The figures behind both choices are in
+//! docs/ARCHITECTURE.md, Transport, "Callers of one read are woken one after
+//! another".)
 //!
 //! A caller woken but never polled again (nor dropped) would hold up the ones behind
 //! it, whose replies are already in their slots (no deadline of theirs is pending any
