@@ -13,13 +13,8 @@ use zmtp_rpc::{Client, RpcError, Server};
 
 #[tokio::test]
 async fn the_server_refuses_what_the_spec_refuses_and_names_the_request() {
-    let server = Server::builder()
-        .bind("tcp://127.0.0.1:0")
-        .add_service(CalcServer::new(MyCalc))
-        .start()
-        .await
-        .unwrap();
-    let ep = server.endpoints()[0].to_string();
+    let (server, ep) =
+        support::serve_tcp(Server::builder().add_service(CalcServer::new(MyCalc))).await;
     support::run_peer_script("conformance.py", &[&ep]).await;
     // The two bad headers and the reused id never reached a dispatcher; the array
     // arguments were refused by it (BAD_REQUEST before the method).

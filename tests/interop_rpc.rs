@@ -14,13 +14,8 @@ use zmtp_rpc::Server;
 
 #[tokio::test]
 async fn a_python_req_client_calls_a_rust_service() {
-    let server = Server::builder()
-        .bind("tcp://127.0.0.1:0")
-        .add_service(CalcServer::new(MyCalc))
-        .start()
-        .await
-        .unwrap();
-    let ep = server.endpoints()[0].to_string();
+    let (server, ep) =
+        support::serve_tcp(Server::builder().add_service(CalcServer::new(MyCalc))).await;
     support::run_peer_script("rpc_client.py", &[&ep]).await;
     server.shutdown().await;
 }

@@ -33,16 +33,13 @@ impl WhoAmI for Me {
 /// A CURVE server of the calculator allowing `clients` (all when `None`).
 async fn server(keys: &KeyPair, clients: Option<Vec<KeyPair>>) -> (ServerHandle, String) {
     let mut b = Server::builder()
-        .bind("tcp://127.0.0.1:0")
         .curve(keys.clone())
         .add_service(CalcServer::new(MyCalc))
         .add_service(WhoAmIServer::new(Me));
     if let Some(list) = clients {
         b = b.allow_clients(list.iter().map(KeyPair::public));
     }
-    let s = b.start().await.unwrap();
-    let ep = s.endpoints()[0].to_string();
-    (s, ep)
+    support::serve_tcp(b).await
 }
 
 /// Calls until a call fails for the reason `why` names (the first may find the
@@ -234,17 +231,14 @@ impl User for Users {
 
 /// A PLAIN server of the calculator that lets in "ann" with "secret".
 async fn plain_server() -> (ServerHandle, String) {
-    let s = Server::builder()
-        .bind("tcp://127.0.0.1:0")
-        .plain()
-        .allow_users([("ann", "secret")])
-        .add_service(CalcServer::new(MyCalc))
-        .add_service(UserServer::new(Users))
-        .start()
-        .await
-        .unwrap();
-    let ep = s.endpoints()[0].to_string();
-    (s, ep)
+    support::serve_tcp(
+        Server::builder()
+            .plain()
+            .allow_users([("ann", "secret")])
+            .add_service(CalcServer::new(MyCalc))
+            .add_service(UserServer::new(Users)),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Shared helpers of the integration tests: a pyzmq peer driven over pipes, hex.
+//! Shared helpers of the integration tests: a pyzmq peer driven over pipes, hex, a
+//! server started on a free port.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -221,4 +222,12 @@ pub mod serde_bytes16 {
     pub fn serialize<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(b)
     }
+}
+
+/// Starts `server` (with its services and settings) on a free port of 127.0.0.1 and
+/// returns it with its `tcp://` endpoint.
+pub async fn serve_tcp(server: zmtp_rpc::ServerBuilder) -> (zmtp_rpc::ServerHandle, String) {
+    let server = server.bind("tcp://127.0.0.1:0").start().await.unwrap();
+    let ep = server.endpoints()[0].to_string();
+    (server, ep)
 }
