@@ -58,6 +58,12 @@ pub use rpc_transport::zmtp::curve::{KeyPair, PublicKey};
 pub use rpc_transport::zmtp::HeartbeatConfig;
 pub use rpc_transport::{Message, Timer};
 
+/// README.md's Rust code, compiled and run by `cargo test --doc` so that the first
+/// service a user copies works as written.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// Items generated code refers to. Not a public API.
 #[doc(hidden)]
 pub mod __private {
