@@ -1427,6 +1427,46 @@ async fn a_request_over_the_size_limit_fails_at_once_and_sends_nothing() {
     assert_eq!(echo.echo("small".into()).await.unwrap(), "small");
 }
 
+#[tokio::test]
+async fn a_request_over_the_servers_limit_is_answered_too_large_and_the_connection_stays() {
+    // The client's limit is above the server's: the server is the one to refuse.
+    // One connection (no second one for large requests): the slow call shares it.
+    let server = calc_server()
+        .add_service(EchoServer::new(MyEcho))
+        .max_message_size(64 << 10);
+    let client = Client::builder()
+        .max_message_size(8 << 20)
+        .bulk_connections(1);
+    let (server, client) = pair(At::Tcp, server, client).await;
+    let calc = CalcClient::new(client.clone());
+    let echo = EchoClient::new(client.clone());
+    // A call in flight on the same connection meanwhile.
+    let slow = tokio::spawn({
+        let calc = calc.clone();
+        async move { calc.sleep_ms(300).await }
+    });
+    while server.stats().executed == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = client.stats();
+    let e = echo.echo("x".repeat(1 << 20)).await.unwrap_err();
+    assert!(matches!(e, RpcError::TooLarge(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("over the server's limit of 65536 bytes"),
+        "{text}"
+    );
+    // Not resent: another server would refuse it the same way.
+    assert_eq!(client.stats().attempts - before.attempts, 1);
+    slow.await.unwrap().unwrap();
+    assert_eq!(echo.echo("small".into()).await.unwrap(), "small");
+    let st = server.stats();
+    assert_eq!((st.rejected, st.connections), (1, 1), "{st:?}");
+    let after = client.stats();
+    assert_eq!(after.reconnects, before.reconnects);
+    assert_eq!(after.endpoints[0].disconnects, 0, "{after:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn with_every_server_overloaded_the_retry_budget_bounds_the_attempts() {
     let (server, client) = pair(

@@ -76,6 +76,11 @@ pub enum RpcError {
     /// The handler panicked or the server failed.
     #[error("internal server error: {0}")]
     Internal(String),
+    /// The server refused a request over its message size limit (status TOO_LARGE);
+    /// the method did not run. A client whose own limit is the server's fails such a
+    /// call before sending ([`RpcError::MessageTooLarge`]).
+    #[error("request too large for the server: {0}")]
+    TooLarge(String),
     /// The arguments could not be encoded.
     #[error("cannot encode")]
     Encode(#[source] rmp_serde::encode::Error),
@@ -103,6 +108,7 @@ impl RpcError {
             Status::UnknownMethod => RpcError::UnknownMethod(message),
             Status::BadRequest => RpcError::BadRequest(message),
             Status::Internal => RpcError::Internal(message),
+            Status::TooLarge => RpcError::TooLarge(message),
             Status::Ok | Status::AppError => {
                 RpcError::Protocol(format!("status {status:?} is not an error"))
             }
@@ -118,6 +124,7 @@ impl RpcError {
             RpcError::UnknownMethod(_) => Status::UnknownMethod,
             RpcError::BadRequest(_) => Status::BadRequest,
             RpcError::Internal(_) => Status::Internal,
+            RpcError::TooLarge(_) => Status::TooLarge,
             _ => return None,
         })
     }

@@ -23,11 +23,14 @@ pub enum Status {
     ShuttingDown = 6,
     /// The method panicked or the server failed; it may have run in part.
     Internal = 7,
+    /// The request was over the server's message size limit. Its body was read past
+    /// without being kept and the connection stays up. The method did not run.
+    TooLarge = 8,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Status::Ok,
         Status::AppError,
         Status::UnknownMethod,
@@ -36,6 +39,7 @@ impl Status {
         Status::Overloaded,
         Status::ShuttingDown,
         Status::Internal,
+        Status::TooLarge,
     ];
 
     /// The status for a code, if it is known.
@@ -53,7 +57,11 @@ impl Status {
     pub fn did_not_run(self) -> bool {
         matches!(
             self,
-            Status::UnknownMethod | Status::BadRequest | Status::Overloaded | Status::ShuttingDown
+            Status::UnknownMethod
+                | Status::BadRequest
+                | Status::Overloaded
+                | Status::ShuttingDown
+                | Status::TooLarge
         )
     }
 }
@@ -78,10 +86,10 @@ mod tests {
     #[test]
     fn codes_are_stable() {
         let codes: Vec<u8> = Status::ALL.iter().map(|s| s.code()).collect();
-        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
         for s in Status::ALL {
             assert_eq!(Status::from_code(s.code()), Some(s));
         }
-        assert_eq!(Status::from_code(8), None);
+        assert_eq!(Status::from_code(9), None);
     }
 }

@@ -29,7 +29,7 @@ pub(crate) fn outcome(r: &Result<(), &RpcError>) -> &'static str {
             RpcError::UnknownMethod(_) => "unknown_method",
             RpcError::BadRequest(_) => "bad_request",
             RpcError::Internal(_) => "internal",
-            RpcError::MessageTooLarge { .. } => "too_large",
+            RpcError::MessageTooLarge { .. } | RpcError::TooLarge(_) => "too_large",
             RpcError::Decode(_) | RpcError::Encode(_) | RpcError::Protocol(_) => "protocol",
             _ => "other",
         },
@@ -113,6 +113,7 @@ pub(crate) fn server_reply(status: Status) {
             Overloaded => "overloaded",
             ShuttingDown => "shutting_down",
             Internal => "internal",
+            TooLarge => "too_large",
         )
         .increment(1);
     }

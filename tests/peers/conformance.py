@@ -11,6 +11,7 @@ import msgpack
 import zmq
 
 BAD_REQUEST = 3
+TOO_LARGE = 8
 
 
 def exchange(sock, frames):
@@ -67,6 +68,21 @@ def main():
     assert r["status"] == BAD_REQUEST, f"id reused with another method: {r}"
     assert r["id"] == h["id"], f"answered for another id: {r}"
     print("id reused with another method refused:", r["message"])
+
+    # §3: a request over the server's limit (4 MiB) is answered TOO_LARGE with its id,
+    # and the connection stays: the next requests below go on the same one.
+    h = header()
+    big = msgpack.packb({"a": 1, "b": "x" * (5 << 20)})
+    r = exchange(sock, [msgpack.packb(h), big])
+    assert r["status"] == TOO_LARGE, f"oversize request: {r}"
+    assert r["id"] == h["id"], f"oversize request answered for another id: {r}"
+    print("oversize request refused:", r["message"])
+
+    # Even when the header itself passes the limit: then with the all-zero id.
+    r = exchange(sock, [b"\x00" * (5 << 20), msgpack.packb({"a": 1, "b": 2})])
+    assert r["status"] == TOO_LARGE, f"oversize header: {r}"
+    assert r["id"] == bytes(16), f"oversize header answered with id {r['id']!r}"
+    print("oversize header refused:", r["message"])
 
     # And a good request still works on the same socket.
     h = header()

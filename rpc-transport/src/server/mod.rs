@@ -105,11 +105,15 @@ impl ServerBuilder {
             cache_age: Duration::from_secs(60),
             cache_bytes: 64 << 20,
             drain_timeout: Duration::from_secs(10),
-            socket: SocketOptions::default().heartbeat(HeartbeatConfig {
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(3),
-                ttl: Duration::from_secs(6),
-            }),
+            socket: SocketOptions {
+                // A request over the limit is answered TOO_LARGE, its body read past.
+                discard_oversize: true,
+                ..SocketOptions::default().heartbeat(HeartbeatConfig {
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(3),
+                    ttl: Duration::from_secs(6),
+                })
+            },
         }
     }
 
@@ -443,7 +447,8 @@ pub struct ServerStats {
     pub overloaded: u64,
     /// Requests refused with SHUTTING_DOWN.
     pub shutting_down: u64,
-    /// Requests refused as BAD_REQUEST, UNKNOWN_METHOD or DEADLINE_EXCEEDED before running.
+    /// Requests refused as BAD_REQUEST, UNKNOWN_METHOD, DEADLINE_EXCEEDED or TOO_LARGE
+    /// before running.
     pub rejected: u64,
     /// Handlers that panicked.
     pub panics: u64,
@@ -656,6 +661,35 @@ impl Shared {
         waiter.send(reply_frames(id, Reply::status(status, why)));
     }
 
+    /// A request over the message size limit: `frames` are those received before the
+    /// limit was passed (the envelope up to `d`, its delimiter, and the header when it
+    /// fitted). Answered TOO_LARGE with the request's id when the header can be read.
+    fn too_large(
+        &self,
+        peer: PeerId,
+        conn: mpsc::Sender<Outgoing>,
+        mut frames: Vec<Bytes>,
+        d: usize,
+        size: u64,
+    ) {
+        bump(&self.counters.rejected);
+        let nil = RequestId(uuid::Uuid::nil());
+        let id = frames
+            .get(d + 1)
+            .and_then(|h| RequestHeader::peek_id(h))
+            .unwrap_or(nil);
+        frames.truncate(d + 1);
+        let max = self.max_reply;
+        tracing::info!(request_id = %id, size, max, "request over the size limit refused");
+        let why = format!("request of {size} bytes is over the server's limit of {max} bytes");
+        let waiter = Waiter {
+            peer,
+            conn,
+            envelope: frames,
+        };
+        self.refuse(waiter, id, Status::TooLarge, why);
+    }
+
     /// Handles one request, in the connection's task. Never blocks: the handler is
     /// polled once here and only becomes a task of its own if it has to wait.
     fn handle(self: &Arc<Self>, inbound: Inbound, answers: &mut Answers<'_>) {
@@ -666,6 +700,9 @@ impl Shared {
             tracing::debug!("request without envelope delimiter dropped");
             return;
         };
+        if let Some(size) = inbound.too_large {
+            return self.too_large(inbound.peer, inbound.reply, frames, d, size);
+        }
         // `[header][arguments]` taken off the end: `frames` keeps the envelope.
         let after = frames.len() - (d + 1);
         let parts = if after == 2 {

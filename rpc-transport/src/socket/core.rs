@@ -35,6 +35,10 @@ pub(crate) struct Inbound {
     pub peer_key: Option<crate::zmtp::curve::PublicKey>,
     /// The PLAIN user name the server allowed.
     pub peer_user: Option<Arc<str>>,
+    /// The message was over the size limit: `msg` holds only its frames before the
+    /// one that passed it, and this is its whole size (see
+    /// [`SocketOptions::discard_oversize`](super::SocketOptions::discard_oversize)).
+    pub too_large: Option<u64>,
 }
 
 /// Receives messages straight from the connection tasks instead of the socket's

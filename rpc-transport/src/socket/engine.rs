@@ -103,6 +103,7 @@ fn connection_config(core: &Core) -> ConnectionConfig {
         heartbeat_zmtp30: o.heartbeat_zmtp30,
         properties: Vec::new(),
         mechanism: o.mechanism.clone(),
+        discard_oversize: o.discard_oversize,
     }
 }
 
@@ -200,7 +201,7 @@ impl<'a> Engine<'a> {
             if budget == 0 {
                 return Ok(true);
             }
-            match self.conn.poll_event() {
+            let (msg, too_large) = match self.conn.poll_event() {
                 None => break,
                 Some(Event::Ready(info)) => {
                     let Some(tx) = self.out_tx.take() else { break };
@@ -221,43 +222,50 @@ impl<'a> Engine<'a> {
                         }
                         Err(e) => return Err(End::Rejected(e)),
                     }
+                    continue;
                 }
-                Some(Event::Message(msg)) => {
-                    let (Some(g), Some(reply)) = (&self.guard, &self.reply_tx) else {
-                        continue;
-                    };
-                    let inbound = Inbound {
-                        peer: self.id,
-                        routing_id: g.routing_id.clone(),
-                        msg,
-                        reply: reply.clone(),
-                        peer_key: self.peer_key,
-                        peer_user: self.peer_user.clone(),
-                    };
-                    if let Some(direct) = self.core.direct.get() {
-                        self.out.answer_received();
-                        let mut answers = Answers {
-                            conn: &mut self.conn,
-                            count: &mut self.answered,
-                            woken: &mut self.woken,
-                        };
-                        (direct.sink)(inbound, &mut answers);
-                        self.delivered += 1;
-                        budget -= 1;
-                        handled += 1;
-                        if small.is_some_and(|(n, bytes)| {
-                            handled == n && self.conn.transmit_len() < bytes
-                        }) {
-                            budget = 0;
-                        }
-                        continue;
-                    }
-                    match self.core.inbound_tx.try_send(inbound) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(i)) => self.pending = Some(i),
-                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Shutdown),
-                    }
+                Some(Event::TooLarge { size, .. }) if !self.answering() => {
+                    // Only a server can answer it; a socket's queue has no place for
+                    // a message it did not receive whole.
+                    tracing::warn!(size, "message over the size limit dropped");
+                    continue;
                 }
+                Some(Event::Message(msg)) => (msg, None),
+                Some(Event::TooLarge { head, size }) => (head, Some(size)),
+            };
+            let (Some(g), Some(reply)) = (&self.guard, &self.reply_tx) else {
+                continue;
+            };
+            let inbound = Inbound {
+                peer: self.id,
+                routing_id: g.routing_id.clone(),
+                msg,
+                reply: reply.clone(),
+                peer_key: self.peer_key,
+                peer_user: self.peer_user.clone(),
+                too_large,
+            };
+            if let Some(direct) = self.core.direct.get() {
+                self.out.answer_received();
+                let mut answers = Answers {
+                    conn: &mut self.conn,
+                    count: &mut self.answered,
+                    woken: &mut self.woken,
+                };
+                (direct.sink)(inbound, &mut answers);
+                self.delivered += 1;
+                budget -= 1;
+                handled += 1;
+                if small.is_some_and(|(n, bytes)| handled == n && self.conn.transmit_len() < bytes)
+                {
+                    budget = 0;
+                }
+                continue;
+            }
+            match self.core.inbound_tx.try_send(inbound) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(i)) => self.pending = Some(i),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Shutdown),
             }
         }
         Ok(false)

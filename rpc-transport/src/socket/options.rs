@@ -44,6 +44,12 @@ pub struct SocketOptions {
     pub timer: Timer,
     /// The security mechanism and its keys: NULL (default) or CURVE.
     pub mechanism: Mechanism,
+    /// A message over `max_message_size`: false (default, as libzmq) closes the
+    /// connection; true reads past its body without keeping a byte of it and keeps
+    /// the connection. The RPC server sets it and answers such a request with the
+    /// status TOO_LARGE; a socket's own queue drops the message (logged). Over CURVE
+    /// the connection closes either way: a box cannot be checked without holding it.
+    pub discard_oversize: bool,
 }
 
 impl Default for SocketOptions {
@@ -64,6 +70,7 @@ impl Default for SocketOptions {
             rng_seed: None,
             timer: Timer::Runtime,
             mechanism: Mechanism::Null,
+            discard_oversize: false,
         }
     }
 }

@@ -43,6 +43,12 @@ pub struct ConnectionConfig {
     pub properties: Vec<(String, Bytes)>,
     /// The security mechanism and its keys (NULL by default).
     pub mechanism: Mechanism,
+    /// A message over `max_message_size`: false closes the connection (as libzmq);
+    /// true reads past the rest of it without keeping it and reports what came
+    /// before ([`Event::TooLarge`]), so that a server can answer it and serve on.
+    /// Over CURVE the connection closes either way: a box cannot be checked without
+    /// holding it.
+    pub discard_oversize: bool,
 }
 
 impl ConnectionConfig {
@@ -57,6 +63,7 @@ impl ConnectionConfig {
             heartbeat_zmtp30: false,
             properties: Vec::new(),
             mechanism: Mechanism::Null,
+            discard_oversize: false,
         }
     }
 }
@@ -86,6 +93,15 @@ pub enum Event {
     Ready(PeerInfo),
     /// A whole message arrived.
     Message(Message),
+    /// A message over the size limit ended (only with
+    /// [`ConnectionConfig::discard_oversize`]): the frames that came before the one
+    /// that passed the limit, and the size of all of them together.
+    TooLarge {
+        /// The frames received whole before the limit was passed.
+        head: Message,
+        /// The message's size, all frames together, as declared.
+        size: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +123,8 @@ pub struct Connection {
     decoder: FrameDecoder,
     partial: Vec<Bytes>,
     partial_size: u64,
+    /// Frames of the message in progress read past (over the size limit).
+    skipped: usize,
     events: VecDeque<Event>,
     tx: TxQueue,
     handshake_deadline: Instant,
@@ -179,8 +197,13 @@ impl Connection {
         } else {
             64 * 1024
         };
+        let limit = config.max_message_size + overhead;
         Connection {
-            decoder: FrameDecoder::new(config.max_message_size + overhead),
+            decoder: if config.discard_oversize && overhead == 0 {
+                FrameDecoder::discarding(limit)
+            } else {
+                FrameDecoder::new(limit)
+            },
             handshake_deadline: now + config.handshake_timeout,
             config,
             phase: Phase::Greeting,
@@ -189,6 +212,7 @@ impl Connection {
             peer_minor: 0,
             partial: Vec::new(),
             partial_size: 0,
+            skipped: 0,
             events: VecDeque::new(),
             tx,
             heartbeat: Heartbeat::default(),
@@ -296,7 +320,7 @@ impl Connection {
                 }
                 Phase::Handshake => match self.decoder.decode(src, 0)? {
                     None => return Ok(()),
-                    Some(Frame::Data { .. }) => {
+                    Some(Frame::Data { .. } | Frame::Skipped { .. }) => {
                         return Err(ZmtpError::Malformed("message before READY"))
                     }
                     Some(Frame::Command(body)) if !matches!(self.curve, Sec::None) => {
@@ -324,6 +348,7 @@ impl Connection {
                     Some(Frame::Command(_)) if matches!(self.curve, Sec::Session(_)) => {
                         return Err(ZmtpError::Malformed("a command outside a CURVE box"))
                     }
+                    Some(Frame::Skipped { more, len }) => self.on_skipped(more, len)?,
                     Some(Frame::Data { more, body }) => {
                         if self.partial.len() >= MAX_FRAMES {
                             return Err(ZmtpError::Malformed("more than 1024 frames in a message"));
@@ -371,6 +396,24 @@ impl Connection {
             public_key: None,
             user: None,
         }));
+        Ok(())
+    }
+
+    /// A frame that passed the size limit was read past: the message is too large.
+    /// Its later frames pass the limit too, so they are skipped as well; at its end
+    /// the frames before it are reported.
+    fn on_skipped(&mut self, more: bool, len: u64) -> Result<(), ZmtpError> {
+        self.skipped += 1;
+        if self.partial.len() + self.skipped > MAX_FRAMES {
+            return Err(ZmtpError::Malformed("more than 1024 frames in a message"));
+        }
+        self.partial_size = self.partial_size.saturating_add(len);
+        if !more {
+            let head = Message::from(std::mem::take(&mut self.partial));
+            let size = std::mem::replace(&mut self.partial_size, 0);
+            self.skipped = 0;
+            self.events.push_back(Event::TooLarge { head, size });
+        }
         Ok(())
     }
 
@@ -831,6 +874,68 @@ mod tests {
         let (ra, rb) = q.drive();
         assert!(matches!(ra, Err(ZmtpError::MechanismMismatch(_))), "{ra:?}");
         assert!(matches!(rb, Err(ZmtpError::MechanismMismatch(_))), "{rb:?}");
+    }
+
+    /// A DEALER and a ROUTER whose messages are limited to `max` bytes; the ROUTER
+    /// discards what is over it when `discard`.
+    fn limited_pair(max: u64, discard: bool, curve: bool) -> Pair {
+        let mut p = if curve {
+            curve_pair(true).0
+        } else {
+            Pair::new(
+                ConnectionConfig::new(SocketType::Dealer),
+                ConnectionConfig::new(SocketType::Router),
+            )
+        };
+        let mut b = p.b.config.clone();
+        b.max_message_size = max;
+        b.discard_oversize = discard;
+        let a = p.a.config.clone();
+        p = Pair::new(a, b);
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        events(&mut p.a);
+        events(&mut p.b);
+        p
+    }
+
+    fn msg(frames: &[&[u8]]) -> Message {
+        frames
+            .iter()
+            .map(|f| Bytes::copy_from_slice(f))
+            .collect::<Vec<_>>()
+            .into()
+    }
+
+    #[test]
+    fn a_discarding_connection_reports_a_message_too_large_and_serves_on() {
+        let mut p = limited_pair(100, true, false);
+        p.a.send(&msg(&[b"", b"header", &[7u8; 500], b"tail"]))
+            .unwrap();
+        p.a.send(&msg(&[b"", b"next"])).unwrap();
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        assert_eq!(
+            events(&mut p.b),
+            [
+                Event::TooLarge {
+                    head: msg(&[b"", b"header"]),
+                    size: 510,
+                },
+                Event::Message(msg(&[b"", b"next"])),
+            ]
+        );
+    }
+
+    #[test]
+    fn without_discarding_or_over_curve_a_message_too_large_closes() {
+        for curve in [false, true] {
+            let mut p = limited_pair(100, curve, curve);
+            p.a.send(&msg(&[b"", &[7u8; 500]])).unwrap();
+            let (_, rb) = p.drive();
+            assert!(
+                matches!(rb, Err(ZmtpError::TooLarge { .. })),
+                "{curve}: {rb:?}"
+            );
+        }
     }
 
     #[test]

@@ -44,6 +44,14 @@ pub enum Frame {
     },
     /// A command frame (body = name length, name, data).
     Command(Bytes),
+    /// A message frame over the size limit, read past without being kept (only
+    /// from a decoder made with [`FrameDecoder::discarding`]).
+    Skipped {
+        /// Whether more frames of the same message follow.
+        more: bool,
+        /// The frame's declared size.
+        len: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +60,8 @@ enum DecodeState {
     Head,
     /// Header read; waiting for `len` body bytes.
     Body { flags: u8, len: usize },
+    /// A data frame over the limit: `left` of its `len` body bytes still to drop.
+    Skip { more: bool, len: u64, left: u64 },
 }
 
 /// Incremental frame decoder with a size limit.
@@ -59,6 +69,9 @@ enum DecodeState {
 pub struct FrameDecoder {
     state: DecodeState,
     max_data: u64,
+    /// A data frame over the limit is skipped (see [`Frame::Skipped`]) instead of
+    /// failing the stream.
+    discard: bool,
 }
 
 impl FrameDecoder {
@@ -68,6 +81,18 @@ impl FrameDecoder {
         FrameDecoder {
             state: DecodeState::Head,
             max_data: max_message_size,
+            discard: false,
+        }
+    }
+
+    /// A decoder that reads past a data frame over the limit, keeping none of its
+    /// bytes, and returns [`Frame::Skipped`] for it: the connection survives a message
+    /// too large, and what came before it (an envelope, a header) can be answered.
+    /// Commands over their limit still fail the stream.
+    pub fn discarding(max_message_size: u64) -> FrameDecoder {
+        FrameDecoder {
+            discard: true,
+            ..FrameDecoder::new(max_message_size)
         }
     }
 
@@ -80,6 +105,7 @@ impl FrameDecoder {
                 Some(_) => 2,
             },
             DecodeState::Body { len, .. } => len,
+            DecodeState::Skip { .. } => 1,
         };
         want.saturating_sub(src.len()).max(1)
     }
@@ -121,6 +147,16 @@ impl FrameDecoder {
                     } else {
                         (message_so_far.saturating_add(len), self.max_data)
                     };
+                    if size > max && self.discard && !command {
+                        src.advance(hdr);
+                        let more = flags & FLAG_MORE != 0;
+                        self.state = DecodeState::Skip {
+                            more,
+                            len,
+                            left: len,
+                        };
+                        continue;
+                    }
                     if size > max {
                         return Err(ZmtpError::TooLarge { size, max });
                     }
@@ -129,6 +165,17 @@ impl FrameDecoder {
                         usize::try_from(len).map_err(|_| ZmtpError::TooLarge { size: len, max })?;
                     src.advance(hdr);
                     self.state = DecodeState::Body { flags, len };
+                }
+                DecodeState::Skip { more, len, left } => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(src.len());
+                    src.advance(take);
+                    let left = left - take as u64;
+                    if left > 0 {
+                        self.state = DecodeState::Skip { more, len, left };
+                        return Ok(None);
+                    }
+                    self.state = DecodeState::Head;
+                    return Ok(Some(Frame::Skipped { more, len }));
                 }
                 DecodeState::Body { flags, len } => {
                     if src.len() < len {
@@ -429,6 +476,66 @@ mod tests {
         assert!(matches!(
             d.decode(&mut src, 6),
             Err(ZmtpError::TooLarge { size: 11, max: 10 })
+        ));
+    }
+
+    #[test]
+    fn a_discarding_decoder_reads_past_a_frame_over_the_limit() {
+        // [header "hi" MORE][1000-byte body][next message "ok"], fed a byte at a time.
+        let mut wire = vec![0x01, 2, b'h', b'i', 0x02];
+        wire.extend_from_slice(&1000u64.to_be_bytes());
+        wire.extend_from_slice(&[9u8; 1000]);
+        wire.extend_from_slice(&[0x00, 2, b'o', b'k']);
+        let mut d = FrameDecoder::discarding(100);
+        let mut src = BytesMut::new();
+        let (mut out, mut so_far) = (vec![], 0u64);
+        for b in wire {
+            src.put_u8(b);
+            while let Some(f) = d.decode(&mut src, so_far).unwrap() {
+                so_far = match &f {
+                    Frame::Data { more: true, body } => so_far + body.len() as u64,
+                    Frame::Skipped { more: true, len } => so_far + len,
+                    _ => 0,
+                };
+                out.push(f);
+            }
+            // Nothing of the skipped body is held.
+            assert!(src.len() <= 9, "{} bytes held", src.len());
+        }
+        assert_eq!(
+            out,
+            vec![
+                Frame::Data {
+                    more: true,
+                    body: Bytes::from_static(b"hi")
+                },
+                Frame::Skipped {
+                    more: false,
+                    len: 1000
+                },
+                Frame::Data {
+                    more: false,
+                    body: Bytes::from_static(b"ok")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_discarding_decoder_skips_a_huge_declared_size_and_still_refuses_big_commands() {
+        let mut d = FrameDecoder::discarding(10);
+        let mut wire = vec![0x02];
+        wire.extend_from_slice(&u64::MAX.to_be_bytes());
+        wire.extend_from_slice(&[1, 2, 3]);
+        let mut src = BytesMut::from(&wire[..]);
+        assert_eq!(d.decode(&mut src, 0).unwrap(), None);
+        assert!(src.is_empty());
+        let mut d = FrameDecoder::discarding(10);
+        let mut cmd = vec![0x06];
+        cmd.extend_from_slice(&(MAX_COMMAND_SIZE + 1).to_be_bytes());
+        assert!(matches!(
+            d.decode(&mut BytesMut::from(&cmd[..]), 0),
+            Err(ZmtpError::TooLarge { .. })
         ));
     }
 
