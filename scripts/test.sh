@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone. Installs what the tests need (pyzmq and
-# msgpack in .venv, for the libzmq interop peers) and fails, never skips, when it cannot.
+# msgpack in .venv, for the libzmq interop peers; dnsmasq, the DNS server of the
+# discovery tests) and fails, never skips, when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,12 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
 .venv/bin/python -c 'import zmq, msgpack; print("pyzmq", zmq.__version__, "libzmq", zmq.zmq_version())'
 export ZMTP_RPC_PYTHON="$PWD/.venv/bin/python"
+
+if ! command -v dnsmasq >/dev/null && [ ! -x /usr/sbin/dnsmasq ]; then
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get install -y -q dnsmasq-base >/dev/null \
+        || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q dnsmasq-base >/dev/null; }
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -50,6 +50,8 @@ pub use rpc_transport::client::{
     Balance, Call, CallOptions, CallRequest, Calls, Client, ClientBuilder, ClientStats,
     EndpointStats, HealthState, PoolChange, RetryBudget,
 };
+#[cfg(feature = "dns")]
+pub use rpc_transport::client::{DnsChanges, DnsDiscovery};
 pub use rpc_transport::server::{
     Dispatcher, RequestContext, Server, ServerBuilder, ServerHandle, ServerStats,
 };

@@ -37,6 +37,10 @@
 mod balance;
 mod budget;
 mod call;
+#[cfg(feature = "dns")]
+mod dns;
+#[cfg(any(feature = "dns", test))]
+mod dns_refresh;
 mod health;
 mod layered;
 mod member;
@@ -48,6 +52,8 @@ mod watchdog;
 
 pub use budget::RetryBudget;
 pub use call::{decode_result, decode_value, Call, CallOptions};
+#[cfg(feature = "dns")]
+pub use dns::{DnsChanges, DnsDiscovery};
 pub use health::{Health, HealthState};
 pub use layered::{CallRequest, Calls};
 pub use stats::{ClientStats, EndpointStats};
@@ -371,7 +377,14 @@ impl ClientBuilder {
         if self.config.call_timeout.is_zero() {
             return bad("call_timeout is zero: every call would fail before sending");
         }
-        for ep in &self.endpoints {
+        // `dns://` and `dns+srv://` endpoints are pools of their own, followed.
+        let (names, endpoints): (Vec<String>, Vec<String>) =
+            self.endpoints.into_iter().partition(|e| is_dns(e));
+        let mut follows = discover.into_iter().collect::<Vec<Changes>>();
+        for name in names {
+            follows.push(dns_changes(&name)?);
+        }
+        for ep in &endpoints {
             ep.parse::<crate::socket::Endpoint>()
                 .map_err(|e| RpcError::Config(e.to_string()))?;
         }
@@ -387,7 +400,7 @@ impl ClientBuilder {
             budget: budget::Budget::new(self.budget),
             config: self.config,
         });
-        for ep in self.endpoints {
+        for ep in endpoints {
             inner.add(ep)?;
         }
         let watch = inner.watchdog.clone();
@@ -400,7 +413,7 @@ impl ClientBuilder {
             inner.watchdog.clone(),
             timer,
         ));
-        if let Some(changes) = discover {
+        for changes in follows {
             tokio::spawn(follow(Arc::downgrade(&inner), changes));
         }
         Ok(Client {
@@ -886,6 +899,24 @@ impl Inner {
 const DRAIN_CHECK: Duration = Duration::from_millis(5);
 
 /// Applies pool changes from `changes` for as long as the client lives.
+/// Whether an endpoint names a DNS pool (`dns://host:port`, `dns+srv://name`).
+fn is_dns(ep: &str) -> bool {
+    ep.starts_with("dns://") || ep.starts_with("dns+srv://")
+}
+
+/// The changes of the DNS pool `name`, with the default settings.
+#[cfg(feature = "dns")]
+fn dns_changes(name: &str) -> Result<Changes, RpcError> {
+    Ok(Box::pin(dns::DnsDiscovery::new(name)?.stream()))
+}
+
+#[cfg(not(feature = "dns"))]
+fn dns_changes(name: &str) -> Result<Changes, RpcError> {
+    Err(RpcError::Config(format!(
+        "{name}: DNS discovery needs the `dns` cargo feature"
+    )))
+}
+
 async fn follow(inner: std::sync::Weak<Inner>, mut changes: Changes) {
     while let Some(change) = std::future::poll_fn(|cx| changes.as_mut().poll_next(cx)).await {
         let Some(inner) = inner.upgrade() else { return };

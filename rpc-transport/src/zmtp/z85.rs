@@ -23,7 +23,7 @@ pub enum Z85Error {
 
 /// Encodes `data`; `None` when its length is not a multiple of 4.
 pub fn encode(data: &[u8]) -> Option<String> {
-    if data.len() % 4 != 0 {
+    if !data.len().is_multiple_of(4) {
         return None;
     }
     let mut out = String::with_capacity(data.len() / 4 * 5);
@@ -42,7 +42,7 @@ pub fn encode(data: &[u8]) -> Option<String> {
 /// Decodes a Z85 text.
 pub fn decode(text: &str) -> Result<Vec<u8>, Z85Error> {
     let bytes = text.as_bytes();
-    if bytes.len() % 5 != 0 {
+    if !bytes.len().is_multiple_of(5) {
         return Err(Z85Error::Length(text.chars().count()));
     }
     let mut out = Vec::with_capacity(bytes.len() / 5 * 4);
