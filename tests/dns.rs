@@ -41,7 +41,8 @@ struct Dns {
 }
 
 impl Dns {
-    fn start(dir: &Path, records: &[&str]) -> Dns {
+    /// dnsmasq answering `records` (A records of `NAME`) and the `extra` options.
+    fn start(dir: &Path, records: &[&str], extra: &[String]) -> Dns {
         let hosts = dir.join("hosts");
         write_hosts(&hosts, records);
         // dnsmasq takes no port 0: a port free a moment ago, tried a few times.
@@ -50,31 +51,26 @@ impl Dns {
                 .and_then(|s| s.local_addr())
                 .unwrap()
                 .port();
-            let mut child = Command::new(dnsmasq())
-                .args([
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--local-ttl=1",
-                    "--pid-file=",
-                    "--user=root",
-                ])
-                .arg(format!("--port={port}"))
-                .arg(format!("--addn-hosts={}", hosts.display()))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("dnsmasq starts");
-            std::thread::sleep(Duration::from_millis(200));
-            if child.try_wait().unwrap().is_none() {
+            if let Some(child) = spawn_dnsmasq(port, &hosts, extra) {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 return Dns { child, addr, hosts };
             }
         }
         panic!("dnsmasq did not stay up on any of 5 ports");
+    }
+
+    /// Starts dnsmasq again on the same port with other options (it reads command-line
+    /// records such as SRV only when it starts).
+    fn restart(&mut self, extra: &[String]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for _ in 0..50 {
+            if let Some(child) = spawn_dnsmasq(self.addr.port(), &self.hosts, extra) {
+                self.child = child;
+                return;
+            }
+        }
+        panic!("dnsmasq did not start again on port {}", self.addr.port());
     }
 
     /// Rewrites the records and has dnsmasq read them again.
@@ -92,6 +88,36 @@ impl Drop for Dns {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// dnsmasq on 127.0.0.1:`port`, if it stays up.
+fn spawn_dnsmasq(port: u16, hosts: &Path, extra: &[String]) -> Option<Child> {
+    let mut child = Command::new(dnsmasq())
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--local-ttl=1",
+            "--pid-file=",
+            "--user=root",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--addn-hosts={}", hosts.display()))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dnsmasq starts");
+    // A port taken meanwhile makes it exit at once.
+    std::thread::sleep(Duration::from_millis(200));
+    if child.try_wait().unwrap().is_none() {
+        Some(child)
+    } else {
+        None
     }
 }
 
@@ -140,7 +166,7 @@ async fn a_pool_follows_its_dns_records_and_no_call_fails_over_a_change() {
         worker("127.0.0.3", port).await,
     );
     let ep = |i: u8| format!("tcp://127.0.0.{i}:{port}");
-    let dns = Dns::start(&dir, &["127.0.0.1", "127.0.0.2"]);
+    let dns = Dns::start(&dir, &["127.0.0.1", "127.0.0.2"], &[]);
 
     let discovery = DnsDiscovery::new(&format!("dns://{NAME}:{port}"))
         .unwrap()
@@ -207,6 +233,52 @@ async fn a_pool_follows_its_dns_records_and_no_call_fails_over_a_change() {
     for w in [w1, w2, w3] {
         w.shutdown().await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_srv_pool_takes_hosts_and_ports_from_the_records() {
+    let dir = std::env::temp_dir().join(format!("zmtp-rpc-srv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two workers on one address, on ports of their own: what SRV records are for.
+    let (w1, w2) = (worker("127.0.0.1", 0).await, worker("127.0.0.1", 0).await);
+    let (e1, e2) = (w1.endpoints()[0].to_string(), w2.endpoints()[0].to_string());
+    let port = |e: &str| e.rsplit(':').next().unwrap().to_string();
+    let srv = |ports: &[&str]| -> Vec<String> {
+        ports
+            .iter()
+            .map(|p| format!("--srv-host=_rpc._tcp.{NAME},{NAME},{p}"))
+            .collect()
+    };
+    let mut dns = Dns::start(&dir, &["127.0.0.1"], &srv(&[&port(&e1), &port(&e2)]));
+    let discovery = DnsDiscovery::new(&format!("dns+srv://_rpc._tcp.{NAME}"))
+        .unwrap()
+        .nameserver(dns.addr)
+        .ttl_bounds(Duration::from_millis(50), Duration::from_millis(200));
+    let client = Client::builder()
+        .discover(discovery.stream())
+        .connect()
+        .await
+        .unwrap();
+    let mut both = vec![e1.clone(), e2.clone()];
+    both.sort();
+    until("both SRV targets in the pool", || pool(&client) == both).await;
+    let calc = CalcClient::new(client.clone());
+    assert_eq!(calc.add(1, 1).await.unwrap(), 2);
+    // The first worker's record goes away.
+    dns.restart(&srv(&[&port(&e2)]));
+    until("the first worker leaves the pool", || {
+        pool(&client) == [e2.clone()]
+    })
+    .await;
+    let served = w1.stats().requests;
+    for _ in 0..50 {
+        assert_eq!(calc.add(1, 1).await.unwrap(), 2);
+    }
+    assert_eq!(w1.stats().requests, served);
+    drop(dns);
+    w1.shutdown().await;
+    w2.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
