@@ -73,6 +73,19 @@ impl Dns {
         panic!("dnsmasq did not start again on port {}", self.addr.port());
     }
 
+    /// A client of the pool `uri`, asking this server, resolving every 50-200 ms.
+    async fn client(&self, uri: &str) -> Client {
+        let discovery = DnsDiscovery::new(uri)
+            .unwrap()
+            .nameserver(self.addr)
+            .ttl_bounds(Duration::from_millis(50), Duration::from_millis(200));
+        Client::builder()
+            .discover(discovery.stream())
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// Rewrites the records and has dnsmasq read them again.
     fn set(&self, records: &[&str]) {
         write_hosts(&self.hosts, records);
@@ -168,15 +181,7 @@ async fn a_pool_follows_its_dns_records_and_no_call_fails_over_a_change() {
     let ep = |i: u8| format!("tcp://127.0.0.{i}:{port}");
     let dns = Dns::start(&dir, &["127.0.0.1", "127.0.0.2"], &[]);
 
-    let discovery = DnsDiscovery::new(&format!("dns://{NAME}:{port}"))
-        .unwrap()
-        .nameserver(dns.addr)
-        .ttl_bounds(Duration::from_millis(50), Duration::from_millis(200));
-    let client = Client::builder()
-        .discover(discovery.stream())
-        .connect()
-        .await
-        .unwrap();
+    let client = dns.client(&format!("dns://{NAME}:{port}")).await;
     until("both first records in the pool", || {
         pool(&client) == [ep(1), ep(2)]
     })
@@ -251,15 +256,7 @@ async fn an_srv_pool_takes_hosts_and_ports_from_the_records() {
             .collect()
     };
     let mut dns = Dns::start(&dir, &["127.0.0.1"], &srv(&[&port(&e1), &port(&e2)]));
-    let discovery = DnsDiscovery::new(&format!("dns+srv://_rpc._tcp.{NAME}"))
-        .unwrap()
-        .nameserver(dns.addr)
-        .ttl_bounds(Duration::from_millis(50), Duration::from_millis(200));
-    let client = Client::builder()
-        .discover(discovery.stream())
-        .connect()
-        .await
-        .unwrap();
+    let client = dns.client(&format!("dns+srv://_rpc._tcp.{NAME}")).await;
     let mut both = vec![e1.clone(), e2.clone()];
     both.sort();
     until("both SRV targets in the pool", || pool(&client) == both).await;
