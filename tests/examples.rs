@@ -166,6 +166,7 @@ async fn metrics_are_scraped_over_http() {
     let series = [
         "zmtp_rpc_client_calls_total{service=\"calc\",method=\"add\",outcome=\"ok\"}",
         "zmtp_rpc_client_attempts_total",
+        "zmtp_rpc_client_call_duration_seconds_count{service=\"calc\",method=\"add\"}",
         "zmtp_rpc_server_requests_total{method=\"calc.add\"}",
         "zmtp_rpc_server_replies_total{status=\"app_error\"}",
     ];

@@ -176,6 +176,7 @@ impl<R: Send + 'static> IntoFuture for Call<R> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
+            let started = crate::observe::call_started();
             let method = self.method;
             let args = self.args?;
             let reply = match self.client.layers() {
@@ -193,6 +194,7 @@ impl<R: Send + 'static> IntoFuture for Call<R> {
             crate::observe::client_call(
                 method,
                 crate::observe::outcome(&reply.as_ref().map(|_| ())),
+                started,
             );
             (self.decode)(reply?)
         })

@@ -1403,6 +1403,7 @@ impl Client {
             bump(&c.retries);
             if let Some(from) = failed.filter(|l| *l != idx) {
                 bump(&c.failovers);
+                crate::observe::client_failover();
                 tracing::info!(
                     from = %self.inner.members.at(from).addr,
                     to = %ep.addr,

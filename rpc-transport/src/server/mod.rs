@@ -520,18 +520,29 @@ const SMALL_ANSWER_BYTES: usize = 2048;
 struct Waiting {
     shared: Arc<Shared>,
     size: usize,
+    /// Still counted (in the bytes and in the gauge of waiting handlers).
+    counted: bool,
 }
 
 impl Waiting {
     fn new(shared: Arc<Shared>, size: usize) -> Waiting {
         shared.waiting_bytes.fetch_add(size, Ordering::Relaxed);
-        Waiting { shared, size }
+        crate::observe::server_waiting(1.0);
+        Waiting {
+            shared,
+            size,
+            counted: true,
+        }
     }
 
     /// No longer counted (its handler is done with the arguments).
     fn end(&mut self) {
-        let size = std::mem::take(&mut self.size);
-        self.shared.waiting_bytes.fetch_sub(size, Ordering::Relaxed);
+        if std::mem::take(&mut self.counted) {
+            self.shared
+                .waiting_bytes
+                .fetch_sub(self.size, Ordering::Relaxed);
+            crate::observe::server_waiting(-1.0);
+        }
     }
 }
 
