@@ -165,7 +165,7 @@ async fn metrics_are_scraped_over_http() {
     assert!(ex.first.starts_with("METRICS "), "{}", ex.first);
     let series = [
         "zmtp_rpc_client_calls_total{service=\"calc\",method=\"add\",outcome=\"ok\"}",
-        "zmtp_rpc_client_attempts_total",
+        "zmtp_rpc_client_attempts_total{endpoint=\"tcp://127.0.0.1:",
         "zmtp_rpc_client_call_duration_seconds_count{service=\"calc\",method=\"add\"}",
         "zmtp_rpc_server_requests_total{method=\"calc.add\"}",
         "zmtp_rpc_server_replies_total{status=\"app_error\"}",

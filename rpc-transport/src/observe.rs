@@ -9,7 +9,7 @@
 //!   reply (recorded where the client reads the clock anyway: balancing pools);
 //! - `zmtp_rpc_client_call_duration_seconds{service, method}`: typed calls, from the
 //!   call's start to its end (ok or not), one call in eight (`DURATION_SAMPLING`);
-//! - `zmtp_rpc_client_attempts_total`, `..._retries_total`, `..._failovers_total`,
+//! - `zmtp_rpc_client_attempts_total{endpoint}`, `..._retries_total`, `..._failovers_total`,
 //!   `..._hedges_total`;
 //! - `zmtp_rpc_server_requests_total{method}`: requests for a known method;
 //! - `zmtp_rpc_server_replies_total{status}`: replies by status (`ok`, ...);
@@ -124,12 +124,34 @@ pub(crate) fn client_failover() {
     metrics::counter!("zmtp_rpc_client_failovers_total").increment(1);
 }
 
-/// An attempt was sent: the first (`resend` false), a resend, or a hedge.
+/// The keys of one endpoint's series, built when it joins the pool.
+#[derive(Debug)]
+pub(crate) struct EndpointKeys {
+    #[cfg(feature = "metrics")]
+    attempts: metrics::Key,
+}
+
+impl EndpointKeys {
+    #[allow(unused_variables)]
+    pub fn new(endpoint: &str) -> EndpointKeys {
+        EndpointKeys {
+            #[cfg(feature = "metrics")]
+            attempts: metrics::Key::from_parts(
+                "zmtp_rpc_client_attempts_total",
+                vec![metrics::Label::new("endpoint", endpoint.to_string())],
+            ),
+        }
+    }
+}
+
+/// An attempt was sent to the endpoint of `keys`: the first (`resend` false), a
+/// resend, or a hedge.
 #[allow(unused_variables)]
-pub(crate) fn client_attempt(resend: bool, hedge: bool) {
+pub(crate) fn client_attempt(keys: &EndpointKeys, resend: bool, hedge: bool) {
     #[cfg(feature = "metrics")]
     {
-        metrics::counter!("zmtp_rpc_client_attempts_total").increment(1);
+        metrics::with_recorder(|r| r.register_counter(&keys.attempts, &keys::METADATA))
+            .increment(1);
         if hedge {
             metrics::counter!("zmtp_rpc_client_hedges_total").increment(1);
         } else if resend {
@@ -221,7 +243,7 @@ mod keys {
     /// this bounds a program that makes new ones up without end.
     const MAX_KEYS: usize = 4096;
 
-    static METADATA: Metadata<'static> =
+    pub(super) static METADATA: Metadata<'static> =
         Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
     /// Two static strings, by address and length (the same text at two addresses

@@ -61,6 +61,8 @@ impl State {
 
 pub(crate) struct Member {
     pub addr: String,
+    /// The keys of its metric series (built once, not per attempt).
+    pub keys: crate::observe::EndpointKeys,
     pub state: Mutex<State>,
     /// Attempts in flight here (for balancing).
     pub outstanding: AtomicUsize,
@@ -93,6 +95,7 @@ const ACKS_HELD: usize = 4 * MAX_ACKS;
 impl Member {
     pub fn new(addr: String) -> Member {
         Member {
+            keys: crate::observe::EndpointKeys::new(&addr),
             addr,
             state: Mutex::new(State {
                 health: Health::new(),

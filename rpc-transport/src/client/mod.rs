@@ -1385,7 +1385,7 @@ impl Client {
         retry.sent();
         bump(&inner.counters.attempts);
         bump(&inner.counters.hedges);
-        crate::observe::client_attempt(true, true);
+        crate::observe::client_attempt(&ep.keys, true, true);
         bump(&ep.counters.sent);
         tracing::debug!(from = %inner.members.at(first).addr, to = %ep.addr, "hedged");
         ep.outstanding.fetch_add(1, Ordering::Relaxed);
@@ -1398,7 +1398,7 @@ impl Client {
         let c = &self.inner.counters;
         bump(&c.attempts);
         bump(&ep.counters.sent);
-        crate::observe::client_attempt(attempt > 1, false);
+        crate::observe::client_attempt(&ep.keys, attempt > 1, false);
         if attempt > 1 {
             bump(&c.retries);
             if let Some(from) = failed.filter(|l| *l != idx) {
