@@ -597,6 +597,16 @@ impl Waiter {
 }
 
 /// Where a method's requests go: filled from each service's method table.
+/// A request read and routed (see `Shared::read`): what running it needs.
+struct Routed {
+    header: RequestHeader,
+    args: Bytes,
+    waiter: Waiter,
+    svc: Arc<dyn Dispatch>,
+    /// The method's name within its service.
+    method: Cow<'static, str>,
+}
+
 struct Route {
     svc: Arc<dyn Dispatch>,
     /// `"service.method"`.
@@ -703,16 +713,41 @@ impl Shared {
 
     /// Handles one request, in the connection's task. Never blocks: the handler is
     /// polled once here and only becomes a task of its own if it has to wait.
+    /// Three steps: read and route it, let the reply cache answer a repeat, run it.
     fn handle(self: &Arc<Self>, inbound: Inbound, answers: &mut Answers<'_>) {
         bump(&self.counters.requests);
+        let here = inbound.peer;
+        let caller = (inbound.peer_key, inbound.peer_user.clone());
+        let Some(req) = self.read(inbound) else {
+            return;
+        };
+        let now = Instant::now();
+        if self.repeated(&req.header, req.waiter, now) {
+            return;
+        }
+        self.run(
+            req.header,
+            req.svc,
+            req.method,
+            req.args,
+            caller,
+            now,
+            (here, answers),
+        );
+    }
+
+    /// Reads a request's envelope and header and finds its service. What cannot be
+    /// served is answered (BAD_REQUEST, SHUTTING_DOWN, ...) or dropped here: `None`.
+    fn read(&self, inbound: Inbound) -> Option<Routed> {
         let mut frames = inbound.msg.into_frames();
         // Envelope: everything up to and including the first empty frame.
         let Some(d) = frames.iter().position(Bytes::is_empty) else {
             tracing::debug!("request without envelope delimiter dropped");
-            return;
+            return None;
         };
         if let Some(size) = inbound.too_large {
-            return self.too_large(inbound.peer, inbound.reply, frames, d, size);
+            self.too_large(inbound.peer, inbound.reply, frames, d, size);
+            return None;
         }
         // `[header][arguments]` taken off the end: `frames` keeps the envelope.
         let after = frames.len() - (d + 1);
@@ -723,11 +758,8 @@ impl Shared {
             frames.truncate(d + 1);
             None
         };
-        let here = inbound.peer;
-        let client_key = inbound.peer_key;
-        let user = inbound.peer_user;
         let waiter = Waiter {
-            peer: here,
+            peer: inbound.peer,
             conn: inbound.reply,
             envelope: frames,
         };
@@ -739,44 +771,47 @@ impl Shared {
             route.set(Some(r));
             Some(r.name)
         };
+        let refuse = |waiter, id, status, why| {
+            if status != Status::ShuttingDown {
+                bump(&self.counters.rejected);
+            }
+            self.refuse(waiter, id, status, why);
+            None
+        };
         let (header, args) = match parts {
             Some((h, args)) => match RequestHeader::from_bytes_known(&h, known) {
                 Ok(header) => (header, args),
                 Err(e) => {
-                    bump(&self.counters.rejected);
                     let why = format!("bad request header: {}", error_chain(&e));
                     // Answered with the request's own id when it can be read, so
                     // that its caller learns why at once.
                     let id = RequestHeader::peek_id(&h).unwrap_or(nil);
-                    return self.refuse(waiter, id, Status::BadRequest, why);
+                    return refuse(waiter, id, Status::BadRequest, why);
                 }
             },
             None => {
-                bump(&self.counters.rejected);
                 let why = format!("expected 2 frames after the envelope, got {after}");
-                return self.refuse(waiter, nil, Status::BadRequest, why);
+                return refuse(waiter, nil, Status::BadRequest, why);
             }
         };
         let id = header.id;
         if header.v != PROTOCOL_VERSION {
-            bump(&self.counters.rejected);
             let why = format!("unsupported protocol version {}", header.v);
-            return self.refuse(waiter, id, Status::BadRequest, why);
+            return refuse(waiter, id, Status::BadRequest, why);
         }
         if self.draining.load(Ordering::Relaxed) {
             bump(&self.counters.shutting_down);
             let why = "server is shutting down".to_string();
-            return self.refuse(waiter, id, Status::ShuttingDown, why);
+            return refuse(waiter, id, Status::ShuttingDown, why);
         }
         if header.timeout_ms == 0 {
-            bump(&self.counters.rejected);
-            return self.refuse(waiter, id, Status::DeadlineExceeded, "no time left".into());
+            return refuse(waiter, id, Status::DeadlineExceeded, "no time left".into());
         }
         if route.get().is_none() && self.reserved && header.method.starts_with("_rpc.") {
             if let Some(reply) = self.reserved_reply(&header.method) {
                 crate::observe::server_reply(reply.status);
                 waiter.send(reply_frames(id, reply));
-                return;
+                return None;
             }
         }
         // A method of a table borrows its names; any other goes to its service by
@@ -793,15 +828,26 @@ impl Shared {
                     .rsplit_once('.')
                     .unwrap_or(("", &header.method));
                 let Some(svc) = self.services.get(service).cloned() else {
-                    bump(&self.counters.rejected);
                     let why = format!("unknown service {service:?}");
-                    return self.refuse(waiter, id, Status::UnknownMethod, why);
+                    return refuse(waiter, id, Status::UnknownMethod, why);
                 };
                 (svc, Cow::Owned(method.to_owned()))
             }
         };
-        let now = Instant::now();
-        let tag = method_tag(&header.method);
+        Some(Routed {
+            header,
+            args,
+            waiter,
+            svc,
+            method,
+        })
+    }
+
+    /// Lets the reply cache take the request: a repeat of a call it knows is
+    /// answered from it, joined to the running execution, dropped (acknowledged
+    /// already) or refused (its id reused with another method). True when it did.
+    fn repeated(&self, header: &RequestHeader, waiter: Waiter, now: Instant) -> bool {
+        let id = header.id;
         let lookup = {
             let mut cache = self.cache();
             // Replies this client has received: let go of them now, while their
@@ -809,27 +855,23 @@ impl Shared {
             for acked in header.acks.iter().take(MAX_ACKS) {
                 cache.ack(*acked);
             }
-            cache.begin_tagged(id, tag, waiter, now.into_std())
+            cache.begin_tagged(id, method_tag(&header.method), waiter, now.into_std())
+        };
+        let deduplicated = || {
+            bump(&self.counters.deduplicated);
+            crate::observe::server_deduplicated();
         };
         match lookup {
-            Lookup::Run => {}
-            Lookup::Joined => {
-                bump(&self.counters.deduplicated);
-                crate::observe::server_deduplicated();
-                return;
-            }
+            Lookup::Run => return false,
+            Lookup::Joined => deduplicated(),
             Lookup::Cached(reply, waiter) => {
-                bump(&self.counters.deduplicated);
-                crate::observe::server_deduplicated();
+                deduplicated();
                 waiter.send(reply);
-                return;
             }
             Lookup::Acked => {
                 // A stale copy of a call that has its reply: nobody waits for it.
-                bump(&self.counters.deduplicated);
-                crate::observe::server_deduplicated();
+                deduplicated();
                 tracing::debug!(request_id = %id, "request of an acknowledged call dropped");
-                return;
             }
             Lookup::Conflict(waiter) => {
                 bump(&self.counters.rejected);
@@ -837,9 +879,26 @@ impl Shared {
                     "request id {id} reused with another method ({})",
                     header.method
                 );
-                return self.refuse(waiter, id, Status::BadRequest, why);
+                self.refuse(waiter, id, Status::BadRequest, why);
             }
         }
+        true
+    }
+
+    /// Runs a request the cache has registered (its waiter is there), within the
+    /// server's limits: polled once here, a task of its own if it has to wait.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        self: &Arc<Self>,
+        header: RequestHeader,
+        svc: Arc<dyn Dispatch>,
+        method: Cow<'static, str>,
+        args: Bytes,
+        (client_key, user): (Option<PublicKey>, Option<Arc<str>>),
+        now: Instant,
+        (here, answers): (PeerId, &mut Answers<'_>),
+    ) {
+        let id = header.id;
         let size = args.len();
         if !self.may_wait(size) {
             return self.overloaded(id, "memory limit of waiting requests reached");
