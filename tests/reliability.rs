@@ -594,8 +594,12 @@ async fn a_slow_call_times_out_alone_and_the_calls_beside_it_go_on() {
         assert!(d.is_ok(), "charge {charges} beside the slow call: {d:?}");
         charges += 1;
     }
-    assert_eq!(slow.await.unwrap().unwrap().job, 1);
+    let done = slow.await.unwrap();
     let st = c.stats();
+    assert!(
+        done.as_ref().is_ok_and(|d| d.job == 1),
+        "the slow call beside the charges: {done:?}; {st:?}"
+    );
     assert!(st.timeouts >= 1, "{st:?}");
     assert_eq!(
         st.reconnects, 0,

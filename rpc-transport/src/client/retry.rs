@@ -5,7 +5,7 @@
 //! them. It is told what became of each attempt ([`Outcome`]) and the time, and
 //! answers [`Decision::Send`] (avoiding which endpoint, not before when) or
 //! [`Decision::Fail`] (with which error). No IO, no clock, no randomness: the table
-//! tests below are the README's guarantees, row by row.
+//! tests below are docs/GUARANTEES.md, row by row.
 //!
 //! The rules, in the order they are applied:
 //! 1. A request that never left the client (no connection up, its queue full) is not
