@@ -4,8 +4,8 @@
 //! tokio. Put [`rpc_service`] on a trait and get a typed async client and a server
 //! dispatcher; calls travel as MessagePack; any libzmq program is a peer.
 //!
-//! ```no_run
-//! use zmtp_rpc::{rpc_service, RpcError, Server};
+//! ```
+//! use zmtp_rpc::{rpc_service, Server};
 //!
 //! #[rpc_service]
 //! pub trait Calc {
@@ -19,13 +19,13 @@
 //!     }
 //! }
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = Server::builder()
-//!     .bind("tcp://127.0.0.1:5555")
+//!     .bind("tcp://127.0.0.1:0") // a free port: server.endpoints() says which
 //!     .add_service(CalcServer::new(MyCalc))
 //!     .start()
 //!     .await?;
-//! let calc = CalcClient::connect(["tcp://127.0.0.1:5555"]).await?;
+//! let calc = CalcClient::connect([server.endpoints()[0].to_string()]).await?;
 //! assert_eq!(calc.add(2, 3).await?, 5);
 //! server.shutdown().await;
 //! # Ok(()) }

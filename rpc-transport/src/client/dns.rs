@@ -42,6 +42,22 @@ enum Target {
 /// Defaults: the system's resolver configuration (`/etc/resolv.conf`); resolved again
 /// when the TTL runs out, at least every 60 s and at most every second; an empty answer
 /// empties the pool after 30 s of them; a failed resolution keeps the last good set.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_transport::client::{Client, DnsDiscovery};
+///
+/// # #[tokio::main] async fn main() -> Result<(), rpc_core::RpcError> {
+/// let workers = DnsDiscovery::new("dns://workers.prod.svc.cluster.local:5555")?
+///     .ttl_bounds(Duration::from_secs(2), Duration::from_secs(30));
+/// // Returns at once; calls wait (within their deadline) for the first answer.
+/// let client = Client::builder().discover(workers.stream()).connect().await?;
+/// # drop(client);
+/// // A name without a port says so.
+/// let e = DnsDiscovery::new("dns://workers.example").unwrap_err();
+/// assert!(e.to_string().contains("expected dns://host:port"));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct DnsDiscovery {
     target: Target,

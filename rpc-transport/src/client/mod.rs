@@ -134,6 +134,23 @@ pub(crate) fn hedge_ms(delay: Option<Duration>) -> u32 {
 /// power of two choices; one connection per endpoint, two once large requests overlap;
 /// heartbeat every 500 ms with a 1.5 s timeout; 4 MiB messages;
 /// reconnect after 100 ms doubling to 1 s, with jitter.
+///
+/// Settings that cannot work are refused by `connect`, which says which:
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_transport::client::Client;
+///
+/// # #[tokio::main] async fn main() {
+/// let e = Client::builder()
+///     .endpoint("tcp://127.0.0.1:5555")
+///     .attempt_timeout(Duration::ZERO)
+///     .connect()
+///     .await
+///     .unwrap_err();
+/// assert!(e.to_string().contains("attempt_timeout is zero"), "{e}");
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
