@@ -116,6 +116,24 @@ impl From<RpcError> for Failure {
     }
 }
 
+/// Arguments given on the command line: a JSON object (PROTOCOL.md §4: named).
+fn json_object(text: &str) -> Result<serde_json::Value, Failure> {
+    let args: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Failure::Usage(format!("arguments are not JSON: {e}")))?;
+    if !args.is_object() {
+        return Err(Failure::Usage("arguments must be a JSON object".into()));
+    }
+    Ok(args)
+}
+
+/// Call options with the tool's `--timeout`.
+fn with_timeout(timeout: Duration) -> CallOptions {
+    CallOptions {
+        timeout: Some(timeout),
+        ..CallOptions::default()
+    }
+}
+
 async fn run(command: Command, timeout: Duration) -> Result<ExitCode, Failure> {
     match command {
         Command::Call {
@@ -124,15 +142,8 @@ async fn run(command: Command, timeout: Duration) -> Result<ExitCode, Failure> {
             args,
             metadata,
         } => {
-            let args: serde_json::Value = serde_json::from_str(&args)
-                .map_err(|e| Failure::Usage(format!("arguments are not JSON: {e}")))?;
-            if !args.is_object() {
-                return Err(Failure::Usage("arguments must be a JSON object".into()));
-            }
-            let mut opts = CallOptions {
-                timeout: Some(timeout),
-                ..CallOptions::default()
-            };
+            let args = json_object(&args)?;
+            let mut opts = with_timeout(timeout);
             for kv in metadata {
                 let (k, v) = kv
                     .split_once('=')
@@ -145,10 +156,7 @@ async fn run(command: Command, timeout: Duration) -> Result<ExitCode, Failure> {
             Ok(ExitCode::from(u8::from(reply.status == Status::AppError)))
         }
         Command::Describe { endpoint } => {
-            let opts = CallOptions {
-                timeout: Some(timeout),
-                ..CallOptions::default()
-            };
+            let opts = with_timeout(timeout);
             let reply = call(
                 [endpoint.as_str()],
                 "_rpc.describe",
@@ -170,8 +178,7 @@ async fn run(command: Command, timeout: Duration) -> Result<ExitCode, Failure> {
             concurrency,
             duration,
         } => {
-            let args: serde_json::Value = serde_json::from_str(&args)
-                .map_err(|e| Failure::Usage(format!("arguments are not JSON: {e}")))?;
+            let args = json_object(&args)?;
             let payload = zmtp_rpc::__private::codec::encode_payload(&args)?;
             let client = Client::builder()
                 .endpoints(endpoints.split(',').map(str::trim))
@@ -189,10 +196,7 @@ async fn run(command: Command, timeout: Duration) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { endpoint } => {
-            let opts = CallOptions {
-                timeout: Some(timeout),
-                ..CallOptions::default()
-            };
+            let opts = with_timeout(timeout);
             let serving = match call(
                 [endpoint.as_str()],
                 "_rpc.health",

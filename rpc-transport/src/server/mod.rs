@@ -597,6 +597,9 @@ impl Waiter {
 }
 
 /// Where a method's requests go: filled from each service's method table.
+/// The id a reply carries when the request's own could not be read (PROTOCOL.md §3).
+const NIL_ID: RequestId = RequestId(uuid::Uuid::nil());
+
 /// A request read and routed (see `Shared::read`): what running it needs.
 struct Routed {
     header: RequestHeader,
@@ -694,11 +697,10 @@ impl Shared {
         size: u64,
     ) {
         bump(&self.counters.rejected);
-        let nil = RequestId(uuid::Uuid::nil());
         let id = frames
             .get(d + 1)
             .and_then(|h| RequestHeader::peek_id(h))
-            .unwrap_or(nil);
+            .unwrap_or(NIL_ID);
         frames.truncate(d + 1);
         let max = self.max_reply;
         tracing::info!(request_id = %id, size, max, "request over the size limit refused");
@@ -763,7 +765,6 @@ impl Shared {
             conn: inbound.reply,
             envelope: frames,
         };
-        let nil = RequestId(uuid::Uuid::nil());
         // The method's route, found while reading the header.
         let route = std::cell::Cell::new(None);
         let known = |m: &[u8]| {
@@ -772,9 +773,7 @@ impl Shared {
             Some(r.name)
         };
         let refuse = |waiter, id, status, why| {
-            if status != Status::ShuttingDown {
-                bump(&self.counters.rejected);
-            }
+            bump(&self.counters.rejected);
             self.refuse(waiter, id, status, why);
             None
         };
@@ -785,13 +784,13 @@ impl Shared {
                     let why = format!("bad request header: {}", error_chain(&e));
                     // Answered with the request's own id when it can be read, so
                     // that its caller learns why at once.
-                    let id = RequestHeader::peek_id(&h).unwrap_or(nil);
+                    let id = RequestHeader::peek_id(&h).unwrap_or(NIL_ID);
                     return refuse(waiter, id, Status::BadRequest, why);
                 }
             },
             None => {
                 let why = format!("expected 2 frames after the envelope, got {after}");
-                return refuse(waiter, nil, Status::BadRequest, why);
+                return refuse(waiter, NIL_ID, Status::BadRequest, why);
             }
         };
         let id = header.id;
@@ -802,7 +801,8 @@ impl Shared {
         if self.draining.load(Ordering::Relaxed) {
             bump(&self.counters.shutting_down);
             let why = "server is shutting down".to_string();
-            return refuse(waiter, id, Status::ShuttingDown, why);
+            self.refuse(waiter, id, Status::ShuttingDown, why);
+            return None;
         }
         if header.timeout_ms == 0 {
             return refuse(waiter, id, Status::DeadlineExceeded, "no time left".into());

@@ -349,18 +349,7 @@ impl Connection {
                         return Err(ZmtpError::Malformed("a command outside a CURVE box"))
                     }
                     Some(Frame::Skipped { more, len }) => self.on_skipped(more, len)?,
-                    Some(Frame::Data { more, body }) => {
-                        if self.partial.len() >= MAX_FRAMES {
-                            return Err(ZmtpError::Malformed("more than 1024 frames in a message"));
-                        }
-                        self.partial_size += body.len() as u64;
-                        self.partial.push(body);
-                        if !more {
-                            let frames = std::mem::take(&mut self.partial);
-                            self.partial_size = 0;
-                            self.events.push_back(Event::Message(Message::from(frames)));
-                        }
-                    }
+                    Some(Frame::Data { more, body }) => self.on_frame(more, body)?,
                     Some(Frame::Command(body)) => {
                         self.on_command(Command::decode(body)?, &mut clock)?
                     }
@@ -417,7 +406,9 @@ impl Connection {
         Ok(())
     }
 
-    /// A frame of a message arrived (out of a CURVE box).
+    /// A frame of a message arrived (from the wire, or out of a CURVE box: the
+    /// decoder checked the limit on the box, with its overhead, so it is checked
+    /// again here).
     fn on_frame(&mut self, more: bool, body: Bytes) -> Result<(), ZmtpError> {
         if self.partial.len() >= MAX_FRAMES {
             return Err(ZmtpError::Malformed("more than 1024 frames in a message"));
