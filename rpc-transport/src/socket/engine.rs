@@ -166,6 +166,44 @@ struct Engine<'a> {
 }
 
 impl<'a> Engine<'a> {
+    /// A connection not yet greeted, reading from `read` and writing through `out`.
+    fn new(
+        core: &'a Arc<Core>,
+        read: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        out: Arc<Outbox>,
+        id: u64,
+        stop_check: watch::Receiver<bool>,
+    ) -> Engine<'a> {
+        let (out_tx, out_rx) = mpsc::channel(core.opts.send_hwm.max(1));
+        Engine {
+            core,
+            id,
+            conn: Connection::new(connection_config(core), Instant::now().into_std()),
+            read,
+            out,
+            backlog: 0,
+            out_rx,
+            out_tx: Some(out_tx),
+            reply_tx: None,
+            guard: None,
+            pending: None,
+            taken: 0,
+            room: None,
+            rbuf: RecvBuf::new(),
+            alarm: Alarm::new(core.opts.timer),
+            handshaken: false,
+            answered: 0,
+            delivered: 0,
+            woken: Vec::new(),
+            corked: false,
+            stop_check,
+            stop_waker: None,
+            rx_armed: false,
+            peer_key: None,
+            peer_user: None,
+        }
+    }
+
     /// A direct sink that answers has this peer's answers piling up (see
     /// [`Direct::answers`](super::core::Direct)): take nothing more from the peer.
     fn answers_wait(&self) -> bool {
@@ -271,7 +309,32 @@ impl<'a> Engine<'a> {
         Ok(false)
     }
 
+    /// One wake-up of the task: every source in turn, again while one of them made
+    /// progress. Each step below reads or writes one source and says whether it made
+    /// progress; `Err` ends the connection.
     fn poll(&mut self, cx: &mut Context<'_>, stopped: Pin<&mut impl Future>) -> Poll<Exit> {
+        let registered = match self.check_stop(cx, stopped) {
+            Some(registered) => registered,
+            None => return Poll::Ready(Exit::Stop),
+        };
+        self.answered = 0;
+        self.delivered = 0;
+        loop {
+            match self.pass(cx, registered) {
+                Err(exit) => return Poll::Ready(exit),
+                Ok(true) => {}
+                Ok(false) => {
+                    self.before_park(cx);
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Polls the stop signal when it may have fired or this task's waker is new to
+    /// it. `None` once it fired; else whether the waker was already the registered one
+    /// (the sources that keep a waker need polling again when it was not).
+    fn check_stop(&mut self, cx: &mut Context<'_>, stopped: Pin<&mut impl Future>) -> Option<bool> {
         let registered = self
             .stop_waker
             .as_ref()
@@ -281,177 +344,198 @@ impl<'a> Engine<'a> {
         }
         if !registered || self.stop_check.has_changed().unwrap_or(true) {
             if stopped.poll(cx).is_ready() {
-                return Poll::Ready(Exit::Stop);
+                return None;
             }
             self.stop_waker = Some(cx.waker().clone());
         }
-        self.answered = 0;
-        self.delivered = 0;
-        loop {
-            let left = match self.deliver() {
-                Err(end) => return Poll::Ready(Exit::End(end)),
-                Ok(left) => left,
-            };
-            if !self.woken.is_empty() {
-                match self.wake_line() {
-                    Some(r) => r.hand_over(&mut self.woken),
-                    None => self.woken.drain(..).for_each(Waker::wake),
-                }
-            }
-            let mut progress = false;
+        Some(registered)
+    }
 
-            // A message waiting for room in the socket's queue. The wait is kept
-            // across polls: a wait dropped unfinished leaves the queue's line, and
-            // the room made by the program's next `recv` would wake no one.
-            if let Some(msg) = self.pending.take() {
-                let room = self.room.get_or_insert_with(|| {
-                    let tx = self.core.inbound_tx.clone();
-                    Box::pin(async move { tx.reserve_owned().await.ok() })
-                });
-                match room.as_mut().poll(cx) {
-                    Poll::Ready(Some(permit)) => {
-                        self.room = None;
-                        permit.send(msg);
-                        progress = true;
-                    }
-                    Poll::Ready(None) => return Poll::Ready(Exit::End(End::Shutdown)),
-                    Poll::Pending => self.pending = Some(msg),
-                }
-            }
+    /// One pass over the sources, in order: decoded messages to the socket, the one
+    /// waiting for room, the socket's messages for this peer, the write, the read,
+    /// the timer. True when any of them made progress.
+    fn pass(&mut self, cx: &mut Context<'_>, registered: bool) -> Result<bool, Exit> {
+        let left = self.deliver().map_err(Exit::End)?;
+        self.wake_callers();
+        let mut progress = self.step_pending(cx)?;
+        let bounded = self.step_outbound(cx)?;
+        self.step_flush(cx, registered)?;
+        // (Still past the bound, the flush registered for the socket's room.)
+        if bounded && self.unsent() < TX_HIGH {
+            progress = true;
+        }
+        // Decoded messages left: the answers so far are written; back to them
+        // before reading more (unless answers pile up: the flush above registered
+        // to be woken once the socket takes more).
+        let answers_wait = self.answers_wait();
+        if left && !answers_wait {
+            progress = true;
+        }
+        if self.pending.is_none() && !left && !answers_wait {
+            progress |= self.step_read(cx)?;
+        }
+        progress |= self.step_timer(cx)?;
+        Ok(progress)
+    }
 
-            // Everything the socket queued for this peer, while the backlog allows.
-            // Stopped by the backlog's bound, the queue is not drained and will not
-            // wake this task: once the write below has made room, go round again.
-            let mut bounded = false;
-            while self.guard.is_some() {
-                if self.unsent() >= TX_HIGH {
-                    bounded = true;
-                    break;
-                }
-                if self.rx_armed && self.out_rx.is_empty() {
-                    break;
-                }
-                match self.out_rx.poll_recv(cx) {
-                    Poll::Ready(Some(m)) => {
-                        self.rx_armed = false;
-                        self.taken += 1;
-                        if self.conn.send_frames(&m.frames, m.joined).is_err() {
-                            break;
-                        }
-                    }
-                    Poll::Ready(None) => return Poll::Ready(Exit::End(End::Shutdown)),
-                    Poll::Pending => {
-                        self.rx_armed = true;
+    /// Wakes the callers a direct sink asked to wake, through its wake line if it has
+    /// one.
+    fn wake_callers(&mut self) {
+        if !self.woken.is_empty() {
+            match self.wake_line() {
+                Some(r) => r.hand_over(&mut self.woken),
+                None => self.woken.drain(..).for_each(Waker::wake),
+            }
+        }
+    }
+
+    /// A message waiting for room in the socket's queue. The wait is kept across
+    /// polls: a wait dropped unfinished leaves the queue's line, and the room made by
+    /// the program's next `recv` would wake no one.
+    fn step_pending(&mut self, cx: &mut Context<'_>) -> Result<bool, Exit> {
+        let Some(msg) = self.pending.take() else {
+            return Ok(false);
+        };
+        let room = self.room.get_or_insert_with(|| {
+            let tx = self.core.inbound_tx.clone();
+            Box::pin(async move { tx.reserve_owned().await.ok() })
+        });
+        match room.as_mut().poll(cx) {
+            Poll::Ready(Some(permit)) => {
+                self.room = None;
+                permit.send(msg);
+                Ok(true)
+            }
+            Poll::Ready(None) => Err(Exit::End(End::Shutdown)),
+            Poll::Pending => {
+                self.pending = Some(msg);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Everything the socket queued for this peer, while the backlog allows. True
+    /// when stopped by the backlog's bound: the queue is then not drained and will
+    /// not wake this task, so once the write has made room the pass goes round again.
+    fn step_outbound(&mut self, cx: &mut Context<'_>) -> Result<bool, Exit> {
+        while self.guard.is_some() {
+            if self.unsent() >= TX_HIGH {
+                return Ok(true);
+            }
+            if self.rx_armed && self.out_rx.is_empty() {
+                break;
+            }
+            match self.out_rx.poll_recv(cx) {
+                Poll::Ready(Some(m)) => {
+                    self.rx_armed = false;
+                    self.taken += 1;
+                    if self.conn.send_frames(&m.frames, m.joined).is_err() {
                         break;
                     }
                 }
+                Poll::Ready(None) => return Err(Exit::End(End::Shutdown)),
+                Poll::Pending => {
+                    self.rx_armed = true;
+                    break;
+                }
             }
+        }
+        Ok(false)
+    }
 
-            // Several replies handed over at once (to the reliable client): their
-            // callers' next requests are held in small groups until this task's next
-            // poll, which it wakes itself for, instead of a write each (see
-            // `outbox::CORK_MESSAGES`).
-            let cork = self.delivered >= 2 && !self.answering();
-            // One vectored write of the whole batch (with whatever callers of the
-            // reliable client left in the outbox); skipped, without taking the
-            // outbox's lock, when there is nothing to write, the cork stays as it is
-            // and the task's waker is the one registered with the outbox.
-            if cork != self.corked
-                || !registered
-                || !self.conn.transmit().is_empty()
-                || !self.out.idle()
-            {
-                self.corked = cork;
-                // The socket's messages taken since the last flush leave the count
-                // that keeps its later ones behind them (sockets that keep order).
-                let taken = std::mem::take(&mut self.taken);
-                let taken = if self.core.ordered() { taken } else { 0 };
-                match self.out.flush(cx, self.conn.transmit(), cork, taken) {
-                    Ok(left) => self.backlog = left,
-                    Err(e) => return Poll::Ready(Exit::End(End::Io(e))),
-                }
+    /// One vectored write of the whole batch (with whatever callers of the reliable
+    /// client left in the outbox); skipped, without taking the outbox's lock, when
+    /// there is nothing to write, the cork stays as it is and the task's waker is the
+    /// one registered with the outbox.
+    fn step_flush(&mut self, cx: &mut Context<'_>, registered: bool) -> Result<(), Exit> {
+        // Several replies handed over at once (to the reliable client): their
+        // callers' next requests are held in small groups until this task's next
+        // poll, which it wakes itself for, instead of a write each (see
+        // `outbox::CORK_MESSAGES`).
+        let cork = self.delivered >= 2 && !self.answering();
+        if cork == self.corked && registered && self.conn.transmit().is_empty() && self.out.idle() {
+            return Ok(());
+        }
+        self.corked = cork;
+        // The socket's messages taken since the last flush leave the count that
+        // keeps its later ones behind them (sockets that keep order).
+        let taken = std::mem::take(&mut self.taken);
+        let taken = if self.core.ordered() { taken } else { 0 };
+        match self.out.flush(cx, self.conn.transmit(), cork, taken) {
+            Ok(left) => {
+                self.backlog = left;
+                Ok(())
             }
-            // (Still past the bound, the flush registered for the socket's room.)
-            if bounded && self.unsent() < TX_HIGH {
-                progress = true;
-            }
+            Err(e) => Err(Exit::End(End::Io(e))),
+        }
+    }
 
-            // Decoded messages left: the answers so far are written; back to them
-            // before reading more (unless answers pile up: the flush above registered
-            // to be woken once the socket takes more).
-            let answers_wait = self.answers_wait();
-            if left && !answers_wait {
-                progress = true;
-            }
-            // What arrived.
-            if self.pending.is_none() && !left && !answers_wait {
-                let need = self.conn.read_hint(self.rbuf.current());
-                let want = self.rbuf.plan(need, || Instant::now().into_std());
-                let buf = self.rbuf.current();
-                buf.reserve(want);
-                let room = buf.capacity() - buf.len();
-                let read = std::pin::pin!(self.read.read_buf(buf));
-                match read.poll(cx) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Exit::End(End::Eof)),
-                    Poll::Ready(Ok(n)) => {
-                        self.rbuf.on_read(n, room);
-                        if self.wake_line().is_some() {
-                            // The reliable client's: whether a server is alive.
-                            self.core.on_read();
-                        }
-                        let clock = || Instant::now().into_std();
-                        let input = self
-                            .conn
-                            .handle_input_with_clock(self.rbuf.current(), clock);
-                        if let Err(e) = input {
-                            return Poll::Ready(Exit::Failed(e));
-                        }
-                        self.rbuf.after_decode();
-                        progress = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Exit::End(End::Io(e))),
-                    Poll::Pending => {}
+    /// What arrived: one read into the receive buffer, decoded by the connection.
+    fn step_read(&mut self, cx: &mut Context<'_>) -> Result<bool, Exit> {
+        let need = self.conn.read_hint(self.rbuf.current());
+        let want = self.rbuf.plan(need, || Instant::now().into_std());
+        let buf = self.rbuf.current();
+        buf.reserve(want);
+        let room = buf.capacity() - buf.len();
+        let read = std::pin::pin!(self.read.read_buf(buf));
+        match read.poll(cx) {
+            Poll::Ready(Ok(0)) => Err(Exit::End(End::Eof)),
+            Poll::Ready(Ok(n)) => {
+                self.rbuf.on_read(n, room);
+                if self.wake_line().is_some() {
+                    // The reliable client's: whether a server is alive.
+                    self.core.on_read();
                 }
+                let clock = || Instant::now().into_std();
+                self.conn
+                    .handle_input_with_clock(self.rbuf.current(), clock)
+                    .map_err(Exit::Failed)?;
+                self.rbuf.after_decode();
+                Ok(true)
             }
+            Poll::Ready(Err(e)) => Err(Exit::End(End::Io(e))),
+            Poll::Pending => Ok(false),
+        }
+    }
 
-            // The connection's deadline: fired, or armed (again) for the next one.
-            if self.alarm.take_fired() {
-                if let Some(r) = self.wake_line() {
-                    // No caller waits behind one that is never polled for longer.
-                    r.wake_all();
-                }
-                if let Err(e) = self.conn.handle_timeout(Instant::now().into_std()) {
-                    return Poll::Ready(Exit::Failed(e));
-                }
-                progress = true;
-            } else {
-                match self.conn.poll_timeout() {
-                    Some(t) => self.alarm.arm(t, cx.waker()),
-                    None => self.alarm.cancel(),
-                }
+    /// The connection's deadline: fired (true), or armed (again) for the next one.
+    fn step_timer(&mut self, cx: &mut Context<'_>) -> Result<bool, Exit> {
+        if !self.alarm.take_fired() {
+            match self.conn.poll_timeout() {
+                Some(t) => self.alarm.arm(t, cx.waker()),
+                None => self.alarm.cancel(),
             }
+            return Ok(false);
+        }
+        if let Some(r) = self.wake_line() {
+            // No caller waits behind one that is never polled for longer.
+            r.wake_all();
+        }
+        self.conn
+            .handle_timeout(Instant::now().into_std())
+            .map_err(Exit::Failed)?;
+        Ok(true)
+    }
 
-            if !progress {
-                if self.answered == 1 && several_cpus() {
-                    // One request answered (a quiet connection): one more pass, as an
-                    // answer through the queue would cause. It keeps the thread from
-                    // parking at once, and often finds the peer's next message (waking
-                    // a halted vCPU costs tens of microseconds). Under load the pass
-                    // is wasted: 16 callers at 4 KiB, 3-10% more calls without it. On
-                    // a single CPU it only delays the peer: 5-11% more round trips
-                    // without it, both processes pinned to one CPU.
-                    cx.waker().wake_by_ref();
-                } else if self.corked
-                    && !self
-                        .wake_line()
-                        .is_some_and(|r| r.wake_when_done(cx.waker()))
-                {
-                    // The next poll releases the held messages: once the woken
-                    // callers had their turn, or else at once.
-                    cx.waker().wake_by_ref();
-                }
-                return Poll::Pending;
-            }
+    /// Nothing made progress: before the task parks, wake it again where one more
+    /// pass pays.
+    fn before_park(&mut self, cx: &mut Context<'_>) {
+        if self.answered == 1 && several_cpus() {
+            // One request answered (a quiet connection): one more pass, as an answer
+            // through the queue would cause. It keeps the thread from parking at
+            // once, and often finds the peer's next message (waking a halted vCPU
+            // costs tens of microseconds). Under load the pass is wasted; on a
+            // single CPU it only delays the peer (docs/ARCHITECTURE.md, answers
+            // given at once).
+            cx.waker().wake_by_ref();
+        } else if self.corked
+            && !self
+                .wake_line()
+                .is_some_and(|r| r.wake_when_done(cx.waker()))
+        {
+            // The next poll releases the held messages: once the woken callers had
+            // their turn, or else at once.
+            cx.waker().wake_by_ref();
         }
     }
 }
@@ -463,34 +547,7 @@ async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End 
     if *stop.borrow_and_update() {
         return End::Shutdown;
     }
-    let (out_tx, out_rx) = mpsc::channel(core.opts.send_hwm.max(1));
-    let mut e = Engine {
-        core,
-        id,
-        conn: Connection::new(connection_config(core), Instant::now().into_std()),
-        read,
-        out,
-        backlog: 0,
-        out_rx,
-        out_tx: Some(out_tx),
-        reply_tx: None,
-        guard: None,
-        pending: None,
-        taken: 0,
-        room: None,
-        rbuf: RecvBuf::new(),
-        alarm: Alarm::new(core.opts.timer),
-        handshaken: false,
-        answered: 0,
-        delivered: 0,
-        woken: Vec::new(),
-        corked: false,
-        stop_check: stop.clone(),
-        stop_waker: None,
-        rx_armed: false,
-        peer_key: None,
-        peer_user: None,
-    };
+    let mut e = Engine::new(core, read, out, id, stop.clone());
     // Registered once (it takes the watch's lock to register).
     let stopped = stop.changed();
     tokio::pin!(stopped);
@@ -551,4 +608,295 @@ async fn linger(
 fn several_cpus() -> bool {
     static SEVERAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SEVERAL.get_or_init(|| std::thread::available_parallelism().map_or(true, |n| n.get() > 1))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each step of [`Engine::poll`] over an in-memory duplex stream, with a sans-IO
+    //! [`Connection`] as the peer and a waker that counts its wake-ups: a step that
+    //! leaves work behind must have registered to be woken for it.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use bytes::{Bytes, BytesMut};
+    use tokio::io::{AsyncRead, AsyncWriteExt, DuplexStream, ReadBuf};
+
+    use super::*;
+    use crate::message::Message;
+    use crate::socket::SocketOptions;
+    use crate::zmtp::{SocketType, ZmtpError};
+
+    /// Counts wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The far end of an engine's connection: a ROUTER speaking through the duplex.
+    struct Peer {
+        io: DuplexStream,
+        conn: Connection,
+        rx: BytesMut,
+    }
+
+    impl Peer {
+        /// Writes everything the peer's connection queued.
+        async fn flush(&mut self) {
+            let bytes = self.conn.transmit().take_all();
+            self.io.write_all(&bytes).await.unwrap();
+        }
+
+        /// Reads what the engine wrote so far (without waiting) and returns the
+        /// messages it decoded.
+        fn receive(&mut self) -> Vec<Message> {
+            let waker = Waker::from(Arc::new(Count::default()));
+            let mut cx = Context::from_waker(&waker);
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                let mut rb = ReadBuf::new(&mut chunk);
+                match Pin::new(&mut self.io).poll_read(&mut cx, &mut rb) {
+                    Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                        self.rx.extend_from_slice(rb.filled())
+                    }
+                    _ => break,
+                }
+            }
+            self.conn
+                .handle_input(&mut self.rx, Instant::now().into_std())
+                .unwrap();
+            std::iter::from_fn(|| self.conn.poll_event())
+                .filter_map(|e| match e {
+                    Event::Message(m) => Some(m),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// Queues one message of one frame to the engine (after the handshake).
+        async fn send(&mut self, body: &'static [u8]) {
+            self.conn
+                .send_frames(&[Bytes::from_static(body)], 1)
+                .unwrap();
+            self.flush().await;
+        }
+    }
+
+    /// A DEALER socket's core and the duplex's two ends: the engine's and the peer's.
+    fn rig(opts: SocketOptions, pipe: usize) -> (Arc<Core>, mpsc::Receiver<Inbound>, Io, Peer) {
+        let (core, inbound) = Core::new(SocketType::Dealer, opts);
+        let (ours, theirs) = tokio::io::duplex(pipe);
+        let (read, write) = tokio::io::split(ours);
+        let io = Io {
+            read: Box::new(read),
+            write: Box::new(write),
+            peer: "duplex".into(),
+        };
+        let peer = Peer {
+            io: theirs,
+            conn: Connection::new(
+                crate::zmtp::ConnectionConfig::new(SocketType::Router),
+                Instant::now().into_std(),
+            ),
+            rx: BytesMut::new(),
+        };
+        (core, inbound, io, peer)
+    }
+
+    fn engine<'a>(core: &'a Arc<Core>, io: Io) -> Engine<'a> {
+        let out = Arc::new(Outbox::new(io.write, TX_HIGH));
+        Engine::new(core, io.read, out, 1, core.shutdown_signal())
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count::default());
+        (count.clone(), Waker::from(count))
+    }
+
+    /// Runs passes and the peer's side until both are through the handshake.
+    async fn greet(e: &mut Engine<'_>, peer: &mut Peer, cx: &mut Context<'_>) {
+        for _ in 0..10 {
+            peer.flush().await;
+            while e.pass(cx, true).ok().unwrap() {}
+            peer.receive();
+            if e.handshaken && peer.conn.is_active() {
+                peer.flush().await;
+                return;
+            }
+        }
+        panic!("no handshake");
+    }
+
+    #[tokio::test]
+    async fn the_read_step_decodes_what_arrived_and_deliver_hands_it_over() {
+        let (core, mut inbound, io, mut peer) = rig(SocketOptions::default(), 64 * 1024);
+        let mut e = engine(&core, io);
+        let (_, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        greet(&mut e, &mut peer, &mut cx).await;
+        assert!(!e.step_read(&mut cx).ok().unwrap(), "nothing to read yet");
+
+        peer.send(b"hello").await;
+        assert!(e.step_read(&mut cx).ok().unwrap());
+        assert!(!e.deliver().ok().unwrap(), "nothing decoded is left");
+        let got = inbound.try_recv().unwrap();
+        assert_eq!(got.msg.frames(), [Bytes::from_static(b"hello")]);
+        assert_eq!(got.peer, 1);
+    }
+
+    #[tokio::test]
+    async fn the_peer_closing_ends_the_read_step() {
+        let (core, _inbound, io, mut peer) = rig(SocketOptions::default(), 64 * 1024);
+        let mut e = engine(&core, io);
+        let (_, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        greet(&mut e, &mut peer, &mut cx).await;
+        drop(peer);
+        assert!(matches!(e.step_read(&mut cx), Err(Exit::End(End::Eof))));
+    }
+
+    #[tokio::test]
+    async fn a_message_queued_for_the_peer_wakes_the_task_and_is_written() {
+        let (core, _inbound, io, mut peer) = rig(SocketOptions::default(), 64 * 1024);
+        let mut e = engine(&core, io);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        greet(&mut e, &mut peer, &mut cx).await;
+        let tx = e.reply_tx.clone().unwrap();
+
+        assert!(!e.step_outbound(&mut cx).ok().unwrap());
+        assert!(e.rx_armed, "an empty queue holds the task's waker");
+        let before = count.0.load(Ordering::SeqCst);
+        tx.try_send(Message::single("to the peer").into()).unwrap();
+        assert!(
+            count.0.load(Ordering::SeqCst) > before,
+            "the queue woke the task"
+        );
+
+        assert!(!e.step_outbound(&mut cx).ok().unwrap());
+        assert_eq!(e.taken, 1);
+        assert!(e.step_flush(&mut cx, true).is_ok());
+        assert_eq!(e.backlog, 0);
+        assert_eq!(
+            peer.receive(),
+            [Message::single(Bytes::from_static(b"to the peer"))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_waiting_for_room_wakes_the_task_when_the_program_receives() {
+        let opts = SocketOptions {
+            recv_hwm: 1,
+            ..SocketOptions::default()
+        };
+        let (core, mut inbound, io, mut peer) = rig(opts, 64 * 1024);
+        let mut e = engine(&core, io);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        greet(&mut e, &mut peer, &mut cx).await;
+
+        peer.send(b"one").await;
+        peer.send(b"two").await;
+        assert!(e.step_read(&mut cx).ok().unwrap());
+        e.deliver().ok().unwrap();
+        assert!(e.pending.is_some(), "the second waits: the queue holds one");
+        assert!(!e.step_pending(&mut cx).ok().unwrap());
+        assert!(e.pending.is_some());
+
+        let before = count.0.load(Ordering::SeqCst);
+        assert_eq!(inbound.try_recv().unwrap().msg.frames()[0], "one");
+        assert!(
+            count.0.load(Ordering::SeqCst) > before,
+            "the room woke the task"
+        );
+        assert!(e.step_pending(&mut cx).ok().unwrap());
+        assert!(e.pending.is_none());
+        assert_eq!(inbound.try_recv().unwrap().msg.frames()[0], "two");
+    }
+
+    #[tokio::test]
+    async fn a_backlog_past_its_bound_is_written_out_on_the_wake_ups_it_registered() {
+        // A pipe much smaller than the bound: the writes stall and must wake the task.
+        let (core, _inbound, io, mut peer) = rig(SocketOptions::default(), 16 * 1024);
+        let mut e = engine(&core, io);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        greet(&mut e, &mut peer, &mut cx).await;
+        let tx = e.reply_tx.clone().unwrap();
+        let big = Bytes::from(vec![7u8; 100 * 1024]);
+        for _ in 0..5 {
+            tx.try_send(Message::single(big.clone()).into()).unwrap();
+        }
+
+        let mut got = Vec::new();
+        let mut bounded = false;
+        for _ in 0..1000 {
+            if got.len() == 5 {
+                break;
+            }
+            let before = count.0.load(Ordering::SeqCst);
+            bounded |= e.unsent() >= TX_HIGH;
+            let progress = e.pass(&mut cx, true).ok().unwrap();
+            got.extend(peer.receive());
+            if !progress && got.len() < 5 {
+                // Parked with work left: the peer's read must have woken it, or it
+                // would hang here.
+                assert!(
+                    count.0.load(Ordering::SeqCst) > before,
+                    "stalled with {} of 5 written and no wake-up registered",
+                    got.len()
+                );
+            }
+        }
+        assert!(bounded, "the backlog reached its bound");
+        assert_eq!(got.len(), 5);
+        assert!(got.iter().all(|m| m.frames() == [big.clone()]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_timer_step_arms_the_handshake_deadline_and_fails_it() {
+        let opts = SocketOptions {
+            handshake_timeout: Duration::from_secs(1),
+            ..SocketOptions::default()
+        };
+        let (core, _inbound, io, _peer) = rig(opts, 64 * 1024);
+        let mut e = engine(&core, io);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+
+        assert!(!e.step_timer(&mut cx).ok().unwrap(), "armed, not fired");
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(!e.step_timer(&mut cx).ok().unwrap());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            count.0.load(Ordering::SeqCst) > 0,
+            "the alarm woke the task"
+        );
+        assert!(matches!(
+            e.step_timer(&mut cx),
+            Err(Exit::Failed(ZmtpError::HandshakeTimeout))
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_stop_signal_wakes_the_task_and_ends_the_poll() {
+        let (core, _inbound, io, _peer) = rig(SocketOptions::default(), 64 * 1024);
+        let mut e = engine(&core, io);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        let mut stop = core.shutdown_signal();
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
+
+        assert_eq!(e.check_stop(&mut cx, stopped.as_mut()), Some(false));
+        assert_eq!(e.check_stop(&mut cx, stopped.as_mut()), Some(true));
+        core.close();
+        assert!(count.0.load(Ordering::SeqCst) > 0);
+        assert_eq!(e.check_stop(&mut cx, stopped.as_mut()), None);
+    }
 }
