@@ -58,126 +58,177 @@ fn wire_checks(s: &Service, p: &TokenStream) -> TokenStream {
     }
 }
 
+/// The names every part of the expansion uses.
+struct Names<'a> {
+    /// `<facade>::__private`.
+    p: TokenStream,
+    /// The facade's serde, as a path string for `#[serde(crate = ..)]`.
+    serde_path: String,
+    /// The facade crate's path, as the docs spell it.
+    krate_text: String,
+    vis: &'a syn::Visibility,
+    trait_ident: &'a syn::Ident,
+    client_ident: syn::Ident,
+    server_ident: syn::Ident,
+    service_name: &'a str,
+}
+
+impl<'a> Names<'a> {
+    fn of(s: &'a Service) -> Names<'a> {
+        let krate = &s.krate;
+        let trait_ident = &s.item.ident;
+        Names {
+            p: quote!(#krate::__private),
+            serde_path: format!("{}::__private::serde", krate.to_token_stream()),
+            krate_text: krate.to_token_stream().to_string().replace(' ', ""),
+            vis: &s.item.vis,
+            trait_ident,
+            client_ident: format_ident!("{}Client", trait_ident),
+            server_ident: format_ident!("{}Server", trait_ident),
+            service_name: &s.name,
+        }
+    }
+}
+
+/// The whole expansion: the trait, the wire-type checks, the client and the server.
 pub fn expand(s: &Service) -> TokenStream {
-    let krate = &s.krate;
-    let p = quote!(#krate::__private);
-    let serde_path = format!("{}::__private::serde", krate.to_token_stream());
-    let vis = &s.item.vis;
-    let trait_ident = &s.item.ident;
-    let client_ident = format_ident!("{}Client", trait_ident);
-    let server_ident = format_ident!("{}Server", trait_ident);
-    let service_name = &s.name;
-
+    let n = Names::of(s);
     let the_trait = expand_trait(s);
-
-    let infos = s.methods.iter().map(|m| {
-        let wire = format!("{}.{}", service_name, m.wire_name);
-        let retry = if m.at_most_once {
-            quote!(#p::RetryPolicy::AtMostOnce)
-        } else {
-            quote!(#p::RetryPolicy::Retry)
-        };
-        let args = m.args.iter().map(|a| {
-            let name = a.ident.to_string();
-            let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
-            let ty = type_text(&a.ty);
-            quote!((#name, #ty))
-        });
-        let returns = type_text(&m.output);
-        quote!(#p::MethodInfo { name: #wire, retry: #retry, args: &[#(#args),*], returns: #returns })
-    });
-
-    let client_methods = s.methods.iter().enumerate().map(|(i, m)| {
-        let ident = &m.ident;
-        let docs = &m.docs;
-        let names: Vec<_> = m.args.iter().map(|a| &a.ident).collect();
-        let tys: Vec<_> = m.args.iter().map(|a| &a.ty).collect();
-        let attrs: Vec<_> = m.args.iter().map(|a| &a.serde_attrs).collect();
-        let (ret, decode) = returns(m, &p);
-        let args_struct = if m.args.is_empty() {
-            quote! {
-                #[derive(#p::serde::Serialize)]
-                #[serde(crate = #serde_path)]
-                struct __Args {}
-                let __args = #p::codec::encode_payload(&__Args {});
-            }
-        } else {
-            quote! {
-                #[derive(#p::serde::Serialize)]
-                #[serde(crate = #serde_path)]
-                struct __Args<'__a> { #( #(#attrs)* #names: &'__a #tys, )* }
-                let __args = #p::codec::encode_payload(&__Args { #( #names: &#names ),* });
-            }
-        };
-        quote! {
-            #(#docs)*
-            pub fn #ident(&self, #( #names: #tys ),*) -> #p::Call<#ret> {
-                #args_struct
-                #p::Call::new(
-                    ::core::clone::Clone::clone(&self.client),
-                    &Self::METHODS[#i],
-                    __args,
-                    #decode,
-                )
-            }
-        }
-    });
-
-    let arms = s.methods.iter().map(|m| {
-        let ident = &m.ident;
-        let wire = &m.wire_name;
-        let names: Vec<_> = m.args.iter().map(|a| &a.ident).collect();
-        let tys: Vec<_> = m.args.iter().map(|a| &a.ty).collect();
-        let attrs: Vec<_> = m.args.iter().map(|a| &a.serde_attrs).collect();
-        let reply = if m.result.is_some() {
-            quote! {
-                match __r {
-                    ::core::result::Result::Ok(__v) => #p::Reply::ok(&__v),
-                    ::core::result::Result::Err(__e) => #p::Reply::app_error(&__e),
-                }
-            }
-        } else {
-            quote!(#p::Reply::ok(&__r))
-        };
-        quote! {
-            #wire => {
-                #[derive(#p::serde::Deserialize)]
-                #[serde(crate = #serde_path)]
-                struct __Args { #( #(#attrs)* #names: #tys, )* }
-                let __args: __Args = match #p::Reply::decode_args(&__req.args) {
-                    ::core::result::Result::Ok(__a) => __a,
-                    ::core::result::Result::Err(__reply) => {
-                        return ::std::boxed::Box::pin(async move { __reply });
-                    }
-                };
-                ::std::boxed::Box::pin(async move {
-                    let __r = #trait_ident::#ident(&*__inner, #( __args.#names ),*).await;
-                    #reply
-                })
-            }
-        }
-    });
-
-    let wire_checks = wire_checks(s, &p);
-
-    let client_doc = format!(
-        "Client of the [`{trait_ident}`] service (`{service_name}`): one async method per \
-         trait method, each returning a [`Call`]({}::Call) to `.await`, optionally after \
-         `.timeout(..)`. Cheap to clone.",
-        krate.to_token_stream().to_string().replace(' ', "")
-    );
-    let server_doc = format!(
-        "Server-side dispatcher of the [`{trait_ident}`] service for any implementation \
-         `S`; add it to a server with `Server::builder().add_service(..)`. Also a \
-         `tower::Service` over requests."
-    );
-
+    let wire_checks = wire_checks(s, &n.p);
+    let client = client(s, &n);
+    let server = server(s, &n);
     quote! {
         #the_trait
 
         #wire_checks
 
-        #[doc = #client_doc]
+        #client
+
+        #server
+    }
+}
+
+/// One method's `MethodInfo`: wire name, retry policy, argument names and types, the
+/// returned type.
+fn method_info(m: &Method, n: &Names<'_>) -> TokenStream {
+    let p = &n.p;
+    let wire = format!("{}.{}", n.service_name, m.wire_name);
+    let retry = if m.at_most_once {
+        quote!(#p::RetryPolicy::AtMostOnce)
+    } else {
+        quote!(#p::RetryPolicy::Retry)
+    };
+    let args = m.args.iter().map(|a| {
+        let name = a.ident.to_string();
+        let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
+        let ty = type_text(&a.ty);
+        quote!((#name, #ty))
+    });
+    let returns = type_text(&m.output);
+    quote!(#p::MethodInfo { name: #wire, retry: #retry, args: &[#(#args),*], returns: #returns })
+}
+
+/// The client's method for method `i`: its arguments encoded by reference as a map,
+/// a `Call` to await.
+fn client_method(i: usize, m: &Method, n: &Names<'_>) -> TokenStream {
+    let (p, serde_path) = (&n.p, &n.serde_path);
+    let ident = &m.ident;
+    let docs = &m.docs;
+    let names: Vec<_> = m.args.iter().map(|a| &a.ident).collect();
+    let tys: Vec<_> = m.args.iter().map(|a| &a.ty).collect();
+    let attrs: Vec<_> = m.args.iter().map(|a| &a.serde_attrs).collect();
+    let (ret, decode) = returns(m, p);
+    let args_struct = if m.args.is_empty() {
+        quote! {
+            #[derive(#p::serde::Serialize)]
+            #[serde(crate = #serde_path)]
+            struct __Args {}
+            let __args = #p::codec::encode_payload(&__Args {});
+        }
+    } else {
+        quote! {
+            #[derive(#p::serde::Serialize)]
+            #[serde(crate = #serde_path)]
+            struct __Args<'__a> { #( #(#attrs)* #names: &'__a #tys, )* }
+            let __args = #p::codec::encode_payload(&__Args { #( #names: &#names ),* });
+        }
+    };
+    quote! {
+        #(#docs)*
+        pub fn #ident(&self, #( #names: #tys ),*) -> #p::Call<#ret> {
+            #args_struct
+            #p::Call::new(
+                ::core::clone::Clone::clone(&self.client),
+                &Self::METHODS[#i],
+                __args,
+                #decode,
+            )
+        }
+    }
+}
+
+/// The server's match arm for one method: decode the arguments (an error status when
+/// they do not decode), run the method, encode its result.
+fn dispatch_arm(m: &Method, n: &Names<'_>) -> TokenStream {
+    let (p, serde_path, trait_ident) = (&n.p, &n.serde_path, n.trait_ident);
+    let ident = &m.ident;
+    let wire = &m.wire_name;
+    let names: Vec<_> = m.args.iter().map(|a| &a.ident).collect();
+    let tys: Vec<_> = m.args.iter().map(|a| &a.ty).collect();
+    let attrs: Vec<_> = m.args.iter().map(|a| &a.serde_attrs).collect();
+    let reply = if m.result.is_some() {
+        quote! {
+            match __r {
+                ::core::result::Result::Ok(__v) => #p::Reply::ok(&__v),
+                ::core::result::Result::Err(__e) => #p::Reply::app_error(&__e),
+            }
+        }
+    } else {
+        quote!(#p::Reply::ok(&__r))
+    };
+    quote! {
+        #wire => {
+            #[derive(#p::serde::Deserialize)]
+            #[serde(crate = #serde_path)]
+            struct __Args { #( #(#attrs)* #names: #tys, )* }
+            let __args: __Args = match #p::Reply::decode_args(&__req.args) {
+                ::core::result::Result::Ok(__a) => __a,
+                ::core::result::Result::Err(__reply) => {
+                    return ::std::boxed::Box::pin(async move { __reply });
+                }
+            };
+            ::std::boxed::Box::pin(async move {
+                let __r = #trait_ident::#ident(&*__inner, #( __args.#names ),*).await;
+                #reply
+            })
+        }
+    }
+}
+
+/// `XClient`: the typed client over a reliable `Client`, one method per trait method.
+fn client(s: &Service, n: &Names<'_>) -> TokenStream {
+    let Names {
+        p,
+        vis,
+        trait_ident,
+        client_ident,
+        service_name,
+        ..
+    } = n;
+    let infos = s.methods.iter().map(|m| method_info(m, n));
+    let methods = s
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(i, m)| client_method(i, m, n));
+    let doc = format!(
+        "Client of the [`{trait_ident}`] service (`{service_name}`): one async method per \
+         trait method, each returning a [`Call`]({}::Call) to `.await`, optionally after \
+         `.timeout(..)`. Cheap to clone.",
+        n.krate_text
+    );
+    quote! {
+        #[doc = #doc]
         #[derive(::core::clone::Clone, ::core::fmt::Debug)]
         #vis struct #client_ident {
             client: #p::Client,
@@ -208,10 +259,31 @@ pub fn expand(s: &Service) -> TokenStream {
                 &self.client
             }
 
-            #(#client_methods)*
+            #(#methods)*
         }
+    }
+}
 
-        #[doc = #server_doc]
+/// `XServer<S>`: the dispatcher for any implementation `S`, as `Dispatch` and as a
+/// `tower::Service`.
+fn server(s: &Service, n: &Names<'_>) -> TokenStream {
+    let Names {
+        p,
+        vis,
+        trait_ident,
+        client_ident,
+        server_ident,
+        service_name,
+        ..
+    } = n;
+    let arms = s.methods.iter().map(|m| dispatch_arm(m, n));
+    let doc = format!(
+        "Server-side dispatcher of the [`{trait_ident}`] service for any implementation \
+         `S`; add it to a server with `Server::builder().add_service(..)`. Also a \
+         `tower::Service` over requests."
+    );
+    quote! {
+        #[doc = #doc]
         #vis struct #server_ident<S> {
             inner: #p::Arc<S>,
         }
