@@ -70,6 +70,59 @@ impl Server {
 /// handlers, when they wait, hold 256 MiB of arguments at most; a reply cache of 10,000
 /// replies (64 MiB at most) kept up to 60 s; 10 s to drain on shutdown; heartbeat every
 /// 1 s with a 3 s timeout; 4 MiB messages; 65,536 connections.
+///
+/// A service is a [`Dispatch`]: `#[rpc_service]` writes one for a trait (`XServer`).
+/// Here one is written by hand, served on a port the OS picks, and called with the
+/// client's [`Call`](crate::client::Call) as a generated client would:
+///
+/// ```
+/// use rpc_core::{codec, service::BoxFuture, Dispatch, MethodInfo, Reply, RetryPolicy, ServiceRequest, Status};
+/// use rpc_transport::client::{decode_value, Call, Client};
+/// use rpc_transport::server::Server;
+///
+/// struct Greeter;
+///
+/// static HELLO: MethodInfo = MethodInfo::new("Greeter.hello", RetryPolicy::Retry);
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Args {
+///     name: String,
+/// }
+///
+/// impl Dispatch for Greeter {
+///     fn service_name(&self) -> &'static str {
+///         "Greeter"
+///     }
+///     fn methods(&self) -> &'static [MethodInfo] {
+///         std::slice::from_ref(&HELLO)
+///     }
+///     fn dispatch(&self, req: ServiceRequest) -> BoxFuture<Reply> {
+///         Box::pin(async move {
+///             match (&*req.method, Reply::decode_args::<Args>(&req.args)) {
+///                 ("hello", Ok(a)) => Reply::ok(&format!("hello, {}", a.name)),
+///                 ("hello", Err(bad)) => bad,
+///                 (m, _) => Reply::status(Status::UnknownMethod, m),
+///             }
+///         })
+///     }
+/// }
+///
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder()
+///     .bind("tcp://127.0.0.1:0")
+///     .add_service(Greeter)
+///     .start()
+///     .await?;
+/// let client = Client::builder()
+///     .endpoint(server.endpoints()[0].to_string())
+///     .connect()
+///     .await?;
+/// let args = codec::encode_payload(&Args { name: "Ada".into() });
+/// let text: String = Call::new(client, &HELLO, args, decode_value).await?;
+/// assert_eq!(text, "hello, Ada");
+/// server.shutdown().await;
+/// # Ok(()) }
+/// ```
 pub struct ServerBuilder {
     endpoints: Vec<String>,
     services: HashMap<&'static str, Arc<dyn Dispatch>>,

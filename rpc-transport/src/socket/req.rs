@@ -13,6 +13,25 @@ use crate::message::Message;
 /// [`SocketError::PeerDisconnected`] instead of waiting for ever, and the socket is
 /// then ready to send again. A `recv` cancelled by a timeout keeps the request
 /// outstanding: calling `recv` again still gets its reply.
+///
+/// A request to a [`RepSocket`](super::RepSocket) in the same process (`inproc://`;
+/// `tcp://` and `ipc://` work the same way):
+///
+/// ```
+/// use rpc_transport::{Message, RepSocket, ReqSocket};
+///
+/// # #[tokio::main] async fn main() -> Result<(), rpc_transport::SocketError> {
+/// let mut rep = RepSocket::new();
+/// rep.bind("inproc://echo-doc").await?;
+/// let mut req = ReqSocket::new();
+/// req.connect("inproc://echo-doc").await?;
+///
+/// req.send("ping").await?;
+/// let asked = rep.recv().await?;
+/// rep.send(asked).await?;
+/// assert_eq!(req.recv().await?, Message::single("ping"));
+/// # Ok(()) }
+/// ```
 pub struct ReqSocket {
     base: SocketBase,
     awaiting: Option<PeerId>,
