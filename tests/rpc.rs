@@ -86,16 +86,13 @@ impl Echo for MyEcho {
     }
 }
 
+/// A server of both test services on a free port, and its endpoint (through
+/// [`serve`], as every server here).
 async fn start() -> (ServerHandle, String) {
-    let server = Server::builder()
-        .bind("tcp://127.0.0.1:0")
+    let services = Server::builder()
         .add_service(CalcServer::new(MyCalc::default()))
-        .add_service(EchoServer::new(MyEcho))
-        .start()
-        .await
-        .unwrap();
-    let ep = server.endpoints()[0].to_string();
-    (server, ep)
+        .add_service(EchoServer::new(MyEcho));
+    serve(At::Tcp, services).await
 }
 
 #[tokio::test]
@@ -371,19 +368,25 @@ enum At {
     Inproc,
 }
 
-/// The one way these tests start a server (`server`, with its services) and a client
-/// (`client`) of it.
-async fn pair(
-    at: At,
-    server: zmtp_rpc::ServerBuilder,
-    client: zmtp_rpc::ClientBuilder,
-) -> (ServerHandle, Client) {
+/// The one way these tests start a server (`server`, with its services): bound
+/// `at`, started, with the endpoint to reach it.
+async fn serve(at: At, server: zmtp_rpc::ServerBuilder) -> (ServerHandle, String) {
     let addr = match at {
         At::Tcp => "tcp://127.0.0.1:0".to_string(),
         At::Inproc => inproc_name(),
     };
     let server = server.bind(addr).start().await.unwrap();
     let ep = server.endpoints()[0].to_string();
+    (server, ep)
+}
+
+/// A server (see [`serve`]) and a client (`client`) of it.
+async fn pair(
+    at: At,
+    server: zmtp_rpc::ServerBuilder,
+    client: zmtp_rpc::ClientBuilder,
+) -> (ServerHandle, Client) {
+    let (server, ep) = serve(at, server).await;
     let client = client.endpoint(ep).connect().await.unwrap();
     if let At::Inproc = at {
         assert!(client.wait_healthy(1, Duration::from_secs(5)).await);
@@ -584,17 +587,14 @@ async fn graceful_shutdown_finishes_running_calls_and_refuses_new_ones() {
 async fn the_server_drops_clients_that_stop_answering_heartbeats() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use zmtp_rpc::transport::zmtp::{Greeting, HeartbeatConfig};
-    let server = Server::builder()
-        .bind("tcp://127.0.0.1:0")
+    let builder = Server::builder()
         .heartbeat(Some(HeartbeatConfig {
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(300),
             ttl: Duration::ZERO,
         }))
-        .add_service(CalcServer::new(MyCalc::default()))
-        .start()
-        .await
-        .unwrap();
+        .add_service(CalcServer::new(MyCalc::default()));
+    let (server, _) = serve(At::Tcp, builder).await;
     let port = server.endpoints()[0].port().unwrap();
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -1319,6 +1319,28 @@ async fn a_refused_endpoint_fails_at_once_and_says_so() {
     assert!(e.to_string().contains("refused"), "{e}");
 }
 
+/// A lost connection is not a failure to connect: while the client connects again
+/// (gRPC's CONNECTING), calls wait for it within their deadline instead of failing
+/// fast. Only a connect that then fails makes them fail at once.
+#[tokio::test(start_paused = true)]
+async fn a_call_made_while_a_lost_connection_is_made_again_waits_for_it() {
+    let (server, client) = pair(At::Inproc, calc_server(), Client::builder()).await;
+    let ep = client.endpoints()[0].endpoint.clone();
+    server.shutdown().await;
+    // Seen lost, and the loss's reason taken in (the tasks that report it are ready
+    // to run), without letting the paused clock move: the reconnect waits 100 ms.
+    while client.endpoints()[0].health == zmtp_rpc::HealthState::Healthy {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let again = calc_server().bind(ep).start().await.unwrap();
+    let sum = CalcClient::new(client.clone()).add(2, 3).await;
+    assert_eq!(sum.as_ref().ok(), Some(&5), "{sum:?}: {:?}", client.stats());
+    again.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_peer_that_is_not_zmtp_fails_the_handshake_and_says_so() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1615,13 +1637,10 @@ async fn reserved_methods_answer_health_and_describe_and_can_be_turned_off() {
     let count = count.expect("renamed method described by its wire name");
     assert_eq!((count.args.len(), count.returns.as_str()), (0, "u32"));
     // Turned off: the reserved names are unknown, as any other.
-    let quiet = Server::builder()
-        .bind("tcp://127.0.0.1:0")
+    let builder = Server::builder()
         .reserved_methods(false)
-        .add_service(CalcServer::new(MyCalc::default()))
-        .start()
-        .await
-        .unwrap();
+        .add_service(CalcServer::new(MyCalc::default()));
+    let (quiet, _) = serve(At::Tcp, builder).await;
     let client = Client::connect([quiet.endpoints()[0].to_string()])
         .await
         .unwrap();

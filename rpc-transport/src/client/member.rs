@@ -33,6 +33,10 @@ pub(crate) struct State {
     /// Why connecting or the connection last failed (refused, reset, handshake
     /// failed, ...); `None` since a handshake completed, or while none failed yet.
     pub failure: Option<Arc<str>>,
+    /// The last failure was of connecting (refused, handshake failed), not the loss
+    /// of an established connection that is being made again: calls that do not wait
+    /// for ready fail fast only when every endpoint is failing this way.
+    pub failing: bool,
 }
 
 /// Where an attempt was written: the connection generation, and how many reads had
@@ -84,9 +88,9 @@ pub(crate) struct Member {
     acks: Mutex<Vec<RequestId>>,
 }
 
-/// Requests at least this large are bulk: see [`Member::try_send`]. One loopback TCP
-/// connection carried sixteen callers' 1 MiB calls at 0.71-0.91 of what sixteen
-/// connections did; two carried 1.00-1.06 (2026-11-28/29, `bbr`).
+/// Requests at least this large are bulk: see [`Member::try_send`]. One TCP stream has
+/// one socket buffer each way, too little for many large calls at once
+/// (docs/ARCHITECTURE.md, "A second connection for bulk requests").
 pub(crate) const BULK_MIN: usize = 64 * 1024;
 
 /// Most acknowledgements an endpoint holds for its next requests.
@@ -103,6 +107,7 @@ impl Member {
                 conn: None,
                 opened: 0,
                 failure: None,
+                failing: false,
             }),
             outstanding: AtomicUsize::new(0),
             latency: Default::default(),

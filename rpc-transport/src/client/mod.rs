@@ -73,7 +73,7 @@ use self::retry::{Decision, Outcome, Retry};
 use self::stats::Counters;
 use crate::counter::{bump, read};
 use crate::message::{Message, Outgoing};
-use crate::socket::core::Answers;
+use crate::socket::core::{Answers, Failure};
 use crate::socket::wake_line::WakeLine;
 use crate::socket::{SocketOptions, SplitMix64};
 use crate::sync::lock;
@@ -271,8 +271,9 @@ impl ClientBuilder {
     /// once with [`RpcError::Unavailable`] naming each endpoint and its failure, as
     /// gRPC's calls do. With `true` it waits within its deadline for one to come
     /// back (Lazy Pirate riding over a restarting server). Either way, a call waits
-    /// while an endpoint is still connecting for the first time, or is only suspect
-    /// after a stall.
+    /// while an endpoint is still connecting for the first time, connecting again after
+    /// losing an established connection (until that reconnect fails), or is only
+    /// suspect after a stall.
     pub fn wait_for_ready(mut self, wait: bool) -> Self {
         self.config.wait_for_ready = wait;
         self
@@ -557,17 +558,18 @@ impl Inner {
 
     /// Connecting to `idx` (generation `generation`), or its connection, failed for
     /// `why` (`None`: a handshake completed since).
-    fn on_failure(&self, idx: usize, generation: u64, why: Option<Arc<str>>) {
+    fn on_failure(&self, idx: usize, generation: u64, why: Option<Failure>) {
         let ep = &self.members.at(idx);
         {
             let mut st = ep.lock();
             if st.generation != generation {
                 return;
             }
-            if let Some(why) = &why {
-                tracing::debug!(endpoint = %ep.addr, reason = %why, "connection failed");
+            if let Some(f) = &why {
+                tracing::debug!(endpoint = %ep.addr, reason = %f.why, lost = f.lost, "connection failed");
             }
-            st.failure = why;
+            st.failing = why.as_ref().is_some_and(|f| !f.lost);
+            st.failure = why.map(|f| f.why);
         }
         self.changed.send_replace(());
     }
@@ -577,15 +579,16 @@ impl Inner {
         self.members.iter().filter(|(_, m)| !m.is_removed())
     }
 
-    /// Whether every endpoint is down with a known failure (none connecting for the
-    /// first time, none connected): a call cannot expect one soon. An empty pool (a
+    /// Whether every endpoint is down with a failure of connecting (none connecting
+    /// for the first time or again after losing an established connection, none
+    /// connected): a call cannot expect one soon. An empty pool (a
     /// discovery that has not answered yet) is not failing: calls wait for members.
     fn all_failing(&self) -> bool {
         let mut live = self.live().peekable();
         live.peek().is_some()
             && live.all(|(_, e)| {
                 let st = e.lock();
-                !st.health.connected() && st.failure.is_some()
+                !st.health.connected() && st.failing
             })
     }
 

@@ -66,7 +66,7 @@ pub(crate) async fn run(core: Arc<Core>, io: Io) -> bool {
             // A CURVE server closes at once on a HELLO it cannot open.
             reason.push_str(" (is the server's public key right?)");
         }
-        core.report_failure(reason);
+        core.report_failure(reason, handshaken);
     }
     handshaken
 }

@@ -81,7 +81,7 @@ impl Core {
                     }
                     Err(e) => {
                         tracing::debug!(endpoint = %ep, error = %e, "connect failed");
-                        core.report_failure(e.to_string());
+                        core.report_failure(e.to_string(), false);
                     }
                 }
                 let delay = backoff.next_delay();

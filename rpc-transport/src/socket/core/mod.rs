@@ -42,7 +42,17 @@ pub(crate) struct Core {
     reads: AtomicU64,
     /// Why the last connect or connection of this socket failed (refused, reset,
     /// handshake failed, ...); `None` once a handshake completed after it.
-    failure: watch::Sender<Option<Arc<str>>>,
+    failure: watch::Sender<Option<Failure>>,
+}
+
+/// Why connecting or a connection of a socket last failed.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    /// What happened, as the socket's owner should hear it.
+    pub why: Arc<str>,
+    /// An established connection was lost: the socket is connecting again and
+    /// nothing says yet that it cannot (gRPC's CONNECTING, not TRANSIENT_FAILURE).
+    pub lost: bool,
 }
 
 impl Core {
@@ -87,13 +97,17 @@ impl Core {
     }
 
     /// Follows why connecting or a connection last failed (see `failure`).
-    pub fn watch_failure(&self) -> watch::Receiver<Option<Arc<str>>> {
+    pub fn watch_failure(&self) -> watch::Receiver<Option<Failure>> {
         self.failure.subscribe()
     }
 
-    /// A connect attempt or a connection failed for `reason`.
-    pub fn report_failure(&self, reason: String) {
-        self.failure.send_replace(Some(reason.into()));
+    /// A connect attempt or a connection failed for `reason`; `lost` when the
+    /// connection had completed its handshake (see [`Failure::lost`]).
+    pub fn report_failure(&self, reason: String, lost: bool) {
+        self.failure.send_replace(Some(Failure {
+            why: reason.into(),
+            lost,
+        }));
     }
 
     /// A handshake completed: the last failure is over.
