@@ -43,8 +43,8 @@ pub(crate) fn outcome(r: &Result<(), &RpcError>) -> &'static str {
 }
 
 /// One typed call in this many has its duration recorded: two clock reads and a
-/// histogram record on every call cost 3-4% of a call's CPU with sixteen callers
-/// (`zmtp-bench latency`, pinned); sampled, about a tenth of that. The histogram's
+/// histogram record on every call cost a measurable part of a call's CPU with sixteen
+/// callers (docs/BENCHMARKS.md, "Metrics"); sampled, about a tenth of that. The histogram's
 /// quantiles hold; its `_count` is a sample (`calls_total` counts every call).
 #[cfg(feature = "metrics")]
 pub(crate) const DURATION_SAMPLING: u32 = 8;
@@ -228,7 +228,7 @@ pub(crate) fn server_overloaded() {
 ///
 /// The `metrics` macros build such a key at every use: a vector of labels and a hash,
 /// even when no recorder is installed. A typed call and a request each record one, so
-/// that cost was 3-7% of a call's CPU in `zmtp-bench latency` (c16). Keys, not the
+/// that cost showed in `zmtp-bench latency` (docs/BENCHMARKS.md, "Metrics"). Keys, not the
 /// handles a recorder returns, are kept: a recorder installed after the first call
 /// still sees every later one.
 #[cfg(feature = "metrics")]

@@ -555,15 +555,14 @@ fn method_tag(method: &str) -> u32 {
 
 /// Requests handled per pass of a connection task before the answers given so far
 /// are written: with 16 callers on one connection, answering a read batch in groups of
-/// four keeps the client busy while the server works (+25-40% calls a second over
-/// answering the whole batch at once; one more `writev` per four answers).
+/// four keeps the client busy while the server works, where answering the whole batch
+/// at once made them take turns (one more `writev` per four answers; figures in
+/// docs/BENCHMARKS.md).
 const ANSWER_BATCH: usize = 4;
 
 /// Small answers leave in pairs on a machine with several CPUs: there the client is
-/// waiting, not short of CPU. Sixteen callers of 64 B on one connection: 1.15-1.37 of
-/// raw TCP with pairs against 0.85-1.13 with fours (alternating runs); 4 KiB answers
-/// and a single CPU, where the writes' cost counts, keep fours (pairs: 4 KiB -5-9%,
-/// pinned 64 B -7%).
+/// waiting, not short of CPU. 4 KiB answers and a single CPU, where each write's cost
+/// counts, keep fours (docs/ARCHITECTURE.md, "Answers leave in groups of four").
 const SMALL_ANSWER_BATCH: usize = 2;
 /// What "small" means for [`SMALL_ANSWER_BATCH`]: the pass's answers so far, in bytes.
 const SMALL_ANSWER_BYTES: usize = 2048;

@@ -6,12 +6,11 @@
 //! of a bound (half the entries, half the bytes, or its first reply is half the age
 //! old), the old generation ends and the young one becomes it. Nothing is evicted one
 //! entry at a time: an eviction order and a look-up per eviction into a table of
-//! 10,000 entries cost the server a cache miss or two per request (pinned to one CPU,
-//! a cache of 10,000 replies cost sequential calls ~6% against one of 1,000). An
+//! 10,000 entries cost the server a cache miss or two per request. An
 //! ended generation's map is emptied at once (its entries are plain values), its
 //! replies (those not acknowledged) are let go of two at each look at the cache (a
-//! request's start and its end), so that no request pays for thousands of them. Every finished reply is kept for at least half of each
-//! bound and never beyond one.
+//! request's start and its end), so that no request pays for thousands of them.
+//! Every finished reply is kept for at least half of each bound and never beyond one.
 //! Running ids are in a map of their own, as small as the requests running.
 
 use std::time::{Duration, Instant};

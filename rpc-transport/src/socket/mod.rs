@@ -13,9 +13,11 @@
 //! # Layout
 //! - `endpoint.rs`: [`Endpoint`] parsing, listeners, connecting, the inproc registry.
 //! - `options.rs`: [`SocketOptions`].
-//! - `core.rs`: the peer table, round-robin (the least busy peer for direct sends),
-//!   binds and connect loops.
-//! - `engine.rs`: the per-connection task; `recv_buf.rs`: its receive buffers;
+//! - `core/`: what every socket shares: `peers.rs` the peer table, `send.rs` the send
+//!   strategies (round-robin, the least busy peer for direct sends, one peer),
+//!   `direct.rs` the direct sink of the client and server, `loops.rs` binds and
+//!   connect loops.
+//! - `engine.rs`: the per-connection task, one step per source; `recv_buf.rs`: its receive buffers;
 //!   `wake_line.rs`: the order in which it wakes the callers of a burst of replies;
 //!   `outbox.rs`: its sending side, which the reliable client may write to directly.
 //! - `backoff.rs`: [`Backoff`] with a seedable RNG.

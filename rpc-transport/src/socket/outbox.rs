@@ -58,8 +58,7 @@ const HANDED_MAX: usize = 1024;
 /// messages: the sender that would hold this many writes them all, so that the peer
 /// gets work in groups while the callers are still running (holding every caller's
 /// request for one write made client and server take turns, each idle while the other
-/// worked: 16 callers of one client, 64 B, about 135k -> 178k calls/s with groups of 4,
-/// CPU per call -25%).
+/// worked; docs/ARCHITECTURE.md has the figure).
 const CORK_MESSAGES: usize = 4;
 
 /// Nor more bytes than this: a larger request is written at once (at 4 KiB, holding
@@ -365,8 +364,7 @@ fn write_with<const N: usize>(
     let n = queue.io_slices(&mut slices);
     let w = Pin::new(w);
     // One slice (every small message: its frames share one) goes out with `send`:
-    // the kernel's `writev` path costs more (iovec import, file-level hooks); pinned,
-    // sequential typed calls of 64 B did 3% more round trips with `send`.
+    // the kernel's `writev` path costs more (iovec import, file-level hooks).
     let wrote = match &slices[..n] {
         [one] => w.poll_write(cx, one),
         all => w.poll_write_vectored(cx, all),

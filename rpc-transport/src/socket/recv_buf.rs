@@ -17,11 +17,9 @@ const READ_MIN: usize = 8 * 1024;
 /// Largest read reservation: reads that fill the buffer double it up to this.
 const READ_MAX: usize = 256 * 1024;
 /// A frame body still missing at least this many bytes is read into the large buffer.
-/// At 128 KiB, 64 KiB frames went through `small`: reads of up to READ_MAX into fresh
-/// memory, the start of the frame that did not fit copied to the next buffer; sixteen
-/// callers of 64 KiB echoes did 34-40k calls/s, 59-62k at 32 KiB (raw TCP ~65k),
-/// system time per call 44 -> 28 us; 32 KiB frames unchanged (three alternating pairs).
-/// At 16 KiB, 32 KiB frames lost.
+/// Higher, 64 KiB frames go through `small`: reads into fresh memory, with the start
+/// of a frame that did not fit copied to the next buffer; lower, 32 KiB frames lose
+/// (figures in docs/BENCHMARKS.md).
 const LARGE_FRAME: usize = 32 * 1024;
 /// The large buffer is released when no large frame came for this long.
 const LARGE_KEEP: Duration = Duration::from_secs(1);
@@ -29,8 +27,7 @@ const LARGE_KEEP: Duration = Duration::from_secs(1);
 /// (newest first, at most this many bytes per connection) to be reused once the
 /// program drops that frame; released with the large buffer. 16 callers of 1 MiB
 /// echoes keep about 20 buffers alive (a server's answer holds its request until the
-/// client acknowledges it): with 8 MiB of spares 1263 calls/s, with 24 MiB 1504-1619
-/// (raw TCP ~1950), all from fresh, cold memory otherwise.
+/// client acknowledges it); without spares each would come from fresh, cold memory.
 const SPARE_BYTES: usize = 32 << 20;
 /// And at most this many bytes of spares in the whole process, whatever the number of
 /// connections.
