@@ -22,6 +22,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace
+# Features off by default, with tests of their own.
+cargo test --quiet --features opentelemetry --test trace_context
 # Fuzz targets are compiled (not run) so they cannot rot.
 cargo check --quiet --manifest-path fuzz/Cargo.toml
 echo "all tests passed"

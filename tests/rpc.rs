@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use support::Hdr;
+use support::{EchoClient, EchoServer, Hdr, MyEcho};
 use zmtp_rpc::{rpc_service, Client, Message, RpcError, Server, ServerHandle, Status};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,19 +70,6 @@ impl Calc for MyCalc {
     }
     async fn executions(&self) -> u32 {
         self.runs.load(Ordering::SeqCst)
-    }
-}
-
-/// A second service on the same server.
-#[rpc_service(name = "echo")]
-pub trait Echo {
-    async fn echo(&self, text: String) -> String;
-}
-
-struct MyEcho;
-impl Echo for MyEcho {
-    async fn echo(&self, text: String) -> String {
-        text
     }
 }
 

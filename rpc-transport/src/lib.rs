@@ -21,6 +21,8 @@
 //!   services, concurrency limit, reply cache that lets go of acknowledged replies
 //!   (`reply_cache.rs`), graceful drain.
 //! - `sync.rs`: the crate's one poison-tolerant lock.
+//! - `trace_context` (feature `opentelemetry`): the W3C `traceparent` a call carries
+//!   in its metadata and the server's span continues.
 //! - `timer.rs`: the clock of heartbeats and attempt deadlines, [`Timer`]: tokio's timer
 //!   (the default; `tokio::time::pause` controls it) or a thread of the crate, so that
 //!   tokio's threads sleep in `epoll_wait` without a timeout.
@@ -35,6 +37,8 @@ pub mod server;
 pub mod socket;
 mod sync;
 mod timer;
+#[cfg(feature = "opentelemetry")]
+pub mod trace_context;
 pub mod zmtp;
 
 pub use message::Message;

@@ -231,3 +231,19 @@ pub async fn serve_tcp(server: zmtp_rpc::ServerBuilder) -> (zmtp_rpc::ServerHand
     let ep = server.endpoints()[0].to_string();
     (server, ep)
 }
+
+/// A service that answers its argument (`echo.echo`): a second service for a server,
+/// or the least a test needs.
+#[zmtp_rpc::rpc_service(name = "echo")]
+pub trait Echo {
+    async fn echo(&self, text: String) -> String;
+}
+
+/// [`Echo`]'s implementation.
+pub struct MyEcho;
+
+impl Echo for MyEcho {
+    async fn echo(&self, text: String) -> String {
+        text
+    }
+}

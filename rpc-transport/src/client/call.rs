@@ -81,7 +81,10 @@ impl Client {
             Some(_) => super::hedge_ms(opts.hedge),
             None => self.inner.config.hedge_ms(),
         };
-        let metadata = opts.metadata;
+        #[allow(unused_mut)]
+        let mut metadata = opts.metadata;
+        #[cfg(feature = "opentelemetry")]
+        crate::trace_context::inject(&span, &mut metadata);
         let build = move |attempt: u32, remaining: Duration, to: &Member| {
             let header = RequestHeader {
                 v: PROTOCOL_VERSION,

@@ -962,6 +962,8 @@ impl Shared {
         let deadline = now + Duration::from_millis(header.timeout_ms);
         let request = ServiceRequest { method, args };
         let span = tracing::debug_span!("rpc.request", method = %header.method, request_id = %id, attempt = header.attempt);
+        #[cfg(feature = "opentelemetry")]
+        crate::trace_context::continue_from(&span, &header.meta);
         let ctx = RequestContext {
             request_id: id,
             method: header.method,
