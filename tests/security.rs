@@ -83,6 +83,49 @@ async fn typed_calls_travel_over_curve_to_an_allowed_client() {
     assert_eq!(me, Some(ck_public.to_z85()));
 }
 
+/// Two servers with key pairs of their own: the client names the second's key for
+/// its endpoint and reaches both; without it, the second refuses the handshake.
+#[tokio::test]
+async fn servers_with_their_own_keys_are_reached_with_a_key_per_endpoint() {
+    let (sk1, sk2, ck) = (
+        KeyPair::generate(),
+        KeyPair::generate(),
+        KeyPair::generate(),
+    );
+    let (s1, ep1) = server(&sk1, None).await;
+    let (s2, ep2) = server(&sk2, None).await;
+    let client = Client::builder()
+        .endpoints([ep1.clone(), ep2.clone()])
+        .curve(ck.clone(), sk1.public())
+        .curve_server_key(&ep2, sk2.public())
+        .connect()
+        .await
+        .unwrap();
+    assert!(
+        client.wait_healthy(2, Duration::from_secs(5)).await,
+        "{:?}",
+        client.stats()
+    );
+    // With the first server gone, calls go to the second, over its own key.
+    s1.shutdown().await;
+    let calc = CalcClient::new(client.clone());
+    for _ in 0..5 {
+        assert_eq!(calc.add(2, 3).await.unwrap(), 5);
+    }
+    assert!(s2.stats().executed >= 5);
+
+    // One key for both: the second server cannot open the client's HELLO.
+    let one_key = Client::builder()
+        .endpoint(&ep2)
+        .curve(ck, sk1.public())
+        .connect()
+        .await
+        .unwrap();
+    let text = refused(&CalcClient::new(one_key), "server's public key").await;
+    assert!(text.contains(&ep2), "{text}");
+    s2.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_off_the_list_a_wrong_server_key_and_a_null_client_are_refused() {
     let (sk, ck) = (KeyPair::generate(), KeyPair::generate());

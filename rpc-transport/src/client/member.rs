@@ -224,7 +224,7 @@ impl Member {
     /// decided to: two callers cannot both recreate one connection.
     pub fn recreate_locked(inner: &Arc<Inner>, idx: usize, st: &mut State) -> u64 {
         let ep = inner.members.at(idx);
-        let sock = DealerSocket::with_options(inner.config.socket.clone());
+        let sock = DealerSocket::with_options(inner.config.socket_for(&ep.addr));
         let core = sock.core().clone();
         // Replies go straight from the connection task to the waiting call.
         let weak = Arc::downgrade(inner);

@@ -112,9 +112,24 @@ pub(crate) struct Config {
     /// Most connections an endpoint grows to for bulk requests.
     pub(crate) bulk_connections: usize,
     pub(crate) socket: SocketOptions,
+    /// CURVE servers' public keys by endpoint, where they differ from the one
+    /// [`ClientBuilder::curve`] names.
+    pub(crate) server_keys: std::collections::HashMap<String, PublicKey>,
 }
 
 impl Config {
+    /// The socket options for a connection to `addr`: with that server's own CURVE
+    /// key when it has one.
+    pub(crate) fn socket_for(&self, addr: &str) -> SocketOptions {
+        let mut opts = self.socket.clone();
+        if let (Mechanism::CurveClient { server, .. }, Some(key)) = (
+            &mut opts.mechanism,
+            self.server_keys.get(&endpoint_key(addr)),
+        ) {
+            *server = *key;
+        }
+        opts
+    }
     /// The client's hedge delay in milliseconds (0: none), as calls carry it.
     pub(crate) fn hedge_ms(&self) -> u32 {
         hedge_ms(self.hedge)
@@ -213,6 +228,7 @@ impl ClientBuilder {
                     })
                     .reconnect(Duration::from_millis(100), Duration::from_secs(1))
                     .linger(Duration::ZERO),
+                server_keys: std::collections::HashMap::new(),
             },
         }
     }
@@ -285,6 +301,17 @@ impl ClientBuilder {
     /// cannot prove it holds `server`'s secret key is not talked to.
     pub fn curve(mut self, keys: KeyPair, server: PublicKey) -> Self {
         self.config.socket.mechanism = Mechanism::CurveClient { keys, server };
+        self
+    }
+
+    /// The CURVE public key of the server at `endpoint`, where servers do not share
+    /// one key pair: connections there expect it instead of the key
+    /// [`ClientBuilder::curve`] names (which must be set too). An endpoint added later
+    /// (`Client::add_endpoint`, discovery) uses its key from here as well.
+    pub fn curve_server_key(mut self, endpoint: impl Into<String>, server: PublicKey) -> Self {
+        self.config
+            .server_keys
+            .insert(endpoint_key(&endpoint.into()), server);
         self
     }
 
@@ -919,6 +946,14 @@ impl Inner {
 const DRAIN_CHECK: Duration = Duration::from_millis(5);
 
 /// Applies pool changes from `changes` for as long as the client lives.
+/// An endpoint as the pool names it (parsed and printed again), or as given when it
+/// does not parse.
+fn endpoint_key(ep: &str) -> String {
+    ep.parse::<crate::socket::Endpoint>()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|_| ep.to_string())
+}
+
 /// Whether an endpoint names a DNS pool (`dns://host:port`, `dns+srv://name`).
 fn is_dns(ep: &str) -> bool {
     ep.starts_with("dns://") || ep.starts_with("dns+srv://")
@@ -1033,11 +1068,7 @@ impl Client {
     /// there finish or fail over as usual, then (at the latest one attempt timeout
     /// later) its connections close. Returns whether it was in the pool.
     pub fn remove_endpoint(&self, ep: &str) -> bool {
-        let key = ep
-            .parse::<crate::socket::Endpoint>()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|_| ep.to_string());
-        self.inner.remove(&key) || self.inner.remove(ep)
+        self.inner.remove(&endpoint_key(ep)) || self.inner.remove(ep)
     }
 
     /// The pool as it is now: each endpoint with its health and counters (the same
