@@ -334,6 +334,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Time a connection has to complete its greeting and handshake (default 30 s, as
+    /// libzmq's `ZMQ_HANDSHAKE_IVL`): a peer that stops half-way is closed then.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.socket.handshake_timeout = d;
+        self
+    }
+
     /// Largest request accepted.
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.socket.max_message_size = n;
