@@ -350,3 +350,52 @@ async fn plain_both_ways_with_libzmq() {
         "{e}"
     );
 }
+
+/// Raw sockets, as libzmq sets `ZMQ_CURVE_SERVERKEY` before each `zmq_connect`: a
+/// DEALER reaches two CURVE ROUTERs with key pairs of their own.
+#[tokio::test]
+async fn a_raw_dealer_connects_to_curve_servers_with_their_own_keys() {
+    use zmtp_rpc::transport::zmtp::Mechanism;
+    use zmtp_rpc::transport::{DealerSocket, RouterSocket, SocketError, SocketOptions};
+    use zmtp_rpc::Message;
+
+    let router = |keys: &KeyPair| {
+        RouterSocket::with_options(SocketOptions::default().mechanism(Mechanism::CurveServer {
+            keys: keys.clone(),
+            authorize: None,
+        }))
+    };
+    let (sk1, sk2) = (KeyPair::generate(), KeyPair::generate());
+    let (mut r1, mut r2) = (router(&sk1), router(&sk2));
+    let ep1 = r1.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let ep2 = r2.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut dealer =
+        DealerSocket::with_options(SocketOptions::default().mechanism(Mechanism::CurveClient {
+            keys: KeyPair::generate(),
+            server: sk1.public(),
+        }));
+    dealer.connect(&ep1).await.unwrap();
+    dealer.connect_curve(&ep2, sk2.public()).await.unwrap();
+    // Sent in turn once both are connected: each router gets one.
+    let both = async {
+        while dealer.peer_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .expect("both CURVE handshakes complete");
+    dealer.send(Message::single("a")).await.unwrap();
+    dealer.send(Message::single("b")).await.unwrap();
+    let t = Duration::from_secs(5);
+    let got1 = tokio::time::timeout(t, r1.recv()).await.unwrap().unwrap();
+    let got2 = tokio::time::timeout(t, r2.recv()).await.unwrap().unwrap();
+    let mut bodies = vec![got1.frames()[1].clone(), got2.frames()[1].clone()];
+    bodies.sort();
+    assert_eq!(bodies, ["a", "b"]);
+
+    // A socket that is not a CURVE client refuses a server key.
+    let plain = DealerSocket::new();
+    let e = plain.connect_curve(&ep1, sk1.public()).await.unwrap_err();
+    assert!(matches!(e, SocketError::Config(_)), "{e}");
+}

@@ -165,7 +165,7 @@ impl Member {
                 // that is up, and later ones spread over both.
                 st.opened += 1;
                 let (addr, n) = (&self.addr, st.opened);
-                match core.connect(addr) {
+                match core.connect(addr, None) {
                     Ok(()) => tracing::debug!(endpoint = %addr, connections = n, "bulk: one more"),
                     Err(e) => tracing::warn!(endpoint = %addr, error = %e, "cannot connect"),
                 }
@@ -254,7 +254,7 @@ impl Member {
         // One socket, `connections` connections: the socket spreads sends over them.
         st.opened = inner.config.connections;
         for _ in 0..inner.config.connections {
-            if let Err(e) = core.connect(&ep.addr) {
+            if let Err(e) = core.connect(&ep.addr, None) {
                 tracing::error!(endpoint = %ep.addr, error = %e, "cannot connect");
                 break;
             }

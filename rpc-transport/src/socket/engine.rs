@@ -20,7 +20,8 @@ use super::recv_buf::RecvBuf;
 use super::wake_line::WakeLine;
 use crate::message::Outgoing;
 use crate::timer::Alarm;
-use crate::zmtp::{Connection, ConnectionConfig, Event, ZmtpError};
+use crate::zmtp::curve::PublicKey;
+use crate::zmtp::{Connection, ConnectionConfig, Event, Mechanism, ZmtpError};
 
 /// Stop taking messages from the socket while this much waits to be written.
 const TX_HIGH: usize = 256 * 1024;
@@ -41,12 +42,13 @@ enum End {
 type RoomWait = Pin<Box<dyn Future<Output = Option<mpsc::OwnedPermit<Inbound>>> + Send>>;
 
 /// Runs one connection until it ends. Returns whether the handshake completed (the
-/// connect loop resets its backoff then).
-pub(crate) async fn run(core: Arc<Core>, io: Io) -> bool {
+/// connect loop resets its backoff then). `server_key`: the CURVE server key of this
+/// connection's endpoint, where it differs from the socket's.
+pub(crate) async fn run(core: Arc<Core>, io: Io, server_key: Option<PublicKey>) -> bool {
     let id = core.next_peer_id();
     let span = tracing::debug_span!("zmtp", peer = %io.peer, conn = id);
     let mut handshaken = false;
-    let end = drive(&core, io, id, &mut handshaken)
+    let end = drive(&core, io, id, server_key, &mut handshaken)
         .instrument(span.clone())
         .await;
     span.in_scope(|| match &end {
@@ -92,8 +94,12 @@ impl End {
     }
 }
 
-fn connection_config(core: &Core) -> ConnectionConfig {
+fn connection_config(core: &Core, server_key: Option<PublicKey>) -> ConnectionConfig {
     let o = &core.opts;
+    let mut mechanism = o.mechanism.clone();
+    if let (Mechanism::CurveClient { server, .. }, Some(key)) = (&mut mechanism, server_key) {
+        *server = key;
+    }
     ConnectionConfig {
         socket_type: core.kind,
         identity: o.identity.clone(),
@@ -102,7 +108,7 @@ fn connection_config(core: &Core) -> ConnectionConfig {
         heartbeat: o.heartbeat,
         heartbeat_zmtp30: o.heartbeat_zmtp30,
         properties: Vec::new(),
-        mechanism: o.mechanism.clone(),
+        mechanism,
         discard_oversize: o.discard_oversize,
     }
 }
@@ -172,13 +178,17 @@ impl<'a> Engine<'a> {
         read: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
         out: Arc<Outbox>,
         id: u64,
+        server_key: Option<PublicKey>,
         stop_check: watch::Receiver<bool>,
     ) -> Engine<'a> {
         let (out_tx, out_rx) = mpsc::channel(core.opts.send_hwm.max(1));
         Engine {
             core,
             id,
-            conn: Connection::new(connection_config(core), Instant::now().into_std()),
+            conn: Connection::new(
+                connection_config(core, server_key),
+                Instant::now().into_std(),
+            ),
             read,
             out,
             backlog: 0,
@@ -540,21 +550,27 @@ impl<'a> Engine<'a> {
     }
 }
 
-async fn drive(core: &Arc<Core>, io: Io, id: u64, handshaken: &mut bool) -> End {
+async fn drive(
+    core: &Arc<Core>,
+    io: Io,
+    id: u64,
+    server_key: Option<PublicKey>,
+    handshaken: &mut bool,
+) -> End {
     let Io { read, write, .. } = io;
     let out = Arc::new(Outbox::new(write, TX_HIGH));
     let mut stop = core.shutdown_signal();
     if *stop.borrow_and_update() {
         return End::Shutdown;
     }
-    let mut e = Engine::new(core, read, out, id, stop.clone());
+    let mut e = Engine::new(core, read, out, id, server_key, stop.clone());
     // Registered once (it takes the watch's lock to register).
     let stopped = stop.changed();
     tokio::pin!(stopped);
     let exit = std::future::poll_fn(|cx| e.poll(cx, stopped.as_mut())).await;
     *handshaken = e.handshaken;
     // No more writes from callers: what is left goes through this task.
-    e.out.set_open(false);
+    e.out.set_closing();
     match exit {
         Exit::Stop => {
             linger(core, &mut e.conn, &mut e.out_rx, &e.out).await;
@@ -709,7 +725,7 @@ mod tests {
 
     fn engine<'a>(core: &'a Arc<Core>, io: Io) -> Engine<'a> {
         let out = Arc::new(Outbox::new(io.write, TX_HIGH));
-        Engine::new(core, io.read, out, 1, core.shutdown_signal())
+        Engine::new(core, io.read, out, 1, None, core.shutdown_signal())
     }
 
     fn counting() -> (Arc<Count>, Waker) {

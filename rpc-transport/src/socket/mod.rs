@@ -148,7 +148,27 @@ macro_rules! socket_common {
             /// Connects to an endpoint. Returns at once; the connection is made, and
             /// remade after any loss, in the background with backoff.
             pub async fn connect(&self, endpoint: &str) -> Result<(), $crate::socket::SocketError> {
-                self.base.core.connect(endpoint)
+                self.base.core.connect(endpoint, None)
+            }
+
+            /// Connects to a CURVE server whose public key is `server`, where servers do
+            /// not share the key the socket's [`Mechanism::CurveClient`](crate::zmtp::Mechanism)
+            /// names (libzmq: `ZMQ_CURVE_SERVERKEY` set before a `zmq_connect`). A
+            /// socket that does not speak CURVE as a client refuses it.
+            pub async fn connect_curve(
+                &self,
+                endpoint: &str,
+                server: $crate::zmtp::curve::PublicKey,
+            ) -> Result<(), $crate::socket::SocketError> {
+                if !matches!(
+                    self.base.core.opts.mechanism,
+                    $crate::zmtp::Mechanism::CurveClient { .. }
+                ) {
+                    return Err($crate::socket::SocketError::Config(
+                        "connect_curve on a socket that is not a CURVE client".into(),
+                    ));
+                }
+                self.base.core.connect(endpoint, Some(server))
             }
 
             /// Stops listening on a bound endpoint.

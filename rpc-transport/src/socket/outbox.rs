@@ -49,6 +49,8 @@ pub(crate) struct Outbox {
     in_flight: AtomicUsize,
     /// `Inner::open`, readable without the lock: a sender looks before anything else.
     open: AtomicBool,
+    /// See [`Outbox::set_closing`].
+    closing: AtomicBool,
 }
 
 /// Most messages waiting in `handed`.
@@ -101,6 +103,7 @@ impl Outbox {
             queued: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             open: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -147,9 +150,17 @@ impl Outbox {
         self.open.store(open, Ordering::Release);
     }
 
-    /// Whether senders may write (false once the connection is closing).
-    pub fn is_open(&self) -> bool {
-        self.lock().open
+    /// The connection is closing: nothing more may be written or queued for it.
+    pub fn set_closing(&self) {
+        self.set_open(false);
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection is closing. (A CURVE connection's outbox is never open,
+    /// as it seals every frame in its task, but it is not closing: its channel takes
+    /// messages.)
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Bytes waiting to be written.

@@ -11,6 +11,7 @@ use crate::socket::endpoint::{self, Endpoint, Listener};
 use crate::socket::engine;
 use crate::socket::SocketError;
 use crate::sync::lock;
+use crate::zmtp::curve::PublicKey;
 
 pub(super) struct EndpointTask {
     key: String,
@@ -39,7 +40,7 @@ impl Core {
                         };
                         let core = core.clone();
                         tokio::spawn(async move {
-                            engine::run(core, io).await;
+                            engine::run(core, io, None).await;
                             drop(permit);
                         });
                     }
@@ -60,8 +61,13 @@ impl Core {
     }
 
     /// Starts a connect loop: connect, run the connection, and reconnect with backoff
-    /// whenever it ends, until disconnected or closed.
-    pub fn connect(self: &Arc<Core>, addr: &str) -> Result<(), SocketError> {
+    /// whenever it ends, until disconnected or closed. `server_key`: this endpoint's
+    /// CURVE server key, where it differs from the socket's.
+    pub fn connect(
+        self: &Arc<Core>,
+        addr: &str,
+        server_key: Option<PublicKey>,
+    ) -> Result<(), SocketError> {
         let ep: Endpoint = addr.parse()?;
         let core = self.clone();
         let mut stop = self.shutdown_signal();
@@ -75,7 +81,7 @@ impl Core {
                 }
                 match endpoint::connect(&ep).await {
                     Ok(io) => {
-                        if engine::run(core.clone(), io).await {
+                        if engine::run(core.clone(), io, server_key).await {
                             backoff.reset();
                         }
                     }

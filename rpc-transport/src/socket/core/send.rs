@@ -190,7 +190,7 @@ impl Core {
         };
         match out.try_send_ordered(msg) {
             Ok(()) => Ok(id),
-            Err(msg) if !out.is_open() => Err(msg),
+            Err(msg) if out.is_closing() => Err(msg),
             Err(msg) => match self.link(|p| p.id == id) {
                 Some((tx, _)) => enqueue(&tx, &out, msg, true).map(|()| id),
                 None => Err(msg),
@@ -274,7 +274,11 @@ mod tests {
     fn peer(core: &Arc<Core>, id: PeerId, open: bool) -> TestPeer {
         let (tx, rx) = mpsc::channel(16);
         let out = Arc::new(Outbox::new(Box::new(tokio::io::sink()), 1 << 20));
-        out.set_open(open);
+        if open {
+            out.set_open(true);
+        } else {
+            out.set_closing();
+        }
         let info = PeerInfo {
             socket_type: SocketType::Router,
             identity: Bytes::new(),
@@ -315,6 +319,25 @@ mod tests {
         }
         assert!(a.rx.try_recv().is_err());
         assert!(b.rx.try_recv().is_err());
+    }
+
+    /// A CURVE peer (its outbox never open: its task seals every frame) keeps its turn:
+    /// the message goes to its channel, not to the next peer. (Every message went to
+    /// one peer of a CURVE DEALER before.)
+    #[tokio::test]
+    async fn round_robin_keeps_the_turn_of_a_curve_peer() {
+        let (core, _inbound) = Core::new(SocketType::Dealer, SocketOptions::default());
+        let mut a = peer(&core, 1, true);
+        let mut b = peer(&core, 2, true);
+        a.out.set_open(false);
+        b.out.set_open(false);
+        assert_eq!(send_four(&core).await, [1, 2, 1, 2]);
+        for want in [0u8, 2] {
+            assert_eq!(a.rx.try_recv().unwrap().frames, [Bytes::from(vec![want])]);
+        }
+        for want in [1u8, 3] {
+            assert_eq!(b.rx.try_recv().unwrap().frames, [Bytes::from(vec![want])]);
+        }
     }
 
     /// A peer whose connection is closing (still in the table until its task ends)
