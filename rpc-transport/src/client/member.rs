@@ -65,6 +65,9 @@ impl State {
 
 pub(crate) struct Member {
     pub addr: String,
+    /// Its own CURVE server key, where it has one
+    /// ([`ClientBuilder::curve_server_key`](super::ClientBuilder::curve_server_key)).
+    server_key: Option<crate::zmtp::curve::PublicKey>,
     /// The keys of its metric series (built once, not per attempt).
     pub keys: crate::observe::EndpointKeys,
     pub state: Mutex<State>,
@@ -101,6 +104,7 @@ impl Member {
         Member {
             keys: crate::observe::EndpointKeys::new(&addr),
             addr,
+            server_key: None,
             state: Mutex::new(State {
                 health: Health::new(),
                 generation: 0,
@@ -117,6 +121,12 @@ impl Member {
             counters: EndpointCounters::default(),
             acks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The member with its own CURVE server key (`None`: the client's).
+    pub fn with_server_key(mut self, key: Option<crate::zmtp::curve::PublicKey>) -> Member {
+        self.server_key = key;
+        self
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {
@@ -165,7 +175,7 @@ impl Member {
                 // that is up, and later ones spread over both.
                 st.opened += 1;
                 let (addr, n) = (&self.addr, st.opened);
-                match core.connect(addr, None) {
+                match core.connect(addr, self.server_key) {
                     Ok(()) => tracing::debug!(endpoint = %addr, connections = n, "bulk: one more"),
                     Err(e) => tracing::warn!(endpoint = %addr, error = %e, "cannot connect"),
                 }
@@ -224,7 +234,7 @@ impl Member {
     /// decided to: two callers cannot both recreate one connection.
     pub fn recreate_locked(inner: &Arc<Inner>, idx: usize, st: &mut State) -> u64 {
         let ep = inner.members.at(idx);
-        let sock = DealerSocket::with_options(inner.config.socket_for(&ep.addr));
+        let sock = DealerSocket::with_options(inner.config.socket.clone());
         let core = sock.core().clone();
         // Replies go straight from the connection task to the waiting call.
         let weak = Arc::downgrade(inner);
@@ -254,7 +264,7 @@ impl Member {
         // One socket, `connections` connections: the socket spreads sends over them.
         st.opened = inner.config.connections;
         for _ in 0..inner.config.connections {
-            if let Err(e) = core.connect(&ep.addr, None) {
+            if let Err(e) = core.connect(&ep.addr, ep.server_key) {
                 tracing::error!(endpoint = %ep.addr, error = %e, "cannot connect");
                 break;
             }

@@ -118,18 +118,12 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// The socket options for a connection to `addr`: with that server's own CURVE
-    /// key when it has one.
-    pub(crate) fn socket_for(&self, addr: &str) -> SocketOptions {
-        let mut opts = self.socket.clone();
-        if let (Mechanism::CurveClient { server, .. }, Some(key)) = (
-            &mut opts.mechanism,
-            self.server_keys.get(&endpoint_key(addr)),
-        ) {
-            *server = *key;
-        }
-        opts
+    /// The CURVE server key of `addr` where it has its own (handed to the socket's
+    /// `connect`, as a raw socket's `connect_curve` does).
+    pub(crate) fn server_key(&self, addr: &str) -> Option<PublicKey> {
+        self.server_keys.get(&endpoint_key(addr)).copied()
     }
+
     /// The client's hedge delay in milliseconds (0: none), as calls carry it.
     pub(crate) fn hedge_ms(&self) -> u32 {
         hedge_ms(self.hedge)
@@ -624,7 +618,8 @@ impl Inner {
     fn add(self: &Arc<Inner>, addr: String) -> Result<usize, RpcError> {
         addr.parse::<crate::socket::Endpoint>()
             .map_err(|e| RpcError::Config(e.to_string()))?;
-        let (idx, added) = self.members.add(Member::new(addr));
+        let key = self.config.server_key(&addr);
+        let (idx, added) = self.members.add(Member::new(addr).with_server_key(key));
         let m = self.members.at(idx);
         if added {
             Member::recreate(self, idx);
@@ -945,7 +940,6 @@ impl Inner {
 /// How often a removed endpoint is looked at until its calls are done.
 const DRAIN_CHECK: Duration = Duration::from_millis(5);
 
-/// Applies pool changes from `changes` for as long as the client lives.
 /// An endpoint as the pool names it (parsed and printed again), or as given when it
 /// does not parse.
 fn endpoint_key(ep: &str) -> String {
@@ -972,6 +966,7 @@ fn dns_changes(name: &str) -> Result<Changes, RpcError> {
     )))
 }
 
+/// Applies pool changes from `changes` for as long as the client lives.
 async fn follow(inner: std::sync::Weak<Inner>, mut changes: Changes) {
     while let Some(change) = std::future::poll_fn(|cx| changes.as_mut().poll_next(cx)).await {
         let Some(inner) = inner.upgrade() else { return };
