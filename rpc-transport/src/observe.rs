@@ -14,7 +14,8 @@
 //! - `zmtp_rpc_server_requests_total{method}`: requests for a known method;
 //! - `zmtp_rpc_server_replies_total{status}`: replies by status (`ok`, ...);
 //! - `zmtp_rpc_server_deduplicated_total` (reply cache hits and joins),
-//!   `zmtp_rpc_server_overloaded_total`;
+//!   `zmtp_rpc_server_overloaded_total`, `zmtp_rpc_server_abandoned_total` (requests not
+//!   started: their client closed the connection behind them);
 //! - `zmtp_rpc_server_handlers_waiting`: handlers in flight that had to wait (a gauge;
 //!   those that finish at once never count).
 
@@ -216,6 +217,12 @@ pub(crate) fn server_deduplicated() {
 pub(crate) fn server_waiting(delta: f64) {
     #[cfg(feature = "metrics")]
     metrics::gauge!("zmtp_rpc_server_handlers_waiting").increment(delta);
+}
+
+/// A request was not started: its client had closed the connection behind it.
+pub(crate) fn server_abandoned() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("zmtp_rpc_server_abandoned_total").increment(1);
 }
 
 /// A request was refused OVERLOADED.

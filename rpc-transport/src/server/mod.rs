@@ -512,6 +512,9 @@ pub struct ServerStats {
     pub rejected: u64,
     /// Handlers that panicked.
     pub panics: u64,
+    /// Requests not started because their client had closed the connection behind
+    /// them (a caller that gave up; the answer could reach no one).
+    pub abandoned: u64,
     /// Bytes of finished replies the reply cache holds now (those not yet
     /// acknowledged by their clients, within the cache's bounds).
     pub cached_bytes: u64,
@@ -531,6 +534,7 @@ struct Counters {
     shutting_down: AtomicU64,
     rejected: AtomicU64,
     panics: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 impl Counters {
@@ -544,6 +548,7 @@ impl Counters {
             shutting_down: r(&self.shutting_down),
             rejected: r(&self.rejected),
             panics: r(&self.panics),
+            abandoned: r(&self.abandoned),
             // Gauges, filled in by the caller.
             cached_bytes: 0,
             waiting_bytes: 0,
@@ -777,6 +782,17 @@ impl Shared {
     /// Three steps: read and route it, let the reply cache answer a repeat, run it.
     fn handle(self: &Arc<Self>, inbound: Inbound, answers: &mut Answers<'_>) {
         bump(&self.counters.requests);
+        if inbound.peer_gone {
+            // Its client gave up on it: the answer could reach no one, and an
+            // `at_most_once` caller has been told it may not have run.
+            bump(&self.counters.abandoned);
+            crate::observe::server_abandoned();
+            tracing::debug!(
+                peer = inbound.peer,
+                "request not started: its client closed the connection behind it"
+            );
+            return;
+        }
         let here = inbound.peer;
         let caller = (inbound.peer_key, inbound.peer_user.clone());
         let Some(req) = self.read(inbound) else {

@@ -169,6 +169,9 @@ struct Engine<'a> {
     peer_key: Option<crate::zmtp::curve::PublicKey>,
     /// The peer's PLAIN user name, once the server allowed it.
     peer_user: Option<Arc<str>>,
+    /// The read-ahead found the peer gone behind the bytes read last: how the
+    /// connection ends once their messages are handed over.
+    gone: Option<End>,
 }
 
 impl<'a> Engine<'a> {
@@ -211,6 +214,7 @@ impl<'a> Engine<'a> {
             rx_armed: false,
             peer_key: None,
             peer_user: None,
+            gone: None,
         }
     }
 
@@ -292,6 +296,7 @@ impl<'a> Engine<'a> {
                 peer_key: self.peer_key,
                 peer_user: self.peer_user.clone(),
                 too_large,
+                peer_gone: self.gone.is_some(),
             };
             if let Some(direct) = self.core.direct.get() {
                 self.out.answer_received();
@@ -482,6 +487,10 @@ impl<'a> Engine<'a> {
 
     /// What arrived: one read into the receive buffer, decoded by the connection.
     fn step_read(&mut self, cx: &mut Context<'_>) -> Result<bool, Exit> {
+        if let Some(end) = self.gone.take() {
+            // The messages read before the peer left are handed over.
+            return Err(Exit::End(end));
+        }
         let need = self.conn.read_hint(self.rbuf.current());
         let want = self.rbuf.plan(need, || Instant::now().into_std());
         let buf = self.rbuf.current();
@@ -492,6 +501,9 @@ impl<'a> Engine<'a> {
             Poll::Ready(Ok(0)) => Err(Exit::End(End::Eof)),
             Poll::Ready(Ok(n)) => {
                 self.rbuf.on_read(n, room);
+                if n < room && self.answering() {
+                    self.read_ahead(cx, room - n);
+                }
                 if self.wake_line().is_some() {
                     // The reliable client's: whether a server is alive.
                     self.core.on_read();
@@ -505,6 +517,22 @@ impl<'a> Engine<'a> {
             }
             Poll::Ready(Err(e)) => Err(Exit::End(End::Io(e))),
             Poll::Pending => Ok(false),
+        }
+    }
+
+    /// After a short read, a server's connection reads once more before it decodes:
+    /// a client that gave up on its requests and closed the connection has its FIN
+    /// queued behind them, and requests nobody can receive the answer to are not
+    /// started (`Inbound::peer_gone`). It costs no system call when nothing more
+    /// came: tokio forgets a socket's readiness after a short read, except that the
+    /// peer closed (EPOLLRDHUP), which is what is asked here.
+    fn read_ahead(&mut self, cx: &mut Context<'_>, room: usize) {
+        let read = std::pin::pin!(self.read.read_buf(self.rbuf.current()));
+        match read.poll(cx) {
+            Poll::Ready(Ok(0)) => self.gone = Some(End::Eof),
+            Poll::Ready(Ok(n)) => self.rbuf.on_read(n, room),
+            Poll::Ready(Err(e)) => self.gone = Some(End::Io(e)),
+            Poll::Pending => {}
         }
     }
 

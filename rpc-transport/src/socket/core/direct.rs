@@ -26,6 +26,9 @@ pub(crate) struct Inbound {
     /// one that passed it, and this is its whole size (see
     /// [`SocketOptions::discard_oversize`](super::SocketOptions::discard_oversize)).
     pub too_large: Option<u64>,
+    /// The peer closed its connection behind this message (found by the read-ahead of
+    /// a socket whose direct sink answers): no answer can reach it.
+    pub peer_gone: bool,
 }
 
 /// Receives messages straight from the connection tasks instead of the socket's
