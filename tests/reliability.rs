@@ -29,21 +29,6 @@ const HEARTBEAT: Duration = Duration::from_millis(100);
 const HB_TIMEOUT: Duration = Duration::from_millis(300);
 const RECONNECT_MAX: Duration = Duration::from_millis(200);
 
-fn worker_exe() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("examples/worker_pool");
-    assert!(
-        p.exists(),
-        "{} missing: `cargo test` (without --test) builds it, or `cargo build --example worker_pool`",
-        p.display()
-    );
-    p
-}
-
 /// One worker process; its stdout lines go to `lines` tagged with its index.
 struct Worker {
     child: Child,
@@ -72,7 +57,7 @@ impl Pool {
     }
 
     async fn spawn(&self, idx: usize, port: u16, delay_ms: u64) -> Worker {
-        let mut cmd = Command::new(worker_exe());
+        let mut cmd = Command::new(support::worker_exe());
         cmd.args([
             "worker",
             "--port",

@@ -114,16 +114,18 @@ impl Work for Worker {
     }
 }
 
-/// `worker --port P [--delay-ms D] [--log DIR]`: serves `work` on 127.0.0.1:P and
-/// prints `READY <port>` once listening.
+/// `worker --port P [--host H] [--delay-ms D] [--log DIR]`: serves `work` on H:P
+/// (127.0.0.1 unless told) and prints `READY <port>` once listening.
 pub async fn worker_main(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let mut port = 0u16;
+    let mut host = "127.0.0.1".to_string();
     let mut delay = 0u64;
     let mut log_dir = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--port" => port = it.next().ok_or("--port P")?.parse()?,
+            "--host" => host = it.next().ok_or("--host H")?.clone(),
             "--delay-ms" => delay = it.next().ok_or("--delay-ms D")?.parse()?,
             "--log" => log_dir = Some(it.next().ok_or("--log DIR")?.clone()),
             other => return Err(format!("unknown worker flag {other}").into()),
@@ -137,7 +139,7 @@ pub async fn worker_main(args: &[String]) -> Result<(), Box<dyn std::error::Erro
         log: OnceLock::new(),
     });
     let server = Server::builder()
-        .bind(format!("tcp://127.0.0.1:{port}"))
+        .bind(format!("tcp://{host}:{port}"))
         .add_service(WorkServer::from_arc(worker.clone()))
         .start()
         .await?;

@@ -147,6 +147,23 @@ pub fn frames(parts: &[&[u8]]) -> Vec<Bytes> {
     parts.iter().map(|p| Bytes::copy_from_slice(p)).collect()
 }
 
+/// `examples/worker_pool`, whose `worker` subcommand the pool tests run as worker
+/// processes.
+pub fn worker_exe() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples/worker_pool");
+    assert!(
+        p.exists(),
+        "{} missing: `cargo test` (without --test) builds it, or `cargo build --example worker_pool`",
+        p.display()
+    );
+    p
+}
+
 /// A child process whose first stdout line has been read; the rest of its stdout stays
 /// readable (and open, so that it never dies of a broken pipe). Killed on drop.
 pub struct Spawned {

@@ -221,6 +221,7 @@ impl ClientBuilder {
                         ttl: Duration::from_millis(3000),
                     })
                     .reconnect(Duration::from_millis(100), Duration::from_secs(1))
+                    .connect_timeout(Duration::from_secs(2))
                     .linger(Duration::ZERO),
                 server_keys: std::collections::HashMap::new(),
             },
@@ -377,6 +378,14 @@ impl ClientBuilder {
     /// default 4 MiB, as servers'.
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.config.socket.max_message_size = n;
+        self
+    }
+
+    /// Time allowed for a TCP connect (default 2 s): a server behind a partition that
+    /// drops packets is tried again after the reconnect delay, so a healed partition
+    /// is found within this plus the longest reconnect delay.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.config.socket.connect_timeout = Some(d);
         self
     }
 

@@ -15,6 +15,11 @@ pub struct SocketOptions {
     pub identity: Bytes,
     /// Largest incoming message, all frames together (libzmq: unlimited). Default 4 MiB.
     pub max_message_size: usize,
+    /// Time allowed for a TCP connect before it is given up and tried again after
+    /// the reconnect delay (libzmq `ZMQ_CONNECT_TIMEOUT`). `None` (default, as
+    /// libzmq) leaves it to the kernel: behind a partition that drops SYNs, minutes,
+    /// and a healed partition is found only at the next SYN retransmission.
+    pub connect_timeout: Option<Duration>,
     /// Time allowed for the greeting and READY exchange. Default 30 s, as libzmq.
     pub handshake_timeout: Duration,
     /// PING/PONG heartbeats; off by default, as libzmq.
@@ -57,6 +62,7 @@ impl Default for SocketOptions {
         SocketOptions {
             identity: Bytes::new(),
             max_message_size: 4 * 1024 * 1024,
+            connect_timeout: None,
             handshake_timeout: Duration::from_secs(30),
             heartbeat: None,
             heartbeat_zmtp30: false,
@@ -91,6 +97,12 @@ impl SocketOptions {
     /// Sets the handshake timeout.
     pub fn handshake_timeout(mut self, d: Duration) -> Self {
         self.handshake_timeout = d;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = Some(d);
         self
     }
 

@@ -79,7 +79,21 @@ impl Core {
                 if *stop.borrow() {
                     return;
                 }
-                match endpoint::connect(&ep).await {
+                let connect = endpoint::connect(&ep);
+                let connected = match core.opts.connect_timeout {
+                    Some(limit) => {
+                        tokio::time::timeout(limit, connect)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("connect timed out after {limit:?}"),
+                                ))
+                            })
+                    }
+                    None => connect.await,
+                };
+                match connected {
                     Ok(io) => {
                         if engine::run(core.clone(), io, server_key).await {
                             backoff.reset();
