@@ -55,7 +55,9 @@ pub use rpc_transport::client::{DnsChanges, DnsDiscovery};
 pub use rpc_transport::server::{
     Dispatcher, RequestContext, Server, ServerBuilder, ServerHandle, ServerStats,
 };
-pub use rpc_transport::socket::SocketError;
+pub use rpc_transport::socket::{
+    AuthDecision, AuthMechanism, AuthRequest, Authenticator, SocketError,
+};
 pub use rpc_transport::zmtp::curve::{KeyPair, PublicKey};
 pub use rpc_transport::zmtp::HeartbeatConfig;
 pub use rpc_transport::{Message, Timer};

@@ -309,20 +309,29 @@ async fn plain_lets_a_known_user_in_tells_handlers_who_and_refuses_a_wrong_passw
     assert_eq!(server.stats().requests, 2);
 }
 
-#[tokio::test]
-async fn plain_both_ways_with_libzmq() {
-    // A pyzmq PLAIN client calls our server; a wrong password gets nothing.
-    let (server, ep) = plain_server().await;
+/// pyzmq PLAIN clients of the server at `ep`: "ann" with "secret" gets an answer,
+/// "ann" with "guess" none.
+async fn libzmq_plain_clients(ep: &str) {
     let mut py = PyPeer::new("REQ", &["plain_client=ann,secret"]).await;
-    py.connect(&ep).await;
+    py.connect(ep).await;
     let [h, a] = add_request(2, 2);
     py.send(&[&h, &a]).await;
     let reply = py.recv(10_000).await.expect("our server answered libzmq");
     assert_eq!(rmp_serde::from_slice::<i64>(&reply[1]).unwrap(), 4);
     let mut wrong = PyPeer::new("REQ", &["plain_client=ann,guess"]).await;
-    wrong.connect(&ep).await;
+    wrong.connect(ep).await;
     wrong.send(&[&h, &a]).await;
-    assert!(wrong.recv(500).await.is_none());
+    assert!(
+        wrong.recv(500).await.is_none(),
+        "a refused client got an answer"
+    );
+}
+
+#[tokio::test]
+async fn plain_both_ways_with_libzmq() {
+    // A pyzmq PLAIN client calls our server; a wrong password gets nothing.
+    let (server, ep) = plain_server().await;
+    libzmq_plain_clients(&ep).await;
     assert_eq!(server.stats().requests, 1);
     // Our client calls a pyzmq PLAIN server.
     let mut rep = PyPeer::new("REP", &["plain_server=bob,pw"]).await;
@@ -398,4 +407,136 @@ async fn a_raw_dealer_connects_to_curve_servers_with_their_own_keys() {
     let plain = DealerSocket::new();
     let e = plain.connect_curve(&ep1, sk1.public()).await.unwrap_err();
     assert!(matches!(e, SocketError::Config(_)), "{e}");
+}
+
+// The application's say: an asynchronous authenticator.
+
+/// What the test's authenticator was asked, with the way to answer it.
+type Asked = (
+    zmtp_rpc::AuthRequest,
+    tokio::sync::oneshot::Sender<zmtp_rpc::AuthDecision>,
+);
+
+/// A server whose authenticator hands every decision to the test through `asked`
+/// (refused after 300 ms without an answer).
+async fn asking_server(
+    keys: Option<&KeyPair>,
+) -> (ServerHandle, String, tokio::sync::mpsc::Receiver<Asked>) {
+    let (tx, asked) = tokio::sync::mpsc::channel::<Asked>(8);
+    let auth = zmtp_rpc::Authenticator::new(move |req| {
+        let tx = tx.clone();
+        async move {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            let _ = tx.send((req, answer)).await;
+            answered
+                .await
+                .unwrap_or_else(|_| zmtp_rpc::AuthDecision::deny("no answer"))
+        }
+    })
+    .timeout(Duration::from_millis(300));
+    let b = match keys {
+        Some(k) => Server::builder().curve(k.clone()),
+        None => Server::builder().plain(),
+    };
+    let b = b
+        .authenticate(auth)
+        .add_service(CalcServer::new(MyCalc))
+        .add_service(UserServer::new(Users));
+    let (server, ep) = support::serve_tcp(b).await;
+    (server, ep, asked)
+}
+
+async fn next_asked(asked: &mut tokio::sync::mpsc::Receiver<Asked>) -> Asked {
+    tokio::time::timeout(Duration::from_secs(10), asked.recv())
+        .await
+        .expect("the authenticator is asked")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_async_authenticator_decides_names_the_caller_and_refuses_with_its_reason() {
+    let (sk, alice, bob, carol) = (
+        KeyPair::generate(),
+        KeyPair::generate(),
+        KeyPair::generate(),
+        KeyPair::generate(),
+    );
+    let (server, ep, mut asked) = asking_server(Some(&sk)).await;
+    let client = |keys: &KeyPair| {
+        Client::builder()
+            .endpoint(&ep)
+            .curve(keys.clone(), sk.public())
+            .call_timeout(Duration::from_secs(5))
+            .connect()
+    };
+
+    // Alice's handshake waits for the decision; then her calls carry "alice".
+    let a = client(&alice).await.unwrap();
+    let call = tokio::spawn({
+        let users = UserClient::new(a.clone());
+        async move { users.name().await }
+    });
+    let (req, answer) = next_asked(&mut asked).await;
+    assert_eq!(req.mechanism, zmtp_rpc::AuthMechanism::Curve);
+    assert_eq!(req.public_key, Some(alice.public()));
+    assert!(req.peer_addr.starts_with("127.0.0.1:"), "{req:?}");
+    assert!(
+        !call.is_finished(),
+        "a call went through before the decision"
+    );
+    answer
+        .send(zmtp_rpc::AuthDecision::allow_as("alice"))
+        .unwrap();
+    assert_eq!(call.await.unwrap().unwrap().as_deref(), Some("alice"));
+
+    // Bob is refused with the authenticator's reason, which his calls name.
+    let b = CalcClient::new(client(&bob).await.unwrap());
+    let refusing = tokio::spawn(async move {
+        loop {
+            let (req, answer) = next_asked(&mut asked).await;
+            let decision = if req.public_key == Some(bob.public()) {
+                zmtp_rpc::AuthDecision::deny("key revoked")
+            } else {
+                // Carol's decision never comes: dropped only when the test ends.
+                std::mem::forget(answer);
+                continue;
+            };
+            let _ = answer.send(decision);
+        }
+    });
+    let text = refused(&b, "key revoked").await;
+    assert!(text.contains(&ep), "{text}");
+    // Carol waits on an authenticator that never answers: refused at its bound.
+    let c = CalcClient::new(client(&carol).await.unwrap());
+    refused(&c, "authentication timed out").await;
+    refusing.abort();
+    assert_eq!(server.stats().requests, 1, "only alice's call ran");
+}
+
+#[tokio::test]
+async fn an_async_authenticator_decides_on_plain_users_and_libzmq_clients() {
+    // PLAIN: the authenticator sees the password and renames the user.
+    let (server, ep, mut asked) = asking_server(None).await;
+    let decide = tokio::spawn(async move {
+        while let Some((req, answer)) = asked.recv().await {
+            let ok = req.username.as_deref() == Some("ann")
+                && req.password.as_deref() == Some(&b"secret"[..]);
+            let _ = answer.send(match ok {
+                true => zmtp_rpc::AuthDecision::allow_as("ann@corp"),
+                false => zmtp_rpc::AuthDecision::deny("wrong password"),
+            });
+        }
+    });
+    let ann = Client::builder()
+        .endpoint(&ep)
+        .plain("ann", "secret")
+        .connect()
+        .await
+        .unwrap();
+    let name = UserClient::new(ann).name().await.unwrap();
+    assert_eq!(name.as_deref(), Some("ann@corp"));
+    // A libzmq PLAIN client, let in and refused by the same authenticator.
+    libzmq_plain_clients(&ep).await;
+    assert_eq!(server.stats().requests, 2);
+    decide.abort();
 }

@@ -24,7 +24,9 @@ pub struct RequestContext {
     /// The client's CURVE public key, authenticated by the handshake (`None` over
     /// NULL): a handler can authorize per method by it.
     pub client_key: Option<crate::zmtp::curve::PublicKey>,
-    /// The client's PLAIN user name, as the server allowed it (`None` otherwise).
+    /// Who the client is, as the server allowed it: the identity the server's
+    /// [`Authenticator`](crate::socket::Authenticator) gave it, else a PLAIN client's
+    /// user name (`None` otherwise).
     pub user: Option<std::sync::Arc<str>>,
 }
 

@@ -293,6 +293,21 @@ impl ServerBuilder {
         self
     }
 
+    /// With [`curve`](Self::curve) or [`plain`](Self::plain): the application decides
+    /// on each client that passed the mechanism (and its allow-list, if any), and may
+    /// wait to (a lookup elsewhere), within the authenticator's time bound. It sees
+    /// the client's address and key or user name and password; it may give the
+    /// client an identity, which handlers read in [`RequestContext`]'s `user`. A
+    /// refused client's calls fail with the reason given; the refusal is logged with
+    /// its address.
+    pub fn authenticate(mut self, authenticator: crate::socket::Authenticator) -> Self {
+        if !self.socket.mechanism.as_server() {
+            tracing::warn!("ServerBuilder::authenticate without curve() or plain(): NULL clients are not asked about");
+        }
+        self.socket.authenticator = Some(authenticator);
+        self
+    }
+
     /// Speaks PLAIN (RFC 24) to every client: user names and passwords travel in
     /// clear, so only inside a network already trusted. Any user is served unless
     /// [`allow_users`](Self::allow_users) or [`authorize_plain`](Self::authorize_plain)

@@ -110,6 +110,7 @@ fn connection_config(core: &Core, server_key: Option<PublicKey>) -> ConnectionCo
         properties: Vec::new(),
         mechanism,
         discard_oversize: o.discard_oversize,
+        defer_authorization: o.authenticator.is_some() && o.mechanism.as_server(),
     }
 }
 
@@ -172,6 +173,10 @@ struct Engine<'a> {
     /// The read-ahead found the peer gone behind the bytes read last: how the
     /// connection ends once their messages are handed over.
     gone: Option<End>,
+    /// The peer's address, for the authenticator.
+    peer_addr: String,
+    /// The application deciding whether this client may connect.
+    deciding: Option<super::authenticate::Deciding>,
 }
 
 impl<'a> Engine<'a> {
@@ -215,6 +220,8 @@ impl<'a> Engine<'a> {
             peer_key: None,
             peer_user: None,
             gone: None,
+            peer_addr: String::new(),
+            deciding: None,
         }
     }
 
@@ -273,6 +280,16 @@ impl<'a> Engine<'a> {
                             self.core.report_handshake();
                         }
                         Err(e) => return Err(End::Rejected(e)),
+                    }
+                    continue;
+                }
+                Some(Event::Authenticate(credentials)) => {
+                    match &self.core.opts.authenticator {
+                        Some(a) => self.deciding = Some(a.start(credentials, &self.peer_addr)),
+                        None => {
+                            let now = Instant::now().into_std();
+                            self.conn.authorized(Ok(None), now).map_err(End::Protocol)?;
+                        }
                     }
                     continue;
                 }
@@ -371,6 +388,8 @@ impl<'a> Engine<'a> {
     /// the timer. True when any of them made progress.
     fn pass(&mut self, cx: &mut Context<'_>, registered: bool) -> Result<bool, Exit> {
         let left = self.deliver().map_err(Exit::End)?;
+        // (After `deliver`, which starts a decision the handshake asks for.)
+        let decided = self.step_authenticate(cx)?;
         self.wake_callers();
         let mut progress = self.step_pending(cx)?;
         let bounded = self.step_outbound(cx)?;
@@ -390,7 +409,27 @@ impl<'a> Engine<'a> {
             progress |= self.step_read(cx)?;
         }
         progress |= self.step_timer(cx)?;
-        Ok(progress)
+        Ok(progress || decided)
+    }
+
+    /// The application's decision on the client, once it has one: the handshake
+    /// goes on (READY or WELCOME queued), or ends with an ERROR carrying its reason.
+    fn step_authenticate(&mut self, cx: &mut Context<'_>) -> Result<bool, Exit> {
+        let Some(deciding) = &mut self.deciding else {
+            return Ok(false);
+        };
+        let Poll::Ready(decision) = deciding.as_mut().poll(cx) else {
+            return Ok(false);
+        };
+        self.deciding = None;
+        if let super::AuthDecision::Deny(why) = &decision {
+            tracing::warn!(peer = %self.peer_addr, reason = %why, "client refused by the authenticator");
+        }
+        let now = Instant::now().into_std();
+        self.conn
+            .authorized(decision.into_verdict(), now)
+            .map_err(Exit::Failed)?;
+        Ok(true)
     }
 
     /// Wakes the callers a direct sink asked to wake, through its wake line if it has
@@ -585,13 +624,14 @@ async fn drive(
     server_key: Option<PublicKey>,
     handshaken: &mut bool,
 ) -> End {
-    let Io { read, write, .. } = io;
+    let Io { read, write, peer } = io;
     let out = Arc::new(Outbox::new(write, TX_HIGH));
     let mut stop = core.shutdown_signal();
     if *stop.borrow_and_update() {
         return End::Shutdown;
     }
     let mut e = Engine::new(core, read, out, id, server_key, stop.clone());
+    e.peer_addr = peer;
     // Registered once (it takes the watch's lock to register).
     let stopped = stop.changed();
     tokio::pin!(stopped);

@@ -12,7 +12,8 @@
 //!
 //! # Layout
 //! - `endpoint.rs`: [`Endpoint`] parsing, listeners, connecting, the inproc registry.
-//! - `options.rs`: [`SocketOptions`].
+//! - `options.rs`: [`SocketOptions`]; `authenticate.rs`: [`Authenticator`], the
+//!   application's say on who may connect to a CURVE or PLAIN server.
 //! - `core/`: what every socket shares: `peers.rs` the peer table, `send.rs` the send
 //!   strategies (round-robin, the least busy peer for direct sends, one peer),
 //!   `direct.rs` the direct sink of the client and server, `loops.rs` binds and
@@ -23,6 +24,7 @@
 //! - `backoff.rs`: [`Backoff`] with a seedable RNG.
 //! - `req.rs`, `rep.rs`, `dealer.rs`, `router.rs`: the semantics of 28/REQREP.
 
+mod authenticate;
 mod backoff;
 pub(crate) mod core;
 mod dealer;
@@ -36,6 +38,7 @@ mod req;
 mod router;
 pub(crate) mod wake_line;
 
+pub use authenticate::{AuthDecision, AuthMechanism, AuthRequest, Authenticator};
 pub use backoff::{Backoff, SplitMix64};
 pub use dealer::DealerSocket;
 pub use endpoint::Endpoint;

@@ -55,6 +55,9 @@ pub struct SocketOptions {
     /// status TOO_LARGE; a socket's own queue drops the message (logged). Over CURVE
     /// the connection closes either way: a box cannot be checked without holding it.
     pub discard_oversize: bool,
+    /// A CURVE or PLAIN server's application decides on each client (after the
+    /// mechanism's own allow-list): see [`Authenticator`](super::Authenticator).
+    pub authenticator: Option<super::Authenticator>,
 }
 
 impl Default for SocketOptions {
@@ -77,6 +80,7 @@ impl Default for SocketOptions {
             timer: Timer::Runtime,
             mechanism: Mechanism::Null,
             discard_oversize: false,
+            authenticator: None,
         }
     }
 }

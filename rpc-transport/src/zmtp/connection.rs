@@ -49,6 +49,10 @@ pub struct ConnectionConfig {
     /// Over CURVE the connection closes either way: a box cannot be checked without
     /// holding it.
     pub discard_oversize: bool,
+    /// A CURVE or PLAIN server asks ([`Event::Authenticate`]) and waits for
+    /// [`Connection::authorized`] before it answers INITIATE (CURVE) or HELLO
+    /// (PLAIN), once the mechanism's own `authorize`, if any, allowed the client.
+    pub defer_authorization: bool,
 }
 
 impl ConnectionConfig {
@@ -64,6 +68,7 @@ impl ConnectionConfig {
             properties: Vec::new(),
             mechanism: Mechanism::Null,
             discard_oversize: false,
+            defer_authorization: false,
         }
     }
 }
@@ -101,6 +106,43 @@ pub enum Event {
         head: Message,
         /// The message's size, all frames together, as declared.
         size: u64,
+    },
+    /// A server with [`ConnectionConfig::defer_authorization`] has checked the
+    /// client's credentials and waits for [`Connection::authorized`].
+    Authenticate(Credentials),
+}
+
+/// What a client proved or claimed in its handshake, for the server to decide on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// A CURVE client's permanent public key (it proved it holds the secret one).
+    pub public_key: Option<PublicKey>,
+    /// A PLAIN client's user name.
+    pub username: Option<String>,
+    /// A PLAIN client's password.
+    pub password: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("public_key", &self.public_key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+/// A server's handshake stopped until the application decides on the client.
+#[derive(Debug)]
+enum Deciding {
+    Curve {
+        server: Box<CurveServer>,
+        client: PublicKey,
+        metadata: Bytes,
+    },
+    Plain {
+        user: String,
     },
 }
 
@@ -149,6 +191,8 @@ enum Sec {
     PlainServer(bool),
     /// PLAIN after READY: messages in clear.
     PlainDone,
+    /// A server waiting for [`Connection::authorized`].
+    Deciding(Box<Deciding>),
 }
 
 impl Connection {
@@ -479,11 +523,20 @@ impl Connection {
                         init.client
                     )));
                 }
-                let ready = server.ready(&ours)?;
-                self.tx.push_command_body(&ready);
-                self.curve = Sec::Session(Box::new(server.into_session()?));
-                self.on_ready(Metadata::decode(init.metadata)?, clock())?;
-                self.set_peer_key(Some(init.client));
+                if self.config.defer_authorization {
+                    self.events.push_back(Event::Authenticate(Credentials {
+                        public_key: Some(init.client),
+                        username: None,
+                        password: None,
+                    }));
+                    self.curve = Sec::Deciding(Box::new(Deciding::Curve {
+                        server,
+                        client: init.client,
+                        metadata: init.metadata,
+                    }));
+                } else {
+                    self.admit_curve(server, init.client, init.metadata, None, clock())?;
+                }
             }
             Sec::PlainClient if body.starts_with(b"\x07WELCOME") => {
                 self.tx
@@ -507,9 +560,16 @@ impl Connection {
                         "user {user:?} is not allowed"
                     )));
                 }
-                self.tx.push_command_body(b"\x07WELCOME");
-                self.plain_user = Some(user);
-                self.curve = Sec::PlainServer(true);
+                if self.config.defer_authorization {
+                    self.events.push_back(Event::Authenticate(Credentials {
+                        public_key: None,
+                        username: Some(user.clone()),
+                        password: Some(pass),
+                    }));
+                    self.curve = Sec::Deciding(Box::new(Deciding::Plain { user }));
+                } else {
+                    self.admit_plain(user);
+                }
             }
             Sec::PlainServer(true) if body.starts_with(b"\x08INITIATE") => {
                 self.tx
@@ -524,6 +584,73 @@ impl Connection {
             _ => return Err(ZmtpError::Malformed("unexpected handshake command")),
         }
         Ok(())
+    }
+
+    /// A CURVE client allowed: READY, then boxes; `user` is the identity the
+    /// application gave it.
+    fn admit_curve(
+        &mut self,
+        mut server: Box<CurveServer>,
+        client: PublicKey,
+        metadata: Bytes,
+        user: Option<String>,
+        now: Instant,
+    ) -> Result<(), ZmtpError> {
+        let mut ours = BytesMut::new();
+        Self::our_metadata(&self.config).encode(&mut ours);
+        let ready = server.ready(&ours)?;
+        self.tx.push_command_body(&ready);
+        self.curve = Sec::Session(Box::new(server.into_session()?));
+        self.on_ready(Metadata::decode(metadata)?, now)?;
+        self.set_peer_key(Some(client));
+        if let Some(Event::Ready(info)) = self.events.back_mut() {
+            info.user = user;
+        }
+        Ok(())
+    }
+
+    /// A PLAIN client allowed, known from now on as `user`: WELCOME, then its
+    /// INITIATE is awaited.
+    fn admit_plain(&mut self, user: String) {
+        self.tx.push_command_body(b"\x07WELCOME");
+        self.plain_user = Some(user);
+        self.curve = Sec::PlainServer(true);
+    }
+
+    /// The application's decision on the client of an [`Event::Authenticate`]:
+    /// allowed, with the identity its handlers will see (`None`: a PLAIN client's
+    /// user name, nothing for CURVE), or refused with a reason, which the client
+    /// hears in an ERROR command before the connection closes.
+    pub fn authorized(
+        &mut self,
+        verdict: Result<Option<String>, String>,
+        now: Instant,
+    ) -> Result<(), ZmtpError> {
+        let r = match std::mem::replace(&mut self.curve, Sec::None) {
+            Sec::Deciding(deciding) => match (*deciding, verdict) {
+                (_, Err(why)) => Err(ZmtpError::Denied(why)),
+                (
+                    Deciding::Curve {
+                        server,
+                        client,
+                        metadata,
+                    },
+                    Ok(user),
+                ) => self.admit_curve(server, client, metadata, user, now),
+                (Deciding::Plain { user }, Ok(id)) => {
+                    self.admit_plain(id.unwrap_or(user));
+                    Ok(())
+                }
+            },
+            other => {
+                self.curve = other;
+                return Err(ZmtpError::NotActive);
+            }
+        };
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
     }
 
     /// Records the peer's authenticated key in the READY event just queued.
@@ -574,7 +701,7 @@ impl Connection {
         // CURVE peer gets none for a bad MESSAGE (RFC 26).
         if self.phase != Phase::Greeting && !matches!(self.curve, Sec::Session(_)) {
             if let Some(reason) = e.error_reason() {
-                Command::Error(reason.to_string()).encode(&mut self.tx);
+                Command::Error(reason.to_owned()).encode(&mut self.tx);
             }
         }
         self.phase = Phase::Closed;
@@ -841,6 +968,88 @@ mod tests {
         let (ra, rb) = q.drive();
         assert!(matches!(rb, Err(ZmtpError::Unauthorized(_))), "{rb:?}");
         assert!(matches!(&ra, Err(ZmtpError::PeerError(r)) if r == "authentication failed"));
+    }
+
+    #[test]
+    fn a_deferred_curve_server_waits_for_the_decision_then_admits_with_an_identity() {
+        let (mut p, ck) = curve_pair(true);
+        p.b.config.defer_authorization = true;
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        // Stopped after INITIATE: the client has no READY yet.
+        assert!(!p.a.is_active() && !p.b.is_active());
+        let ev = events(&mut p.b);
+        let [Event::Authenticate(creds)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(creds.public_key, Some(ck.public()));
+        p.b.authorized(Ok(Some("ann".into())), p.now).unwrap();
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        assert!(p.a.is_active() && p.b.is_active() && p.b.is_encrypted());
+        let ev = events(&mut p.b);
+        let [Event::Ready(info)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (info.public_key, info.user.as_deref()),
+            (Some(ck.public()), Some("ann"))
+        );
+        // Decided once: a second decision is refused.
+        assert!(p.b.authorized(Ok(None), p.now).is_err());
+    }
+
+    #[test]
+    fn a_deferred_refusal_tells_the_client_its_reason() {
+        let (mut p, _) = curve_pair(true);
+        p.b.config.defer_authorization = true;
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        let r = p.b.authorized(Err("key revoked".into()), p.now);
+        assert!(
+            matches!(&r, Err(ZmtpError::Denied(w)) if w == "key revoked"),
+            "{r:?}"
+        );
+        let (ra, _) = p.drive();
+        assert!(
+            matches!(&ra, Err(ZmtpError::PeerError(w)) if w == "key revoked"),
+            "{ra:?}"
+        );
+        assert!(p.b.is_closed());
+    }
+
+    #[test]
+    fn a_deferred_plain_server_asks_with_the_password_and_keeps_the_user_name() {
+        let mut p = plain_pair("ann", b"pw");
+        p.b.config.defer_authorization = true;
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        let ev = events(&mut p.b);
+        let [Event::Authenticate(creds)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(creds.username.as_deref(), Some("ann"));
+        assert_eq!(creds.password.as_deref(), Some(&b"pw"[..]));
+        assert!(!format!("{creds:?}").contains("pw\""), "{creds:?}");
+        p.b.authorized(Ok(None), p.now).unwrap();
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        let ev = events(&mut p.b);
+        let [Event::Ready(info)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(info.user.as_deref(), Some("ann"));
+        // A stranger stops at the allow-list: the application is not asked.
+        let mut q = plain_pair("eve", b"pw");
+        q.b.config.defer_authorization = true;
+        let (_, rb) = q.drive();
+        assert!(matches!(rb, Err(ZmtpError::Unauthorized(_))), "{rb:?}");
+        assert!(events(&mut q.b).is_empty());
+    }
+
+    #[test]
+    fn a_client_that_speaks_while_the_server_decides_is_closed() {
+        let (mut p, _) = curve_pair(true);
+        p.b.config.defer_authorization = true;
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        let mut extra = BytesMut::from(&b"\x04\x06\x05HELLO"[..]);
+        assert!(p.b.handle_input(&mut extra, p.now).is_err());
+        assert!(p.b.is_closed());
     }
 
     #[test]

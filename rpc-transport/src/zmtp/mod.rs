@@ -31,7 +31,7 @@ pub mod socket_type;
 pub mod z85;
 
 pub use command::{Command, Metadata};
-pub use connection::{Connection, ConnectionConfig, Event, PeerInfo};
+pub use connection::{Connection, ConnectionConfig, Credentials, Event, PeerInfo};
 pub use frame::{Frame, FrameDecoder, TxQueue};
 pub use greeting::{Greeting, GREETING_LEN};
 pub use heartbeat::HeartbeatConfig;
@@ -93,11 +93,15 @@ pub enum ZmtpError {
     /// The server refused our credentials, or we refused the client's.
     #[error("authentication rejected: {0}")]
     Unauthorized(String),
+    /// The server's application refused the client (see
+    /// [`Connection::authorized`]); the reason is what the client hears.
+    #[error("authentication rejected: {0}")]
+    Denied(String),
 }
 
 impl ZmtpError {
     /// The reason text to put in an ERROR command for this failure, if one is due.
-    pub fn error_reason(&self) -> Option<&'static str> {
+    pub fn error_reason(&self) -> Option<&str> {
         match self {
             ZmtpError::Malformed(_) => Some("malformed"),
             ZmtpError::TooLarge { .. } => Some("message too large"),
@@ -105,6 +109,7 @@ impl ZmtpError {
             ZmtpError::MechanismMismatch(_) => Some("security mechanism mismatch"),
             ZmtpError::HandshakeTimeout => Some("handshake timed out"),
             ZmtpError::Unauthorized(_) => Some("authentication failed"),
+            ZmtpError::Denied(why) => Some(why),
             _ => None,
         }
     }
