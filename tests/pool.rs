@@ -255,3 +255,53 @@ async fn a_hedged_call_is_answered_by_the_faster_server() {
     assert!(slowest < Duration::from_millis(20), "{slowest:?}");
     assert!((8..=20).contains(&hedges), "{hedges} hedges for 30 calls");
 }
+
+/// Sixteen callers, 50 calls each after 10 to warm up, over p2c with two 2 ms servers and a 20 ms one,
+/// hedged after 10 ms: how many calls took longer than the hedge delay, and the
+/// attempts per call.
+async fn late_with_p2c_and_hedging() -> (usize, f64) {
+    let mut servers = Vec::new();
+    for (i, delay) in [(0, 2), (1, 2), (2, 20)] {
+        servers.push(slow_server(i, delay).await);
+    }
+    let client = Client::builder()
+        .endpoints(servers.iter().map(|(_, ep)| ep.clone()))
+        .hedge(Duration::from_millis(10))
+        .connect()
+        .await
+        .unwrap();
+    assert!(client.wait_healthy(3, Duration::from_secs(5)).await);
+    let who = WhoClient::new(client.clone());
+    let callers: Vec<_> = (0..16)
+        .map(|_| {
+            let who = who.clone();
+            tokio::spawn(async move {
+                let mut late = 0;
+                // The first calls measure the servers (a server not yet measured
+                // counts as quick); the next 50 are counted.
+                for i in 0..60 {
+                    let t0 = tokio::time::Instant::now();
+                    who.who(0).await.unwrap();
+                    late += usize::from(i >= 10 && t0.elapsed() >= Duration::from_millis(10));
+                }
+                late
+            })
+        })
+        .collect();
+    let mut late = 0;
+    for c in callers {
+        late += c.await.unwrap();
+    }
+    let stats = client.stats();
+    (late, stats.attempts as f64 / stats.calls as f64)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_estimated_slower_than_the_hedge_delay_is_left_out() {
+    let (late, attempts) = late_with_p2c_and_hedging().await;
+    // Once the slow server's first replies measured it past the hedge delay, p2c
+    // gives its draws to the others (the slow one is tried again when its estimate
+    // decays): no call waits for the hedge delay.
+    assert!(late <= 2, "{late} of 800 calls waited past the hedge delay");
+    assert!(attempts <= 1.1, "{attempts:.3} attempts per call");
+}

@@ -8,7 +8,10 @@
 //!
 //! [`PeakEwma`]: a latency estimate that jumps up to a slower observation at once (a
 //! worker turning slow is seen at its first slow reply) and decays toward faster ones
-//! with a time constant (a worker that recovers wins its share back within seconds).
+//! with a time constant (a worker that recovers wins its share back within seconds);
+//! beside it, the plain moving average, which hedging compares with its delay (a
+//! member slower than the delay on average is left out while the other of the draw
+//! is not).
 //! It is a pair of atomics, updated without a lock by whichever reply lands; the time
 //! is passed in.
 
@@ -28,6 +31,9 @@ const UNMEASURED_NS: f64 = 0.0;
 pub(crate) struct PeakEwma {
     /// The estimate in nanoseconds, as `f64` bits.
     cost: AtomicU64,
+    /// The plain moving average (no jump to peaks), in nanoseconds as `f64` bits:
+    /// what a call there is expected to take, for hedging.
+    mean: AtomicU64,
     /// When it was last updated, in nanoseconds of the caller's clock.
     at: AtomicU64,
 }
@@ -36,6 +42,7 @@ impl Default for PeakEwma {
     fn default() -> PeakEwma {
         PeakEwma {
             cost: AtomicU64::new(UNMEASURED_NS.to_bits()),
+            mean: AtomicU64::new(UNMEASURED_NS.to_bits()),
             at: AtomicU64::new(0),
         }
     }
@@ -46,15 +53,17 @@ impl PeakEwma {
     pub fn observe(&self, rtt: Duration, now_ns: u64) {
         let rtt = rtt.as_nanos() as f64;
         let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
+        let mean = f64::from_bits(self.mean.load(Ordering::Relaxed));
         let at = self.at.swap(now_ns, Ordering::Relaxed);
-        let next = if rtt > cost || at == 0 {
-            rtt
-        } else {
-            let elapsed = now_ns.saturating_sub(at) as f64;
-            let w = (-elapsed / DECAY.as_nanos() as f64).exp();
-            cost * w + rtt * (1.0 - w)
+        let elapsed = now_ns.saturating_sub(at) as f64;
+        let w = (-elapsed / DECAY.as_nanos() as f64).exp();
+        let (next, next_mean) = match at {
+            0 => (rtt, rtt),
+            _ if rtt > cost => (rtt, mean * w + rtt * (1.0 - w)),
+            _ => (cost * w + rtt * (1.0 - w), mean * w + rtt * (1.0 - w)),
         };
         self.cost.store(next.to_bits(), Ordering::Relaxed);
+        self.mean.store(next_mean.to_bits(), Ordering::Relaxed);
     }
 
     /// Forgets the estimate (a new connection: whatever made the old one slow, a
@@ -62,16 +71,28 @@ impl PeakEwma {
     /// and its next replies measure it.
     pub fn reset(&self) {
         self.cost.store(UNMEASURED_NS.to_bits(), Ordering::Relaxed);
+        self.mean.store(UNMEASURED_NS.to_bits(), Ordering::Relaxed);
         self.at.store(0, Ordering::Relaxed);
     }
 
     /// The estimate at `now_ns`, in nanoseconds: it decays toward zero while nothing is
     /// observed, so that a member shunned for being slow is tried again.
     pub fn cost(&self, now_ns: u64) -> f64 {
-        let cost = f64::from_bits(self.cost.load(Ordering::Relaxed));
+        self.decayed(&self.cost, now_ns)
+    }
+
+    /// The plain average at `now_ns`, in nanoseconds, decaying as [`cost`](Self::cost)
+    /// does: what a call is expected to take (the peak estimate rides on the slowest
+    /// recent reply).
+    pub fn mean(&self, now_ns: u64) -> f64 {
+        self.decayed(&self.mean, now_ns)
+    }
+
+    fn decayed(&self, value: &AtomicU64, now_ns: u64) -> f64 {
+        let v = f64::from_bits(value.load(Ordering::Relaxed));
         let at = self.at.load(Ordering::Relaxed);
         let elapsed = now_ns.saturating_sub(at) as f64;
-        cost * (-elapsed / DECAY.as_nanos() as f64).exp()
+        v * (-elapsed / DECAY.as_nanos() as f64).exp()
     }
 }
 
@@ -116,6 +137,29 @@ mod tests {
         }
         let c = e.cost(t) / MS as f64;
         assert!((2.0..2.1).contains(&c), "{c}");
+    }
+
+    #[test]
+    fn the_mean_does_not_jump_to_a_peak() {
+        let e = PeakEwma::default();
+        let mut t = 1;
+        for _ in 0..1000 {
+            t += MS;
+            e.observe(Duration::from_millis(3), t);
+        }
+        // One reply of 50 ms among replies of 3 ms, a millisecond apart.
+        t += MS;
+        e.observe(Duration::from_millis(50), t);
+        assert_eq!(e.cost(t), 50.0 * MS as f64);
+        let mean = e.mean(t) / MS as f64;
+        assert!((3.0..3.1).contains(&mean), "{mean}");
+        // A member seen slow for seconds is slow on average too.
+        for _ in 0..10 {
+            t += 1000 * MS;
+            e.observe(Duration::from_millis(20), t);
+        }
+        let mean = e.mean(t) / MS as f64;
+        assert!(mean > 15.0, "{mean}");
     }
 
     #[test]

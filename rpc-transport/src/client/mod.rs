@@ -332,7 +332,11 @@ impl ClientBuilder {
     /// that has waited `delay` for its reply sends one more attempt, with the same id,
     /// to another endpoint; the first reply wins, and the server of the other is told
     /// it may let go of its. Hedges are attempts: they count against the retry budget
-    /// and the retries. Off by default; per call with `Call::hedge`.
+    /// and the retries. Off by default; per call with `Call::hedge`. With it, power
+    /// of two choices also leaves out a member whose replies take longer than `delay`
+    /// on average while the other member of the draw is quicker (its calls would be
+    /// hedged anyway, and end late); such a member is tried again as its estimate
+    /// decays, a call every few seconds.
     pub fn hedge(mut self, delay: Duration) -> Self {
         self.config.hedge = Some(delay);
         self
@@ -884,7 +888,22 @@ impl Inner {
                         let load = m.outstanding.load(Ordering::Relaxed);
                         (i, balance::score(m.latency.cost(t), load))
                     };
-                    return Some(balance::choose(score(a), score(b)));
+                    let pick = balance::choose(score(a), score(b));
+                    let Some(delay) = self.config.hedge else {
+                        return Some(pick);
+                    };
+                    // Hedging: a member whose calls take longer than the hedge delay
+                    // on average would have them hedged anyway, and ended late; the
+                    // other takes the call. It is tried again once its estimate has
+                    // decayed below the delay.
+                    let other = if pick == a { b } else { a };
+                    let late =
+                        |i: usize| self.members.at(i).latency.mean(t) > delay.as_nanos() as f64;
+                    return Some(if late(pick) && !late(other) {
+                        other
+                    } else {
+                        pick
+                    });
                 }
                 (true, false) => return Some(a),
                 (false, true) => return Some(b),
