@@ -1,6 +1,7 @@
 //! A connection speaking PLAIN or CURVE (client or server), fed the peer's greeting
 //! for that mechanism and then any bytes: never a panic, nothing allocated beyond the
-//! limits, only errors.
+//! limits, only errors. Servers may defer the decision on the client (as with an
+//! authenticator): the mode byte's bits say whether, and whether it allows.
 #![no_main]
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use rpc_transport::zmtp::curve::KeyPair;
-use rpc_transport::zmtp::{Connection, ConnectionConfig, Greeting, Mechanism, SocketType};
+use rpc_transport::zmtp::{Connection, ConnectionConfig, Event, Greeting, Mechanism, SocketType};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else {
@@ -48,6 +49,8 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     let mut config = ConnectionConfig::new(SocketType::Dealer);
     config.mechanism = mechanism;
+    config.defer_authorization = mode & 4 != 0;
+    let allow = mode & 8 != 0;
     let mut c = Connection::new(config, now);
     let mut greeting = Greeting::null();
     greeting.mechanism = [0; 20];
@@ -58,7 +61,16 @@ fuzz_target!(|data: &[u8]| {
         if c.handle_input(&mut src, now).is_err() {
             break;
         }
-        while c.poll_event().is_some() {}
+        while let Some(event) = c.poll_event() {
+            if let Event::Authenticate(_) = event {
+                let verdict = if allow {
+                    Ok(Some("id".into()))
+                } else {
+                    Err("no".into())
+                };
+                let _ = c.authorized(verdict, now);
+            }
+        }
         c.transmit().take_all();
     }
 });
