@@ -22,6 +22,11 @@ use std::time::Duration;
 /// weighs `1/e`.
 pub(crate) const DECAY: Duration = Duration::from_secs(5);
 
+/// The same for the plain average, shorter: a member's first replies (cold
+/// connections, often slow) stop counting within seconds, and a member left out for
+/// being slower than the hedge delay is tried again about twice a second.
+pub(crate) const MEAN_DECAY: Duration = Duration::from_secs(1);
+
 /// The estimate of a member nothing has been measured of yet: a member just added is
 /// tried (scored as quick), and its first replies set its latency.
 const UNMEASURED_NS: f64 = 0.0;
@@ -57,10 +62,12 @@ impl PeakEwma {
         let at = self.at.swap(now_ns, Ordering::Relaxed);
         let elapsed = now_ns.saturating_sub(at) as f64;
         let w = (-elapsed / DECAY.as_nanos() as f64).exp();
+        let wm = (-elapsed / MEAN_DECAY.as_nanos() as f64).exp();
+        let next_mean = mean * wm + rtt * (1.0 - wm);
         let (next, next_mean) = match at {
             0 => (rtt, rtt),
-            _ if rtt > cost => (rtt, mean * w + rtt * (1.0 - w)),
-            _ => (cost * w + rtt * (1.0 - w), mean * w + rtt * (1.0 - w)),
+            _ if rtt > cost => (rtt, next_mean),
+            _ => (cost * w + rtt * (1.0 - w), next_mean),
         };
         self.cost.store(next.to_bits(), Ordering::Relaxed);
         self.mean.store(next_mean.to_bits(), Ordering::Relaxed);
@@ -78,21 +85,21 @@ impl PeakEwma {
     /// The estimate at `now_ns`, in nanoseconds: it decays toward zero while nothing is
     /// observed, so that a member shunned for being slow is tried again.
     pub fn cost(&self, now_ns: u64) -> f64 {
-        self.decayed(&self.cost, now_ns)
+        self.decayed(&self.cost, DECAY, now_ns)
     }
 
-    /// The plain average at `now_ns`, in nanoseconds, decaying as [`cost`](Self::cost)
-    /// does: what a call is expected to take (the peak estimate rides on the slowest
-    /// recent reply).
+    /// The plain average at `now_ns`, in nanoseconds, decaying (with [`MEAN_DECAY`])
+    /// as [`cost`](Self::cost) does: what a call is expected to take (the peak
+    /// estimate rides on the slowest recent reply).
     pub fn mean(&self, now_ns: u64) -> f64 {
-        self.decayed(&self.mean, now_ns)
+        self.decayed(&self.mean, MEAN_DECAY, now_ns)
     }
 
-    fn decayed(&self, value: &AtomicU64, now_ns: u64) -> f64 {
+    fn decayed(&self, value: &AtomicU64, decay: Duration, now_ns: u64) -> f64 {
         let v = f64::from_bits(value.load(Ordering::Relaxed));
         let at = self.at.load(Ordering::Relaxed);
         let elapsed = now_ns.saturating_sub(at) as f64;
-        v * (-elapsed / DECAY.as_nanos() as f64).exp()
+        v * (-elapsed / decay.as_nanos() as f64).exp()
     }
 }
 
