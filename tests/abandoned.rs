@@ -5,6 +5,10 @@
 //! return) and over TCP (the test waits until the server's socket is in CLOSE_WAIT:
 //! the FIN, and so everything before it, has arrived): what the server finds when it
 //! wakes is exactly what the test wrote.
+//!
+//! And a request that waited past its caller's deadline while its client stayed
+//! connected: a server that states a bound on clock skew refuses it by the send time
+//! the request carries.
 
 mod support;
 
@@ -14,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use support::{EchoServer, Hdr, MyEcho};
+use support::{EchoServer, MyEcho};
 use zmtp_rpc::transport::zmtp::{Connection, ConnectionConfig, Event, SocketType};
 use zmtp_rpc::{Server, ServerHandle};
 
@@ -28,10 +32,13 @@ struct Frozen {
 }
 
 impl Frozen {
-    /// A server on `ipc://` (in a directory of its own) or on TCP port 0.
-    fn start(ipc: bool) -> Frozen {
-        let dir =
-            std::env::temp_dir().join(format!("zmtp-rpc-abandoned-{}-{ipc}", std::process::id()));
+    /// A server on `ipc://` (in a directory of its own) or on TCP port 0, stating
+    /// `clock_skew` if given.
+    fn start(ipc: bool, clock_skew: Option<Duration>) -> Frozen {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let dir = std::env::temp_dir().join(format!("zmtp-rpc-abandoned-{pid}-{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let ep = if ipc {
             format!("ipc://{}/server.sock", dir.display())
@@ -42,14 +49,13 @@ impl Frozen {
             .enable_all()
             .build()
             .unwrap();
-        let server = rt
-            .block_on(
-                Server::builder()
-                    .bind(ep.as_str())
-                    .add_service(EchoServer::new(MyEcho))
-                    .start(),
-            )
-            .unwrap();
+        let mut builder = Server::builder()
+            .bind(ep.as_str())
+            .add_service(EchoServer::new(MyEcho));
+        if let Some(bound) = clock_skew {
+            builder = builder.clock_skew(bound);
+        }
+        let server = rt.block_on(builder.start()).unwrap();
         let handle = rt.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -192,16 +198,34 @@ impl Dealer {
 
     /// Sends `echo.echo(text)` as request `i`.
     fn send_echo(&mut self, i: u8, text: &str) {
+        self.send_echo_sent(i, text, 60_000, None);
+    }
+
+    /// Sends `echo.echo(text)` as request `i` with `timeout_ms` left, saying it was
+    /// sent at `sent_ms` (Unix milliseconds) if given.
+    fn send_echo_sent(&mut self, i: u8, text: &str, timeout_ms: u64, sent_ms: Option<u64>) {
         #[derive(serde::Serialize)]
         struct Args<'a> {
             text: &'a str,
         }
-        let header = Hdr {
+        #[derive(serde::Serialize)]
+        struct Header {
+            v: u8,
+            #[serde(with = "support::serde_bytes16")]
+            id: [u8; 16],
+            method: &'static str,
+            timeout_ms: u64,
+            attempt: u32,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sent_ms: Option<u64>,
+        }
+        let header = Header {
             v: 1,
             id: [i; 16],
             method: "echo.echo",
-            timeout_ms: 60_000,
+            timeout_ms,
             attempt: 1,
+            sent_ms,
         };
         let frames = [Bytes::new(), enc(&header), enc(&Args { text })];
         self.c.send_frames(&frames, 0).unwrap();
@@ -229,7 +253,7 @@ fn enc(v: &impl serde::Serialize) -> Bytes {
 /// Freezes the server, sends a request, closes, lets the server go on: the request is
 /// not started, and a client that stays is served after.
 fn given_up_while_frozen(ipc: bool) {
-    let server = Frozen::start(ipc);
+    let server = Frozen::start(ipc, None);
     let mut client = server.connect();
     // Served while the client waits: `[empty][header][reply]`.
     client.send_echo(1, "first");
@@ -266,4 +290,79 @@ fn a_request_whose_client_closed_behind_it_is_not_started_ipc() {
 #[test]
 fn a_request_whose_client_closed_behind_it_is_not_started_tcp() {
     given_up_while_frozen(false);
+}
+
+/// The reply's status.
+fn status(reply: &[Bytes]) -> zmtp_rpc::Status {
+    assert_eq!(reply.len(), 3, "[empty][header][body]: {reply:?}");
+    rpc_core::envelope::ReplyHeader::from_bytes(&reply[1])
+        .unwrap()
+        .status
+}
+
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    since.as_millis() as u64
+}
+
+#[test]
+fn a_request_read_past_its_callers_deadline_is_refused_where_clock_skew_is_bounded() {
+    use zmtp_rpc::Status;
+    let server = Frozen::start(true, Some(Duration::from_millis(500)));
+    let mut client = server.connect();
+    // Sent 10 s ago with 1 s to live: refused, not run.
+    client.send_echo_sent(1, "stale", 1_000, Some(now_ms() - 10_000));
+    assert_eq!(status(&client.recv()), Status::DeadlineExceeded);
+    // Sent now: served. Not saying when: served (not judged).
+    client.send_echo_sent(2, "fresh", 1_000, Some(now_ms()));
+    assert_eq!(status(&client.recv()), Status::Ok);
+    client.send_echo_sent(3, "unsaid", 1_000, None);
+    assert_eq!(status(&client.recv()), Status::Ok);
+    let stats = server.server.stats();
+    assert_eq!((stats.executed, stats.rejected), (2, 1), "{stats:?}");
+
+    // A server that states no bound runs the old request.
+    let lenient = Frozen::start(false, None);
+    let mut client = lenient.connect();
+    client.send_echo_sent(4, "stale", 1_000, Some(now_ms() - 10_000));
+    assert_eq!(status(&client.recv()), Status::Ok);
+}
+
+/// Our client says when it sent a request only when asked to (`send_time`), and then
+/// with the wall clock of the attempt.
+#[tokio::test]
+async fn the_client_says_when_it_sent_a_request_when_asked_to() {
+    for on in [false, true] {
+        let mut router = zmtp_rpc::transport::RouterSocket::new();
+        let ep = router.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+        let client = zmtp_rpc::Client::builder()
+            .endpoint(&ep)
+            .send_time(on)
+            .call_timeout(Duration::from_millis(300))
+            .connect()
+            .await
+            .unwrap();
+        let call = tokio::spawn(async move {
+            let echo = support::EchoClient::new(client);
+            echo.echo("when".into()).await
+        });
+        let before = now_ms();
+        let msg = tokio::time::timeout(Duration::from_secs(10), router.recv())
+            .await
+            .expect("the request arrives")
+            .unwrap();
+        // [routing id][request id][empty][header][args]
+        let header = rpc_core::envelope::RequestHeader::from_bytes(&msg.frames()[3]).unwrap();
+        match header.sent_ms {
+            Some(ms) => {
+                assert!(on, "sent_ms without send_time");
+                assert!(ms + 5_000 >= before && ms <= now_ms(), "{ms} vs {before}");
+            }
+            None => assert!(!on, "no sent_ms with send_time"),
+        }
+        // Unanswered: the call ends by its deadline.
+        assert!(call.await.unwrap().is_err());
+    }
 }

@@ -44,7 +44,7 @@ fn row(name: &str, t: Duration, hand: impl FnMut(), serde: impl FnMut()) {
 }
 
 /// The headers a typed call sends and receives: a short method, no metadata, a few
-/// acknowledgements (as a busy client's requests carry) or none.
+/// acknowledgements (as a busy client's requests carry) or none, the send time.
 fn request(acks: usize) -> RequestHeader {
     RequestHeader {
         v: 1,
@@ -54,6 +54,8 @@ fn request(acks: usize) -> RequestHeader {
         attempt: 1,
         meta: BTreeMap::new(),
         acks: (0..acks).map(|_| RequestId::new()).collect(),
+        // As the client sends it: the wall clock of the attempt.
+        sent_ms: Some(1_764_900_000_000),
     }
 }
 

@@ -83,6 +83,12 @@ pub struct RequestHeader {
     /// from the wire when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acks: Vec<RequestId>,
+    /// The client's wall clock when it sent this attempt, in milliseconds since the
+    /// Unix epoch: a server that states a bound on clock skew
+    /// (`ServerBuilder::clock_skew`) refuses a request that waited past its caller's
+    /// deadline before it was read. Absent from the wire when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_ms: Option<u64>,
 }
 
 /// Most ids a request header acknowledges ([`RequestHeader::acks`]).
@@ -116,6 +122,7 @@ mod tests {
             attempt: 1,
             meta: BTreeMap::new(),
             acks: Vec::new(),
+            sent_ms: None,
         };
         let bytes = crate::codec::encode(&h).unwrap();
         // fixmap of 6, then "v" 1, "id" bin8(16) ...
@@ -187,6 +194,7 @@ mod protocol_doc {
             attempt: 1,
             meta: BTreeMap::new(),
             acks: Vec::new(),
+            sent_ms: None,
         };
         let req = crate::codec::encode(&req).unwrap();
         assert_eq!(req.len(), 70);

@@ -88,13 +88,14 @@ impl RequestHeader {
 
     fn size_hint(&self) -> usize {
         let meta: usize = self.meta.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-        64 + self.method.len() + meta + 24 + 18 * self.acks.len()
+        64 + self.method.len() + meta + 24 + 18 * self.acks.len() + 17
     }
 
     fn write(&self, out: &mut impl BufMut, more: &[RequestId]) {
         let acks = self.acks.len() + more.len();
-        // Keys are constants (fixstr); `acks` only when there are some.
-        let fields = if acks == 0 { 6 } else { 7 };
+        // Keys are constants (fixstr); `acks` only when there are some, `sent_ms`
+        // only when known.
+        let fields = 6 + u8::from(acks > 0) + u8::from(self.sent_ms.is_some());
         put_head(out, fields, self.v, &self.id);
         out.put_slice(b"\xa6method");
         put_str(out, &self.method);
@@ -115,6 +116,10 @@ impl RequestHeader {
                 out.put_slice(b"\xc4\x10");
                 out.put_slice(id.as_bytes());
             }
+        }
+        if let Some(ms) = self.sent_ms {
+            out.put_slice(b"\xa7sent_ms");
+            put_uint(out, ms);
         }
     }
 
@@ -308,7 +313,7 @@ impl<'a> Reader<'a> {
 
     fn request(&mut self, known: impl Fn(&[u8]) -> Option<&'static str>) -> Option<RequestHeader> {
         let fields = self.peek_map_len()?;
-        let (v, id) = self.head(fields.clamp(6, 7))?;
+        let (v, id) = self.head(fields.clamp(6, 8))?;
         self.key(b"\xa6method")?;
         let raw = self.raw_str()?;
         let method = match known(raw) {
@@ -330,7 +335,9 @@ impl<'a> Reader<'a> {
             meta.insert(k, v).is_none().then_some(())?;
         }
         let mut acks = Vec::new();
-        if fields == 7 {
+        let mut left = fields - 6;
+        if left > 0 && self.0.starts_with(b"\xa4acks") {
+            left -= 1;
             self.key(b"\xa4acks")?;
             let n = match self.byte()? {
                 m @ 0x90..=0x9f => usize::from(m & 0x0f),
@@ -343,7 +350,13 @@ impl<'a> Reader<'a> {
                 acks.push(self.id()?);
             }
         }
-        self.0.is_empty().then_some(())?;
+        let mut sent_ms = None;
+        if left > 0 {
+            left -= 1;
+            self.key(b"\xa7sent_ms")?;
+            sent_ms = Some(self.uint()?);
+        }
+        (left == 0 && self.0.is_empty()).then_some(())?;
         Some(RequestHeader {
             v,
             id,
@@ -352,6 +365,7 @@ impl<'a> Reader<'a> {
             attempt,
             meta,
             acks,
+            sent_ms,
         })
     }
 
@@ -415,6 +429,8 @@ mod tests {
                     attempt: n.min(u32::MAX as u64) as u32,
                     meta,
                     acks,
+                    // Known or not; the first request (n = 0) without.
+                    sent_ms: (n % 2 == 1).then_some(n ^ 0x5a5a),
                 });
             }
         }
@@ -491,6 +507,8 @@ mod tests {
                 attempt: u32,
                 meta: &'a BTreeMap<String, String>,
                 acks: &'a [RequestId],
+                #[serde(skip_serializing_if = "Option::is_none")]
+                sent_ms: Option<u64>,
             }
             codec::encode(&Reordered {
                 id: h.id,
@@ -500,6 +518,7 @@ mod tests {
                 attempt: h.attempt,
                 meta: &h.meta,
                 acks: &h.acks,
+                sent_ms: h.sent_ms,
             })
             .unwrap()
         };

@@ -85,6 +85,7 @@ impl Client {
         let mut metadata = opts.metadata;
         #[cfg(feature = "opentelemetry")]
         crate::trace_context::inject(&span, &mut metadata);
+        let send_time = self.inner.config.send_time;
         let build = move |attempt: u32, remaining: Duration, to: &Member| {
             let header = RequestHeader {
                 v: PROTOCOL_VERSION,
@@ -96,6 +97,7 @@ impl Client {
                 attempt,
                 meta: metadata.clone(),
                 acks: Vec::new(),
+                sent_ms: if send_time { wall_clock_ms() } else { None },
             };
             // Room for the envelope the attempt loop puts in front.
             let mut head = Vec::with_capacity(3 + args.parts().len());
@@ -225,6 +227,15 @@ where
         Status::AppError => codec::decode_payload(&reply.body).map(Err),
         s => Err(RpcError::Protocol(format!("unexpected status {s:?}"))),
     }
+}
+
+/// The wall clock in milliseconds since the Unix epoch (`None` before it): what a
+/// request says of when it was sent, for servers that bound clock skew.
+fn wall_clock_ms() -> Option<u64> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from(since.as_millis()).ok()
 }
 
 #[cfg(test)]

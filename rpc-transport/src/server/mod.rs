@@ -136,6 +136,7 @@ pub struct ServerBuilder {
     /// Layers around every service, innermost first.
     layers: Vec<Wrap>,
     reserved: bool,
+    clock_skew: Option<Duration>,
 }
 
 impl Default for ServerBuilder {
@@ -152,6 +153,7 @@ impl ServerBuilder {
             services: HashMap::new(),
             layers: Vec::new(),
             reserved: true,
+            clock_skew: None,
             max_concurrency: 1024,
             max_waiting_bytes: 256 << 20,
             cache_entries: 10_000,
@@ -342,6 +344,20 @@ impl ServerBuilder {
         self
     }
 
+    /// States that clients' wall clocks are within `bound` of this server's, and so
+    /// lets it refuse (DEADLINE_EXCEEDED, not run) a request that waited past its
+    /// caller's deadline before it was read: one that sat in a frozen or
+    /// partitioned server's socket while its client, still connected, gave up on it.
+    /// A request says when it was sent (`sent_ms`); it is refused when this server's
+    /// clock is past that plus its time left plus `bound`. Off by default: with
+    /// clocks further apart than `bound`, requests in time would be refused. Requests
+    /// that do not say when they were sent (libzmq clients written by hand) are not
+    /// judged.
+    pub fn clock_skew(mut self, bound: Duration) -> Self {
+        self.clock_skew = Some(bound);
+        self
+    }
+
     /// The clock of handshake and heartbeat deadlines (see
     /// [`Timer`](crate::Timer); default tokio's, which `tokio::time::pause()` controls).
     pub fn timer(mut self, timer: crate::Timer) -> Self {
@@ -419,6 +435,9 @@ impl ServerBuilder {
             )),
             draining: AtomicBool::new(false),
             reserved: self.reserved,
+            clock_skew_ms: self
+                .clock_skew
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             counters: Counters::default(),
             max_reply: self.socket.max_message_size,
         });
@@ -714,6 +733,8 @@ struct Shared {
     /// Largest reply body sent (the message size limit): past it, the caller gets an
     /// error status instead, and the reply is not kept.
     max_reply: usize,
+    /// [`ServerBuilder::clock_skew`], in milliseconds.
+    clock_skew_ms: Option<u64>,
     counters: Counters,
 }
 
@@ -897,6 +918,10 @@ impl Shared {
         if header.timeout_ms == 0 {
             return refuse(waiter, id, Status::DeadlineExceeded, "no time left".into());
         }
+        if let Some(late) = self.waited_past_deadline(&header) {
+            let why = format!("the request waited {late} ms past its caller's deadline");
+            return refuse(waiter, id, Status::DeadlineExceeded, why);
+        }
         if route.get().is_none() && self.reserved && header.method.starts_with("_rpc.") {
             if let Some(reply) = self.reserved_reply(&header.method) {
                 crate::observe::server_reply(reply.status);
@@ -931,6 +956,18 @@ impl Shared {
             svc,
             method,
         })
+    }
+
+    /// How long past its caller's deadline (and the stated clock skew) the request
+    /// was read, when the server bounds skew and the request says when it was sent.
+    fn waited_past_deadline(&self, header: &RequestHeader) -> Option<u64> {
+        let (skew, sent) = (self.clock_skew_ms?, header.sent_ms?);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        let now = u64::try_from(now.as_millis()).ok()?;
+        let due = sent.saturating_add(header.timeout_ms).saturating_add(skew);
+        now.checked_sub(due).filter(|&late| late > 0)
     }
 
     /// Lets the reply cache take the request: a repeat of a call it knows is
