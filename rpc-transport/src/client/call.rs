@@ -85,7 +85,6 @@ impl Client {
         let mut metadata = opts.metadata;
         #[cfg(feature = "opentelemetry")]
         crate::trace_context::inject(&span, &mut metadata);
-        let send_time = self.inner.config.send_time;
         let build = move |attempt: u32, remaining: Duration, to: &Member| {
             let header = RequestHeader {
                 v: PROTOCOL_VERSION,
@@ -97,7 +96,7 @@ impl Client {
                 attempt,
                 meta: metadata.clone(),
                 acks: Vec::new(),
-                sent_ms: if send_time { wall_clock_ms() } else { None },
+                sent_ms: if to.send_time { wall_clock_ms() } else { None },
             };
             // Room for the envelope the attempt loop puts in front.
             let mut head = Vec::with_capacity(3 + args.parts().len());

@@ -68,6 +68,10 @@ pub(crate) struct Member {
     /// Its own CURVE server key, where it has one
     /// ([`ClientBuilder::curve_server_key`](super::ClientBuilder::curve_server_key)).
     server_key: Option<crate::zmtp::curve::PublicKey>,
+    /// Requests to it say when they were sent
+    /// ([`ClientBuilder::send_time`](super::ClientBuilder::send_time); kept here, where
+    /// a call's request builder reads it, so that the call's future stays small).
+    pub send_time: bool,
     /// The keys of its metric series (built once, not per attempt).
     pub keys: crate::observe::EndpointKeys,
     pub state: Mutex<State>,
@@ -105,6 +109,7 @@ impl Member {
             keys: crate::observe::EndpointKeys::new(&addr),
             addr,
             server_key: None,
+            send_time: false,
             state: Mutex::new(State {
                 health: Health::new(),
                 generation: 0,

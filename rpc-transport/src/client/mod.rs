@@ -644,7 +644,9 @@ impl Inner {
         addr.parse::<crate::socket::Endpoint>()
             .map_err(|e| RpcError::Config(e.to_string()))?;
         let key = self.config.server_key(&addr);
-        let (idx, added) = self.members.add(Member::new(addr).with_server_key(key));
+        let mut member = Member::new(addr).with_server_key(key);
+        member.send_time = self.config.send_time;
+        let (idx, added) = self.members.add(member);
         let m = self.members.at(idx);
         if added {
             Member::recreate(self, idx);
