@@ -62,7 +62,7 @@ struct Workers {
 /// Starts one process per `(delay_ms, ports)`; `heartbeats: false` turns them off.
 async fn start(spec: &[(u64, usize)], heartbeats: bool) -> Workers {
     let mut procs = Vec::new();
-    let mut endpoints = Vec::new();
+    let mut lists: Vec<Vec<String>> = Vec::new();
     for &(delay, ports) in spec {
         let mut cmd = crate::own_command();
         cmd.args(["server-pool", "127.0.0.1"])
@@ -86,9 +86,21 @@ async fn start(spec: &[(u64, usize)], heartbeats: bool) -> Workers {
             .expect("worker stdout")
             .expect("worker printed READY");
         let list = line.strip_prefix("READY ").expect("READY ports");
-        endpoints.extend(list.split(',').map(|p| format!("tcp://127.0.0.1:{p}")));
+        lists.push(
+            list.split(',')
+                .map(|p| format!("tcp://127.0.0.1:{p}"))
+                .collect(),
+        );
         procs.push(child);
     }
+    // Interleaved by process: neighbours in the list are in different processes, so
+    // that round-robin spreads calls over the processes as a draw does (in process
+    // order, sixteen callers in a row would mostly keep one process busy and the
+    // others asleep, which flatters round-robin).
+    let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
+    let endpoints = (0..longest)
+        .flat_map(|k| lists.iter().filter_map(move |l| l.get(k).cloned()))
+        .collect();
     Workers {
         _procs: procs,
         endpoints,
