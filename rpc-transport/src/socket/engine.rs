@@ -941,6 +941,70 @@ mod tests {
         assert!(got.iter().all(|m| m.frames() == [big.clone()]));
     }
 
+    /// A PLAIN server's engine whose authenticator waits for the test: the handshake
+    /// stops there, the decision's waker is registered, and once it allows, the pass
+    /// goes on to READY.
+    #[tokio::test]
+    async fn a_pending_decision_holds_the_handshake_and_wakes_the_task_when_made() {
+        use crate::socket::{AuthDecision, Authenticator};
+        use crate::zmtp::Mechanism;
+        let (decide, decided) = tokio::sync::oneshot::channel::<AuthDecision>();
+        let decided = std::sync::Mutex::new(Some(decided));
+        let auth = Authenticator::new(move |_| {
+            let rx = decided.lock().unwrap().take();
+            async move {
+                match rx {
+                    Some(rx) => rx.await.unwrap_or_else(|_| AuthDecision::deny("gone")),
+                    None => AuthDecision::deny("asked twice"),
+                }
+            }
+        });
+        let opts = SocketOptions {
+            mechanism: Mechanism::PlainServer { authorize: None },
+            authenticator: Some(auth),
+            ..SocketOptions::default()
+        };
+        let (core, _inbound, io, mut peer) = rig(opts, 64 * 1024);
+        let mut client = crate::zmtp::ConnectionConfig::new(SocketType::Router);
+        client.mechanism = Mechanism::PlainClient {
+            username: "ann".into(),
+            password: b"pw".to_vec(),
+        };
+        peer.conn = Connection::new(client, Instant::now().into_std());
+        let mut e = engine(&core, io);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        // Greeting and HELLO both ways, until a poll leaves the engine deciding (the
+        // task parks then: nothing polls it again until something wakes it).
+        for _ in 0..4 {
+            peer.flush().await;
+            while e.pass(&mut cx, true).ok().unwrap() {}
+            if e.deciding.is_some() {
+                break;
+            }
+            peer.receive();
+        }
+        assert!(e.deciding.is_some(), "the engine is deciding");
+        assert!(!e.handshaken && !peer.conn.is_active());
+        let before = count.0.load(Ordering::SeqCst);
+        decide.send(AuthDecision::allow_as("ann@corp")).unwrap();
+        assert!(
+            count.0.load(Ordering::SeqCst) > before,
+            "the decision woke the task"
+        );
+        for _ in 0..4 {
+            while e.pass(&mut cx, true).ok().unwrap() {}
+            peer.receive();
+            peer.flush().await;
+        }
+        assert!(e.deciding.is_none());
+        assert!(
+            e.handshaken && peer.conn.is_active(),
+            "through the handshake"
+        );
+        assert_eq!(e.peer_user.as_deref(), Some("ann@corp"));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_timer_step_arms_the_handshake_deadline_and_fails_it() {
         let opts = SocketOptions {
