@@ -42,6 +42,16 @@ async fn server(keys: &KeyPair, clients: Option<Vec<KeyPair>>) -> (ServerHandle,
     support::serve_tcp(b).await
 }
 
+/// A client of `ep` with the CURVE key pair `keys`, trusting the server key `server`.
+async fn curve_client(ep: &str, keys: KeyPair, server: zmtp_rpc::PublicKey) -> Client {
+    Client::builder()
+        .endpoint(ep)
+        .curve(keys, server)
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Calls until a call fails for the reason `why` names (the first may find the
 /// handshake still under way); returns the error's text.
 async fn refused(calc: &CalcClient, why: &str) -> String {
@@ -68,12 +78,7 @@ async fn typed_calls_travel_over_curve_to_an_allowed_client() {
     let (sk, ck) = (KeyPair::generate(), KeyPair::generate());
     let (server, ep) = server(&sk, Some(vec![ck.clone()])).await;
     let ck_public = ck.public();
-    let client = Client::builder()
-        .endpoint(&ep)
-        .curve(ck, sk.public())
-        .connect()
-        .await
-        .unwrap();
+    let client = curve_client(&ep, ck, sk.public()).await;
     let calc = CalcClient::new(client.clone());
     assert_eq!(calc.add(2, 3).await.unwrap(), 5);
     assert_eq!(calc.div(10, 2).await.unwrap(), Ok(5));
@@ -115,12 +120,7 @@ async fn servers_with_their_own_keys_are_reached_with_a_key_per_endpoint() {
     assert!(s2.stats().executed >= 5);
 
     // One key for both: the second server cannot open the client's HELLO.
-    let one_key = Client::builder()
-        .endpoint(&ep2)
-        .curve(ck, sk1.public())
-        .connect()
-        .await
-        .unwrap();
+    let one_key = curve_client(&ep2, ck, sk1.public()).await;
     let text = refused(&CalcClient::new(one_key), "server's public key").await;
     assert!(text.contains(&ep2), "{text}");
     s2.shutdown().await;
@@ -131,21 +131,11 @@ async fn a_client_off_the_list_a_wrong_server_key_and_a_null_client_are_refused(
     let (sk, ck) = (KeyPair::generate(), KeyPair::generate());
     let (server, ep) = server(&sk, Some(vec![ck.clone()])).await;
     // A key the server does not know.
-    let stranger = Client::builder()
-        .endpoint(&ep)
-        .curve(KeyPair::generate(), sk.public())
-        .connect()
-        .await
-        .unwrap();
+    let stranger = curve_client(&ep, KeyPair::generate(), sk.public()).await;
     let text = refused(&CalcClient::new(stranger), "authentication failed").await;
     assert!(text.contains(&ep), "{text}");
     // The right client key, the wrong server key: the server cannot open its HELLO.
-    let misled = Client::builder()
-        .endpoint(&ep)
-        .curve(ck, KeyPair::generate().public())
-        .connect()
-        .await
-        .unwrap();
+    let misled = curve_client(&ep, ck, KeyPair::generate().public()).await;
     let text = refused(&CalcClient::new(misled), "server's public key").await;
     assert!(text.contains(&ep), "{text}");
     // No security at all.
@@ -215,12 +205,7 @@ async fn our_curve_client_calls_a_libzmq_curve_rep_server() {
     let mut py = PyPeer::new("REP", &[&format!("curve_server={py_secret}")]).await;
     let ep = py.bind("tcp://127.0.0.1:0").await;
     py.ok("serve py").await;
-    let client = Client::builder()
-        .endpoint(&ep)
-        .curve(KeyPair::generate(), py_public.parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let client = curve_client(&ep, KeyPair::generate(), py_public.parse().unwrap()).await;
     for i in 0..3 {
         let body = format!("hello {i}");
         let reply = client.request(body.as_str()).await.unwrap();
@@ -462,16 +447,10 @@ async fn an_async_authenticator_decides_names_the_caller_and_refuses_with_its_re
         KeyPair::generate(),
     );
     let (server, ep, mut asked) = asking_server(Some(&sk)).await;
-    let client = |keys: &KeyPair| {
-        Client::builder()
-            .endpoint(&ep)
-            .curve(keys.clone(), sk.public())
-            .call_timeout(Duration::from_secs(5))
-            .connect()
-    };
+    let client = |keys: &KeyPair| curve_client(&ep, keys.clone(), sk.public());
 
     // Alice's handshake waits for the decision; then her calls carry "alice".
-    let a = client(&alice).await.unwrap();
+    let a = client(&alice).await;
     let call = tokio::spawn({
         let users = UserClient::new(a.clone());
         async move { users.name().await }
@@ -490,7 +469,7 @@ async fn an_async_authenticator_decides_names_the_caller_and_refuses_with_its_re
     assert_eq!(call.await.unwrap().unwrap().as_deref(), Some("alice"));
 
     // Bob is refused with the authenticator's reason, which his calls name.
-    let b = CalcClient::new(client(&bob).await.unwrap());
+    let b = CalcClient::new(client(&bob).await);
     let refusing = tokio::spawn(async move {
         loop {
             let (req, answer) = next_asked(&mut asked).await;
@@ -507,7 +486,7 @@ async fn an_async_authenticator_decides_names_the_caller_and_refuses_with_its_re
     let text = refused(&b, "key revoked").await;
     assert!(text.contains(&ep), "{text}");
     // Carol waits on an authenticator that never answers: refused at its bound.
-    let c = CalcClient::new(client(&carol).await.unwrap());
+    let c = CalcClient::new(client(&carol).await);
     refused(&c, "authentication timed out").await;
     refusing.abort();
     assert_eq!(server.stats().requests, 1, "only alice's call ran");

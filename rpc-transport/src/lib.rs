@@ -26,6 +26,7 @@
 //! - `timer.rs`: the clock of heartbeats and attempt deadlines, [`Timer`]: tokio's timer
 //!   (the default; `tokio::time::pause` controls it) or a thread of the crate, so that
 //!   tokio's threads sleep in `epoll_wait` without a timeout.
+//!   Also the wall clock a request may carry (`sent_ms`).
 
 #![warn(missing_docs)]
 

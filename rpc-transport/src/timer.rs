@@ -356,6 +356,15 @@ impl Timers {
     }
 }
 
+/// The wall clock in milliseconds since the Unix epoch (`None` before it): when a
+/// request says it was sent, and what a server that bounds clock skew compares it with.
+pub(crate) fn wall_clock_ms() -> Option<u64> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    u64::try_from(since.as_millis()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

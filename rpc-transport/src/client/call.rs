@@ -96,7 +96,11 @@ impl Client {
                 attempt,
                 meta: metadata.clone(),
                 acks: Vec::new(),
-                sent_ms: if to.send_time { wall_clock_ms() } else { None },
+                sent_ms: if to.send_time {
+                    crate::timer::wall_clock_ms()
+                } else {
+                    None
+                },
             };
             // Room for the envelope the attempt loop puts in front.
             let mut head = Vec::with_capacity(3 + args.parts().len());
@@ -226,15 +230,6 @@ where
         Status::AppError => codec::decode_payload(&reply.body).map(Err),
         s => Err(RpcError::Protocol(format!("unexpected status {s:?}"))),
     }
-}
-
-/// The wall clock in milliseconds since the Unix epoch (`None` before it): what a
-/// request says of when it was sent, for servers that bound clock skew.
-fn wall_clock_ms() -> Option<u64> {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?;
-    u64::try_from(since.as_millis()).ok()
 }
 
 #[cfg(test)]

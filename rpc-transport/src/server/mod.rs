@@ -962,10 +962,7 @@ impl Shared {
     /// was read, when the server bounds skew and the request says when it was sent.
     fn waited_past_deadline(&self, header: &RequestHeader) -> Option<u64> {
         let (skew, sent) = (self.clock_skew_ms?, header.sent_ms?);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .ok()?;
-        let now = u64::try_from(now.as_millis()).ok()?;
+        let now = crate::timer::wall_clock_ms()?;
         let due = sent.saturating_add(header.timeout_ms).saturating_add(skew);
         now.checked_sub(due).filter(|&late| late > 0)
     }

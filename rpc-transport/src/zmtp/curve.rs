@@ -186,10 +186,7 @@ impl KeyPair {
 
 /// A 24-octet nonce: a prefix and the rest.
 fn nonce(prefix: &[u8], rest: &[u8]) -> crypto_box::Nonce {
-    let mut n = crypto_box::Nonce::default();
-    n[..prefix.len()].copy_from_slice(prefix);
-    n[prefix.len()..].copy_from_slice(rest);
-    n
+    long_nonce(prefix, rest).into()
 }
 
 /// Appends `box[plain]` (tag, then ciphertext) to `out`.
