@@ -47,7 +47,7 @@ pub use rpc_core::{
 pub use rpc_macros::rpc_service;
 pub use rpc_transport as transport;
 pub use rpc_transport::client::{
-    Balance, Call, CallOptions, CallRequest, Calls, Client, ClientBuilder, ClientStats,
+    Aperture, Balance, Call, CallOptions, CallRequest, Calls, Client, ClientBuilder, ClientStats,
     EndpointStats, HealthState, PoolChange, RetryBudget,
 };
 #[cfg(feature = "dns")]

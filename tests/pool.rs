@@ -305,3 +305,107 @@ async fn a_server_estimated_slower_than_the_hedge_delay_is_left_out() {
     assert!(late <= 2, "{late} of 800 calls waited past the hedge delay");
     assert!(attempts <= 1.1, "{attempts:.3} attempts per call");
 }
+
+/// The members a client's aperture draws from, and those that answered since `before`.
+fn window_and_answered(client: &Client, before: &[u64]) -> (Vec<String>, Vec<String>) {
+    let eps = client.endpoints();
+    let window = eps
+        .iter()
+        .filter(|e| e.in_aperture)
+        .map(|e| e.endpoint.clone());
+    let answered = eps
+        .iter()
+        .zip(before)
+        .filter(|(e, b)| e.replies > **b)
+        .map(|(e, _)| e.endpoint.clone());
+    (window.collect(), answered.collect())
+}
+
+fn replies(client: &Client) -> Vec<u64> {
+    client.endpoints().iter().map(|e| e.replies).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_aperture_calls_a_window_that_follows_load_and_failures() {
+    let mut servers = Vec::new();
+    for n in 0..12 {
+        servers.push(server(n).await);
+    }
+    let client = Client::builder()
+        .endpoints(servers.iter().map(|(_, ep)| ep.clone()))
+        .aperture(zmtp_rpc::Aperture::new())
+        .connect()
+        .await
+        .unwrap();
+    assert!(client.wait_healthy(12, Duration::from_secs(5)).await);
+    let who = WhoClient::new(client.clone());
+
+    // One caller: three members of the twelve, and only they, answer.
+    let before = replies(&client);
+    for _ in 0..200 {
+        who.who(0).await.unwrap();
+    }
+    let (window, answered) = window_and_answered(&client, &before);
+    assert_eq!(window.len(), 3, "{window:?}");
+    assert_eq!(answered, window);
+
+    // Twenty-four callers of 10 ms calls: over four calls in flight per member, the
+    // window grows to about six.
+    let callers: Vec<_> = (0..24)
+        .map(|_| {
+            let who = who.clone();
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    who.who(10).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    let (window, _) = window_and_answered(&client, &before);
+    assert!((5..=7).contains(&window.len()), "{window:?}");
+
+    // Quiet again: back to three.
+    for _ in 0..400 {
+        who.who(0).await.unwrap();
+    }
+    let (window, _) = window_and_answered(&client, &before);
+    assert_eq!(window.len(), 3, "{window:?}");
+
+    // A member of the window stops: another takes its place, no call fails.
+    let gone = servers.iter().position(|(_, ep)| *ep == window[0]).unwrap();
+    let (handle, ep) = servers.swap_remove(gone);
+    handle.shutdown().await;
+    let before = replies(&client);
+    for _ in 0..200 {
+        who.who(0).await.unwrap();
+    }
+    let (after, answered) = window_and_answered(&client, &before);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(!after.contains(&ep), "{ep} still in {after:?}");
+    assert_eq!(after.iter().filter(|e| window.contains(e)).count(), 2);
+    assert_eq!(answered, after);
+}
+
+#[tokio::test]
+async fn an_aperture_with_bad_settings_or_another_balance_is_refused() {
+    let build = || Client::builder().endpoint("tcp://127.0.0.1:1");
+    let e = build()
+        .aperture(zmtp_rpc::Aperture::new().min(1))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("aperture min 1 is below 2"), "{e}");
+    let e = build()
+        .aperture(zmtp_rpc::Aperture::new())
+        .balance(Balance::RoundRobin)
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("needs Balance::PowerOfTwoChoices"),
+        "{e}"
+    );
+}

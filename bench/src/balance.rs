@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
-use zmtp_rpc::{Balance, Blob, Client, Server};
+use zmtp_rpc::{Aperture, Balance, Blob, Client, Server};
 
 use crate::measure::{env_opt, Cpu};
 use crate::rows::{Echo, EchoClient, EchoServer};
@@ -128,10 +128,14 @@ async fn measure(
     callers: usize,
     heartbeats: bool,
     hedge: Option<Duration>,
+    aperture: Option<Aperture>,
 ) -> Outcome {
     let mut b = Client::builder()
         .endpoints(endpoints.iter().cloned())
         .balance(balance);
+    if let Some(a) = aperture {
+        b = b.aperture(a);
+    }
     if let Some(d) = hedge {
         b = b.hedge(d);
     }
@@ -239,7 +243,7 @@ pub async fn run_all() {
         ("2 + 1 slow", &slow, Balance::PowerOfTwoChoices, Some(five)),
     ];
     for (label, w, b, hedge) in rows {
-        let o = measure(&w.endpoints, b, 16, true, hedge).await;
+        let o = measure(&w.endpoints, b, 16, true, hedge, None).await;
         if label == "3 healthy" && b == Balance::PowerOfTwoChoices {
             healthy_p99 = o.p99_ms;
         }
@@ -274,18 +278,30 @@ pub async fn run_all() {
         "what the pick costs: 64 B echo at once, heartbeats off (300 connections' PINGs \
          would be counted), client CPU per call"
     );
-    println!("| endpoints | balance | callers | calls/s | client CPU µs/call | vs 3 endpoints |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| endpoints | balance | callers | calls/s | client CPU µs/call | vs 3 endpoints | \
+         endpoints called |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     let three = start(&[(0, 1), (0, 1), (0, 1)], false).await;
     let many = start(&[(0, 100), (0, 100), (0, 100)], false).await;
+    let aperture = Some(Aperture::new());
     for callers in [1, 16] {
-        for b in [Balance::PowerOfTwoChoices, Balance::RoundRobin] {
-            let base = measure(&three.endpoints, b, callers, false, None).await;
-            let big = measure(&many.endpoints, b, callers, false, None).await;
+        let rows = [
+            (Balance::PowerOfTwoChoices, None),
+            (Balance::PowerOfTwoChoices, aperture),
+            (Balance::RoundRobin, None),
+        ];
+        for (b, a) in rows {
+            let base = measure(&three.endpoints, b, callers, false, None, None).await;
+            let big = measure(&many.endpoints, b, callers, false, None, a).await;
+            let with = if a.is_some() { " + aperture" } else { "" };
             for (n, o) in [(3, &base), (300, &big)] {
+                let called = o.shares.iter().filter(|s| **s > 0.0).count();
                 println!(
-                    "| {n} | {} | {callers} | {:.0} | {:.2} | {:.2} |",
+                    "| {n} | {}{} | {callers} | {:.0} | {:.2} | {:.2} | {called} |",
                     name(b),
+                    if n == 300 { with } else { "" },
                     o.calls as f64 / o.secs,
                     o.cpu_us,
                     o.cpu_us / base.cpu_us

@@ -57,6 +57,9 @@ pub struct EndpointStats {
     /// Stalls since its last reply: times its connection went silent through an
     /// attempt timeout and was recreated (each doubles the suspect penalty).
     pub strikes: u32,
+    /// Calls are drawn from it: always, unless the client has an
+    /// [aperture](crate::client::ClientBuilder::aperture) whose window leaves it out.
+    pub in_aperture: bool,
 }
 
 /// Live atomic counters.
