@@ -265,11 +265,14 @@ impl<'a> Engine<'a> {
                 Some(Event::Ready(info)) => {
                     let Some(tx) = self.out_tx.take() else { break };
                     self.reply_tx = Some(tx.clone());
+                    // A CURVE connection's frames are sealed as they are queued in
+                    // the outbox, whoever queues them: in nonce order on the wire.
+                    if let Some(sealer) = self.conn.hand_out_sealer() {
+                        self.out.seal_with(sealer, self.conn.transmit());
+                    }
                     // Open before the peer can be found: a sender that finds it may
                     // write at once (a closed outbox sends it to the channel).
-                    // A CURVE connection seals every frame in order: callers do not
-                    // write to it directly.
-                    self.out.set_open(!self.conn.is_encrypted());
+                    self.out.set_open(true);
                     match self.core.add_peer(self.id, &info, tx, self.out.clone()) {
                         Ok(g) => {
                             tracing::debug!(peer_type = %info.socket_type, minor = info.minor, "handshake complete");

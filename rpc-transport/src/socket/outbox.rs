@@ -18,7 +18,8 @@ use tokio::io::AsyncWrite;
 
 use crate::message::Outgoing;
 use crate::sync::lock;
-use crate::zmtp::TxQueue;
+use crate::zmtp::curve::Sealer;
+use crate::zmtp::{TxQueue, ZmtpError};
 
 /// IoSlices per vectored write.
 const MAX_SLICES: usize = 64;
@@ -81,6 +82,43 @@ struct Inner {
     held: usize,
     /// The socket took less than was queued: the rest is the connection task's.
     stalled: bool,
+    /// A CURVE connection's sending half: every frame is sealed as it is queued
+    /// here, whoever queues it, so that boxes reach the wire in nonce order.
+    sealer: Option<Sealer>,
+    /// Sealing failed (nonces used up): the connection must end.
+    broken: bool,
+}
+
+impl Inner {
+    /// Queues a sender's message (sealed, on a CURVE connection).
+    fn push(&mut self, m: &Outgoing) {
+        let Some(sealer) = &mut self.sealer else {
+            self.queue.push_message(&m.frames, m.joined);
+            return;
+        };
+        if let Err(e) = sealer.seal_behind(&mut self.queue, &[], &m.frames, m.joined) {
+            self.break_off(e);
+        }
+    }
+
+    /// Queues what the connection task queued (its frames sealed, on a CURVE
+    /// connection whose sealer was handed here).
+    fn take(&mut self, from: &mut TxQueue) {
+        let Some(sealer) = &mut self.sealer else {
+            self.queue.append(from);
+            return;
+        };
+        let queue = &mut self.queue;
+        if let Err(e) = from.drain_frames(|flags, parts| sealer.seal_into(queue, flags, parts)) {
+            self.break_off(e);
+        }
+    }
+
+    fn break_off(&mut self, e: ZmtpError) {
+        tracing::error!(error = %e, "cannot seal: closing the connection");
+        self.open = false;
+        self.broken = true;
+    }
 }
 
 impl Outbox {
@@ -95,6 +133,8 @@ impl Outbox {
                 corked: false,
                 held: 0,
                 stalled: false,
+                sealer: None,
+                broken: false,
             }),
             handed: Mutex::new(Vec::new()),
             handed_n: AtomicUsize::new(0),
@@ -150,15 +190,24 @@ impl Outbox {
         self.open.store(open, Ordering::Release);
     }
 
+    /// From now on, frames are sealed with `sealer` as they are queued here, the
+    /// connection task's and senders' alike; `from` (what the connection queued
+    /// before handing its sealer out, sealed already) goes first.
+    pub fn seal_with(&self, sealer: Sealer, from: &mut TxQueue) {
+        let mut inner = self.lock();
+        inner.queue.append(from);
+        inner.sealer = Some(sealer);
+        // Not idle: the connection task's next flush writes them.
+        self.left.store(inner.queue.len(), Ordering::Release);
+    }
+
     /// The connection is closing: nothing more may be written or queued for it.
     pub fn set_closing(&self) {
         self.set_open(false);
         self.closing.store(true, Ordering::Release);
     }
 
-    /// Whether the connection is closing. (A CURVE connection's outbox is never open,
-    /// as it seals every frame in its task, but it is not closing: its channel takes
-    /// messages.)
+    /// Whether the connection is closing.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
@@ -189,8 +238,11 @@ impl Outbox {
             inner.held = 0;
             // Handed messages first: an ordered socket's message is handed in only
             // when none of its own waits in the channel, so those in `from` are newer.
-            self.take_handed(&mut inner.queue);
-            inner.queue.append(from);
+            self.take_handed(inner);
+            inner.take(from);
+            if inner.broken {
+                return Err(std::io::Error::other("CURVE nonces used up"));
+            }
             if taken > 0 {
                 self.queued.fetch_sub(taken, Ordering::Release);
                 taken = 0;
@@ -221,13 +273,13 @@ impl Outbox {
     }
 
     /// Moves the handed-in messages to `queue`.
-    fn take_handed(&self, queue: &mut TxQueue) {
+    fn take_handed(&self, inner: &mut Inner) {
         if self.handed_n.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut h = lock(&self.handed);
         for m in h.drain(..) {
-            queue.push_message(&m.frames, m.joined);
+            inner.push(&m);
         }
         self.handed_n.store(0, Ordering::Release);
     }
@@ -237,8 +289,7 @@ impl Outbox {
     /// back when the outbox is closed or full (then the socket's queue and the
     /// connection task take it).
     pub fn try_send(&self, msg: Outgoing) -> Result<(), Outgoing> {
-        // Closed (or never opened: a CURVE connection seals every frame itself): not
-        // even handed to the task, which would write it as it is.
+        // Closed (or not open yet): not even handed to the task.
         if !self.open.load(Ordering::Acquire) {
             return Err(msg);
         }
@@ -302,9 +353,9 @@ impl Outbox {
                 && inner.queue.len() + first.as_ref().map_or(0, Outgoing::byte_len) < CORK_BYTES;
             let waiting = inner.stalled || hold;
             // Handed messages first: they were sent before `first`.
-            self.take_handed(&mut inner.queue);
+            self.take_handed(inner);
             if let Some(m) = first.take() {
-                inner.queue.push_message(&m.frames, m.joined);
+                inner.push(&m);
                 if hold {
                     inner.held += 1;
                 }

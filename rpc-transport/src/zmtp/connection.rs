@@ -293,6 +293,19 @@ impl Connection {
         )
     }
 
+    /// Hands the CURVE session's sending half to the caller, once the handshake is
+    /// done: from then on [`transmit`](Self::transmit) holds frames in clear, which
+    /// the caller seals, in order, as it writes them ([`TxQueue::drain_frames`] and
+    /// [`curve::Sealer::seal_into`]), so that other writers can seal and queue their
+    /// own frames between them (the direct write path). `None` without a session or
+    /// once handed out.
+    pub fn hand_out_sealer(&mut self) -> Option<curve::Sealer> {
+        match &mut self.curve {
+            Sec::Session(session) => session.hand_out_sealer(),
+            _ => None,
+        }
+    }
+
     /// True once the handshake is done and until the connection fails.
     pub fn is_active(&self) -> bool {
         self.phase == Phase::Active
@@ -376,22 +389,29 @@ impl Connection {
                         _ => return Err(ZmtpError::Malformed("expected READY")),
                     },
                 },
+                // A CURVE box is opened where it was read: no copy of its body.
+                Phase::Active if matches!(self.curve, Sec::Session(_)) => {
+                    match self.decoder.decode_mut(src, self.partial_size)? {
+                        None => return Ok(()),
+                        Some(Frame::Data { body, .. }) => {
+                            let Sec::Session(session) = &mut self.curve else {
+                                unreachable!("matched above")
+                            };
+                            let (flags, frame) = session.open(body)?;
+                            if flags & curve::FLAG_COMMAND != 0 {
+                                self.on_command(Command::decode(frame)?, &mut clock)?;
+                            } else {
+                                self.on_frame(flags & curve::FLAG_MORE != 0, frame)?;
+                            }
+                        }
+                        Some(Frame::Command(_)) => {
+                            return Err(ZmtpError::Malformed("a command outside a CURVE box"))
+                        }
+                        Some(Frame::Skipped { more, len }) => self.on_skipped(more, len)?,
+                    }
+                }
                 Phase::Active => match self.decoder.decode(src, self.partial_size)? {
                     None => return Ok(()),
-                    Some(Frame::Data { body, .. }) if matches!(self.curve, Sec::Session(_)) => {
-                        let Sec::Session(session) = &mut self.curve else {
-                            unreachable!("matched above")
-                        };
-                        let (flags, frame) = session.open(BytesMut::from(body))?;
-                        if flags & curve::FLAG_COMMAND != 0 {
-                            self.on_command(Command::decode(frame)?, &mut clock)?;
-                        } else {
-                            self.on_frame(flags & curve::FLAG_MORE != 0, frame)?;
-                        }
-                    }
-                    Some(Frame::Command(_)) if matches!(self.curve, Sec::Session(_)) => {
-                        return Err(ZmtpError::Malformed("a command outside a CURVE box"))
-                    }
                     Some(Frame::Skipped { more, len }) => self.on_skipped(more, len)?,
                     Some(Frame::Data { more, body }) => self.on_frame(more, body)?,
                     Some(Frame::Command(body)) => {
@@ -663,10 +683,11 @@ impl Connection {
     /// Queues a command: in clear, or in a CURVE box once the handshake is done.
     fn queue_command(&mut self, cmd: Command) -> Result<(), ZmtpError> {
         match &mut self.curve {
-            Sec::Session(session) => {
+            Sec::Session(session) if !session.handed_out() => {
                 let sealed = session.seal(curve::FLAG_COMMAND, &[&cmd.body()])?;
                 self.tx.push_frame(0, &sealed.freeze());
             }
+            // In clear, or for the sealer's holder to seal.
             _ => cmd.encode(&mut self.tx),
         }
         Ok(())
@@ -731,7 +752,9 @@ impl Connection {
             return Err(ZmtpError::NotActive);
         }
         match &mut self.curve {
-            Sec::Session(session) => seal_behind(session, &mut self.tx, envelope, frames, joined),
+            Sec::Session(session) if !session.handed_out() => {
+                session.seal_behind(&mut self.tx, envelope, frames, joined)
+            }
             _ => {
                 self.tx.push_behind(envelope, frames, joined);
                 Ok(())
@@ -801,32 +824,6 @@ fn plain_hello(body: &[u8]) -> Result<(String, Vec<u8>), ZmtpError> {
     }
     let user = String::from_utf8(user.to_vec()).map_err(|_| bad())?;
     Ok((user, rest.to_vec()))
-}
-
-/// Queues a message as CURVE MESSAGE boxes, one per frame (the last `joined` of
-/// `frames` being the parts of one), each in a plain message frame as libzmq sends.
-fn seal_behind(
-    session: &mut Session,
-    tx: &mut TxQueue,
-    envelope: &[Bytes],
-    frames: &[Bytes],
-    joined: usize,
-) -> Result<(), ZmtpError> {
-    let joined = joined.clamp(1, frames.len().max(1));
-    let (head, last) = frames.split_at(frames.len().saturating_sub(joined));
-    let singles = envelope.iter().chain(head).map(std::slice::from_ref);
-    let parts: Vec<&[Bytes]> = singles.chain((!last.is_empty()).then_some(last)).collect();
-    for (i, frame) in parts.iter().enumerate() {
-        let more = if i + 1 < parts.len() {
-            curve::FLAG_MORE
-        } else {
-            0
-        };
-        let slices: Vec<&[u8]> = frame.iter().map(|b| &b[..]).collect();
-        let sealed = session.seal(more, &slices)?;
-        tx.push_frame(0, &sealed.freeze());
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -926,6 +923,56 @@ mod tests {
         p.a.handle_timeout(later + Duration::from_millis(50))
             .unwrap();
         assert!(p.a.is_active(), "the PONG came back");
+    }
+
+    /// With its sealer handed out, a connection queues frames in clear, and the holder
+    /// seals them, in order with its own messages: the peer opens every box.
+    #[test]
+    fn a_handed_out_sealer_seals_the_connections_frames_between_its_own() {
+        let (mut p, _) = curve_pair(true);
+        assert_eq!(p.drive(), (Ok(()), Ok(())));
+        events(&mut p.a);
+        events(&mut p.b);
+        let mut sealer = p.a.hand_out_sealer().expect("a session");
+        assert!(p.a.hand_out_sealer().is_none(), "handed out once");
+        let msg = |s: &'static str| Message::from(vec![Bytes::from_static(s.as_bytes())]);
+        let mut out = TxQueue::default();
+        sealer
+            .seal_behind(&mut out, &[], msg("first").frames(), 1)
+            .unwrap();
+        // The connection's own: a message and a heartbeat, queued in clear.
+        p.a.send(&Message::from(vec![
+            Bytes::from_static(b"second"),
+            Bytes::from(vec![7u8; 70_000]),
+        ]))
+        .unwrap();
+        p.a.handle_timeout(p.now + Duration::from_millis(150))
+            .unwrap();
+        let mut clear = TxQueue::default();
+        clear.append(p.a.transmit());
+        let plain = clear.take_all();
+        assert!(plain.windows(6).any(|w| w == b"second"));
+        let mut from = TxQueue::default();
+        from.push_raw(&plain);
+        from.drain_frames(|flags, parts| sealer.seal_into(&mut out, flags, parts))
+            .unwrap();
+        sealer
+            .seal_behind(&mut out, &[], msg("third").frames(), 1)
+            .unwrap();
+        let mut wire = out.take_all();
+        assert!(!wire.windows(6).any(|w| w == b"second"));
+        p.b.handle_input(&mut wire, p.now).unwrap();
+        let got: Vec<Vec<u8>> = events(&mut p.b)
+            .into_iter()
+            .map(|e| match e {
+                Event::Message(m) => m.frames()[0].to_vec(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, [&b"first"[..], b"second", b"third"]);
+        // The PING was opened and answered.
+        let pong = p.b.transmit().take_all();
+        assert!(!pong.is_empty());
     }
 
     #[test]

@@ -25,6 +25,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use bytes::{Bytes, BytesMut};
+
+use super::frame::TxQueue;
 use crypto_box::aead::consts::U24;
 use crypto_box::aead::{AeadCore, AeadInPlace, KeyInit, OsRng};
 use crypto_box::SalsaBox;
@@ -276,46 +278,103 @@ fn long_nonce(prefix: &[u8], rest: &[u8]) -> [u8; 24] {
 
 /// The MESSAGE boxes of a connection whose handshake completed.
 pub struct Session {
-    key: SessionKey,
-    /// Our next short nonce.
-    nonce: u64,
+    /// The sending half (its key opens the peer's boxes too).
+    sealer: Sealer,
+    /// The sealer was handed out ([`Session::hand_out_sealer`]): sealing here fails.
+    handed_out: bool,
     /// The last short nonce the peer used.
     peer_nonce: u64,
-    send_prefix: &'static [u8; 16],
     recv_prefix: &'static [u8; 16],
 }
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
-            .field("nonce", &self.nonce)
+            .field("nonce", &self.sealer.nonce)
+            .field("handed_out", &self.handed_out)
             .field("peer_nonce", &self.peer_nonce)
             .finish_non_exhaustive()
     }
 }
 
+/// The sending half of a [`Session`]: seals frames into MESSAGE boxes with strictly
+/// increasing nonces. Whoever holds it must put the boxes on the wire in the order
+/// it sealed them.
+pub struct Sealer {
+    key: SessionKey,
+    /// Our next short nonce.
+    nonce: u64,
+    prefix: &'static [u8; 16],
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("nonce", &self.nonce)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Session {
-    /// The MESSAGE command (name included) that carries one frame: `flags`
-    /// ([`FLAG_MORE`], [`FLAG_COMMAND`]) and the frame's bytes, given in parts.
-    pub fn seal(&mut self, flags: u8, parts: &[&[u8]]) -> Result<BytesMut, ZmtpError> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = BytesMut::with_capacity(MESSAGE_MIN + len);
-        out.extend_from_slice(MESSAGE);
-        let short = self.next_nonce()?;
-        out.extend_from_slice(&short);
-        let n = long_nonce(self.send_prefix, &short);
-        out.extend_from_slice(&[0; TAG]);
-        out.extend_from_slice(&[flags]);
-        for p in parts {
-            out.extend_from_slice(p);
+    fn new(
+        key: SessionKey,
+        nonce: u64,
+        peer_nonce: u64,
+        send_prefix: &'static [u8; 16],
+        recv_prefix: &'static [u8; 16],
+    ) -> Session {
+        Session {
+            sealer: Sealer {
+                key,
+                nonce,
+                prefix: send_prefix,
+            },
+            handed_out: false,
+            peer_nonce,
+            recv_prefix,
         }
-        let (tag, body) = out[16..].split_at_mut(TAG);
-        let mut mac = [0u8; TAG];
-        dryoc::classic::crypto_box::crypto_box_detached_afternm_inplace(
-            body, &mut mac, &n, &self.key,
-        );
-        tag.copy_from_slice(&mac);
-        Ok(out)
+    }
+
+    /// Seals one frame ([`Sealer::seal`]); fails once the sealer was handed out.
+    pub fn seal(&mut self, flags: u8, parts: &[&[u8]]) -> Result<BytesMut, ZmtpError> {
+        if self.handed_out {
+            return Err(bad("sealing was handed out"));
+        }
+        self.sealer.seal(flags, parts)
+    }
+
+    /// Gives the sending half to whoever writes to the connection (so that senders
+    /// seal as they queue, in wire order); this session then only opens.
+    pub fn hand_out_sealer(&mut self) -> Option<Sealer> {
+        if self.handed_out {
+            return None;
+        }
+        self.handed_out = true;
+        Some(Sealer {
+            key: self.sealer.key.clone(),
+            nonce: self.sealer.nonce,
+            prefix: self.sealer.prefix,
+        })
+    }
+
+    /// Whether the sending half was handed out.
+    pub fn handed_out(&self) -> bool {
+        self.handed_out
+    }
+
+    /// Seals a message into `tx` ([`Sealer::seal_behind`]); fails once the sealer was
+    /// handed out.
+    pub fn seal_behind(
+        &mut self,
+        tx: &mut TxQueue,
+        envelope: &[Bytes],
+        frames: &[Bytes],
+        joined: usize,
+    ) -> Result<(), ZmtpError> {
+        if self.handed_out {
+            return Err(bad("sealing was handed out"));
+        }
+        self.sealer.seal_behind(tx, envelope, frames, joined)
     }
 
     /// Opens a received MESSAGE command (name included) in place: the frame's flags and
@@ -330,7 +389,10 @@ impl Session {
         let (tag, body) = cmd[16..].split_at_mut(TAG);
         let mac: [u8; TAG] = (&*tag).try_into().map_err(|_| bad("box too short"))?;
         dryoc::classic::crypto_box::crypto_box_open_detached_afternm_inplace(
-            body, &mac, &n, &self.key,
+            body,
+            &mac,
+            &n,
+            &self.sealer.key,
         )
         .map_err(|_| bad("a box did not open"))?;
         self.peer_nonce = last;
@@ -340,6 +402,74 @@ impl Session {
         }
         let frame = cmd.split_off(16 + TAG + 1).freeze();
         Ok((flags, frame))
+    }
+}
+
+impl Sealer {
+    /// The MESSAGE command (name included) that carries one frame: `flags`
+    /// ([`FLAG_MORE`], [`FLAG_COMMAND`]) and the frame's bytes, given in parts.
+    pub fn seal(&mut self, flags: u8, parts: &[&[u8]]) -> Result<BytesMut, ZmtpError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = BytesMut::with_capacity(MESSAGE_MIN + len);
+        out.extend_from_slice(MESSAGE);
+        let short = self.next_nonce()?;
+        out.extend_from_slice(&short);
+        let n = long_nonce(self.prefix, &short);
+        out.extend_from_slice(&[0; TAG]);
+        out.extend_from_slice(&[flags]);
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+        let (tag, body) = out[16..].split_at_mut(TAG);
+        let mut mac = [0u8; TAG];
+        dryoc::classic::crypto_box::crypto_box_detached_afternm_inplace(
+            body, &mut mac, &n, &self.key,
+        );
+        tag.copy_from_slice(&mac);
+        Ok(out)
+    }
+
+    /// Queues a message as MESSAGE boxes, one per frame (the last `joined` of
+    /// `frames` being the parts of one), each in a plain message frame as libzmq
+    /// sends.
+    pub fn seal_behind(
+        &mut self,
+        tx: &mut TxQueue,
+        envelope: &[Bytes],
+        frames: &[Bytes],
+        joined: usize,
+    ) -> Result<(), ZmtpError> {
+        let joined = joined.clamp(1, frames.len().max(1));
+        let (head, last) = frames.split_at(frames.len().saturating_sub(joined));
+        let singles = envelope.iter().chain(head).map(std::slice::from_ref);
+        let parts: Vec<&[Bytes]> = singles.chain((!last.is_empty()).then_some(last)).collect();
+        for (i, frame) in parts.iter().enumerate() {
+            let more = if i + 1 < parts.len() { FLAG_MORE } else { 0 };
+            let slices: Vec<&[u8]> = frame.iter().map(|b| &b[..]).collect();
+            let sealed = self.seal(more, &slices)?;
+            tx.push_frame(0, &sealed.freeze());
+        }
+        Ok(())
+    }
+
+    /// Seals a frame given as ZMTP frame flags (`MORE`, `COMMAND`) and body parts,
+    /// and queues the box as a message frame of `tx`, as libzmq sends it.
+    pub fn seal_into(
+        &mut self,
+        tx: &mut TxQueue,
+        zmtp_flags: u8,
+        parts: &[&[u8]],
+    ) -> Result<(), ZmtpError> {
+        let mut flags = 0;
+        if zmtp_flags & crate::zmtp::frame::FLAG_MORE != 0 {
+            flags |= FLAG_MORE;
+        }
+        if zmtp_flags & crate::zmtp::frame::FLAG_COMMAND != 0 {
+            flags |= FLAG_COMMAND;
+        }
+        let sealed = self.seal(flags, parts)?;
+        tx.push_frame(0, &sealed.freeze());
+        Ok(())
     }
 
     fn next_nonce(&mut self) -> Result<[u8; 8], ZmtpError> {
@@ -497,13 +627,13 @@ impl CurveClient {
     /// The MESSAGE boxes, once READY was received.
     pub fn into_session(self) -> Result<Session, ZmtpError> {
         match (self.step, self.message_key) {
-            (ClientStep::Done, Some(key)) => Ok(Session {
+            (ClientStep::Done, Some(key)) => Ok(Session::new(
                 key,
-                nonce: self.nonce,
-                peer_nonce: self.peer_nonce,
-                send_prefix: b"CurveZMQMESSAGEC",
-                recv_prefix: b"CurveZMQMESSAGES",
-            }),
+                self.nonce,
+                self.peer_nonce,
+                b"CurveZMQMESSAGEC",
+                b"CurveZMQMESSAGES",
+            )),
             _ => Err(bad("handshake not complete")),
         }
     }
@@ -700,13 +830,13 @@ impl CurveServer {
     /// The MESSAGE boxes, once READY was made.
     pub fn into_session(self) -> Result<Session, ZmtpError> {
         match (self.step, self.message_key) {
-            (ServerStep::Done, Some(key)) => Ok(Session {
+            (ServerStep::Done, Some(key)) => Ok(Session::new(
                 key,
-                nonce: self.nonce,
-                peer_nonce: self.peer_nonce,
-                send_prefix: b"CurveZMQMESSAGES",
-                recv_prefix: b"CurveZMQMESSAGEC",
-            }),
+                self.nonce,
+                self.peer_nonce,
+                b"CurveZMQMESSAGES",
+                b"CurveZMQMESSAGEC",
+            )),
             _ => Err(bad("handshake not complete")),
         }
     }
@@ -747,12 +877,9 @@ mod tests {
         let peer = crypto_box::SecretKey::generate(&mut OsRng);
         let peer_public = peer.public_key();
         let reference = SalsaBox::new(&peer_public, &ours);
-        let session = |prefix: &'static [u8; 16]| Session {
-            key: session_key(peer_public.as_bytes(), &ours).unwrap(),
-            nonce: 7,
-            peer_nonce: 6,
-            send_prefix: prefix,
-            recv_prefix: prefix,
+        let session = |prefix: &'static [u8; 16]| {
+            let key = session_key(peer_public.as_bytes(), &ours).unwrap();
+            Session::new(key, 7, 6, prefix, prefix)
         };
         let mut sizes: Vec<usize> = (0..=300).collect();
         for k in [6, 9, 10, 12, 14, 16, 20] {

@@ -32,18 +32,19 @@ pub const MAX_FRAMES: usize = 1024;
 /// shared [`Bytes`] and written with a vectored write, never copied.
 pub const COPY_THRESHOLD: usize = 2048;
 
-/// A decoded frame.
+/// A decoded frame; its body a [`Bytes`], or a [`BytesMut`] from
+/// [`FrameDecoder::decode_mut`] (a CURVE box, opened where it was read).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+pub enum Frame<B = Bytes> {
     /// A message frame.
     Data {
         /// Whether more frames of the same message follow.
         more: bool,
         /// The frame body.
-        body: Bytes,
+        body: B,
     },
     /// A command frame (body = name length, name, data).
-    Command(Bytes),
+    Command(B),
     /// A message frame over the size limit, read past without being kept (only
     /// from a decoder made with [`FrameDecoder::discarding`]).
     Skipped {
@@ -118,6 +119,23 @@ impl FrameDecoder {
         src: &mut BytesMut,
         message_so_far: u64,
     ) -> Result<Option<Frame>, ZmtpError> {
+        Ok(self.decode_mut(src, message_so_far)?.map(|f| match f {
+            Frame::Data { more, body } => Frame::Data {
+                more,
+                body: body.freeze(),
+            },
+            Frame::Command(body) => Frame::Command(body.freeze()),
+            Frame::Skipped { more, len } => Frame::Skipped { more, len },
+        }))
+    }
+
+    /// As [`decode`](Self::decode), the body left mutable: a slice of `src`'s memory
+    /// that can be changed in place.
+    pub fn decode_mut(
+        &mut self,
+        src: &mut BytesMut,
+        message_so_far: u64,
+    ) -> Result<Option<Frame<BytesMut>>, ZmtpError> {
         loop {
             match self.state {
                 DecodeState::Head => {
@@ -183,9 +201,9 @@ impl FrameDecoder {
                     }
                     // An empty frame (the envelope's delimiter) shares nothing.
                     let body = if len == 0 {
-                        Bytes::new()
+                        BytesMut::new()
                     } else {
-                        src.split_to(len).freeze()
+                        src.split_to(len)
                     };
                     self.state = DecodeState::Head;
                     return Ok(Some(if flags & FLAG_COMMAND != 0 {
@@ -199,6 +217,32 @@ impl FrameDecoder {
                 }
             }
         }
+    }
+}
+
+/// A walk over the chunks of a [`TxQueue`] (see [`TxQueue::drain_frames`]).
+struct Walk<'a> {
+    rest: std::collections::vec_deque::Iter<'a, Bytes>,
+    cur: &'a [u8],
+}
+
+impl<'a> Walk<'a> {
+    /// The next `n` bytes, in the parts they lie in; false when fewer are left.
+    fn take(&mut self, n: usize, parts: &mut Vec<&'a [u8]>) -> bool {
+        let mut left = n;
+        while left > 0 {
+            if self.cur.is_empty() {
+                match self.rest.next() {
+                    Some(c) => self.cur = c,
+                    None => return false,
+                }
+            }
+            let k = left.min(self.cur.len());
+            parts.push(&self.cur[..k]);
+            self.cur = &self.cur[k..];
+            left -= k;
+        }
+        true
     }
 }
 
@@ -378,6 +422,55 @@ impl TxQueue {
         }
     }
 
+    /// Takes every queued frame out, in order, giving `f` each one's flags
+    /// ([`FLAG_MORE`], [`FLAG_COMMAND`]) and body, in the parts it lies in here (no
+    /// copy); the queue is left empty. For a queue of whole frames (as a connection
+    /// queues once its greeting is out), not partly written; bytes that do not make a
+    /// whole frame end the walk (and are dropped).
+    pub fn drain_frames<E>(
+        &mut self,
+        mut f: impl FnMut(u8, &[&[u8]]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.seal();
+        let chunks = std::mem::take(&mut self.chunks);
+        self.len = 0;
+        let mut walk = Walk {
+            rest: chunks.iter(),
+            cur: &[],
+        };
+        let mut parts: Vec<&[u8]> = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            parts.clear();
+            if !walk.take(1, &mut parts) {
+                return Ok(());
+            }
+            let flags = parts[0][0];
+            let size_len = if flags & FLAG_LONG != 0 { 8 } else { 1 };
+            parts.clear();
+            if !walk.take(size_len, &mut parts) {
+                return Ok(());
+            }
+            let mut at = 0;
+            for p in &parts {
+                head[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            let len = if size_len == 8 {
+                u64::from_be_bytes([
+                    head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+                ])
+            } else {
+                u64::from(head[0])
+            };
+            parts.clear();
+            if !walk.take(usize::try_from(len).unwrap_or(usize::MAX), &mut parts) {
+                return Ok(());
+            }
+            f(flags & (FLAG_MORE | FLAG_COMMAND), &parts)?;
+        }
+    }
+
     /// Everything queued, as one contiguous buffer (for tests and in-memory pairs).
     pub fn take_all(&mut self) -> BytesMut {
         self.seal();
@@ -394,6 +487,40 @@ impl TxQueue {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Draining a queue gives back every frame, flags and bodies, as queued (small
+    /// ones copied together, large ones in buffers of their own, long sizes).
+    #[test]
+    fn a_drained_queue_gives_back_its_frames() {
+        let big = Bytes::from(vec![5u8; 5000]);
+        let mut q = TxQueue::default();
+        q.push_message(&[Bytes::from_static(b"a"), big.clone()], 1);
+        q.push_command_body(b"\x04PING\x00\x10");
+        q.push_message(
+            &[
+                Bytes::from(vec![1u8; 300]),
+                Bytes::from_static(b"x"),
+                big.clone(),
+            ],
+            2,
+        );
+        let mut got = Vec::new();
+        q.drain_frames(|flags, parts| {
+            got.push((flags, parts.concat()));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert!(q.is_empty());
+        let joined = [&b"x"[..], &big[..]].concat();
+        let want: Vec<(u8, Vec<u8>)> = vec![
+            (FLAG_MORE, b"a".to_vec()),
+            (0, big.to_vec()),
+            (FLAG_COMMAND, b"\x04PING\x00\x10".to_vec()),
+            (FLAG_MORE, vec![1u8; 300]),
+            (0, joined),
+        ];
+        assert_eq!(got, want);
+    }
 
     fn decode_all(bytes: &[u8], max: u64) -> Result<Vec<Frame>, ZmtpError> {
         let mut d = FrameDecoder::new(max);

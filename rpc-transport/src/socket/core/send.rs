@@ -321,11 +321,11 @@ mod tests {
         assert!(b.rx.try_recv().is_err());
     }
 
-    /// A CURVE peer (its outbox never open: its task seals every frame) keeps its turn:
+    /// A peer whose outbox is not open (its handshake not done yet) keeps its turn:
     /// the message goes to its channel, not to the next peer. (Every message went to
-    /// one peer of a CURVE DEALER before.)
+    /// one peer of a CURVE DEALER when CURVE outboxes stayed closed.)
     #[tokio::test]
-    async fn round_robin_keeps_the_turn_of_a_curve_peer() {
+    async fn round_robin_keeps_the_turn_of_a_peer_whose_outbox_is_closed() {
         let (core, _inbound) = Core::new(SocketType::Dealer, SocketOptions::default());
         let mut a = peer(&core, 1, true);
         let mut b = peer(&core, 2, true);
