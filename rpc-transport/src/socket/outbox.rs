@@ -84,7 +84,8 @@ struct Inner {
     stalled: bool,
     /// A CURVE connection's sending half: every frame is sealed as it is queued
     /// here, whoever queues it, so that boxes reach the wire in nonce order.
-    sealer: Option<Sealer>,
+    /// (Boxed: the lock's state stays small for NULL connections.)
+    sealer: Option<Box<Sealer>>,
     /// Sealing failed (nonces used up): the connection must end.
     broken: bool,
 }
@@ -196,7 +197,7 @@ impl Outbox {
     pub fn seal_with(&self, sealer: Sealer, from: &mut TxQueue) {
         let mut inner = self.lock();
         inner.queue.append(from);
-        inner.sealer = Some(sealer);
+        inner.sealer = Some(Box::new(sealer));
         // Not idle: the connection task's next flush writes them.
         self.left.store(inner.queue.len(), Ordering::Release);
     }

@@ -119,14 +119,7 @@ impl FrameDecoder {
         src: &mut BytesMut,
         message_so_far: u64,
     ) -> Result<Option<Frame>, ZmtpError> {
-        Ok(self.decode_mut(src, message_so_far)?.map(|f| match f {
-            Frame::Data { more, body } => Frame::Data {
-                more,
-                body: body.freeze(),
-            },
-            Frame::Command(body) => Frame::Command(body.freeze()),
-            Frame::Skipped { more, len } => Frame::Skipped { more, len },
-        }))
+        self.decode_with(src, message_so_far, BytesMut::freeze)
     }
 
     /// As [`decode`](Self::decode), the body left mutable: a slice of `src`'s memory
@@ -136,6 +129,17 @@ impl FrameDecoder {
         src: &mut BytesMut,
         message_so_far: u64,
     ) -> Result<Option<Frame<BytesMut>>, ZmtpError> {
+        self.decode_with(src, message_so_far, |b| b)
+    }
+
+    /// The decoder, the body made into a `B` by `body`.
+    #[inline(always)]
+    fn decode_with<B>(
+        &mut self,
+        src: &mut BytesMut,
+        message_so_far: u64,
+        body: impl FnOnce(BytesMut) -> B,
+    ) -> Result<Option<Frame<B>>, ZmtpError> {
         loop {
             match self.state {
                 DecodeState::Head => {
@@ -200,11 +204,11 @@ impl FrameDecoder {
                         return Ok(None);
                     }
                     // An empty frame (the envelope's delimiter) shares nothing.
-                    let body = if len == 0 {
+                    let body = body(if len == 0 {
                         BytesMut::new()
                     } else {
                         src.split_to(len)
-                    };
+                    });
                     self.state = DecodeState::Head;
                     return Ok(Some(if flags & FLAG_COMMAND != 0 {
                         Frame::Command(body)
