@@ -142,6 +142,8 @@ pub(crate) struct Window {
     len: AtomicUsize,
     /// The size it is meant to have.
     size: AtomicUsize,
+    /// Members able to take calls at the last choosing (what the window can grow to).
+    available: AtomicUsize,
     /// The pool or a member's health changed since the window was chosen.
     stale: AtomicBool,
     /// Held while choosing.
@@ -157,6 +159,7 @@ impl Window {
             slots: (0..config.max).map(|_| AtomicUsize::new(0)).collect(),
             len: AtomicUsize::new(0),
             size: AtomicUsize::new(config.min),
+            available: AtomicUsize::new(usize::MAX),
             stale: AtomicBool::new(true),
             choosing: Mutex::new(()),
         }
@@ -204,17 +207,24 @@ impl Window {
         let Ok(_choosing) = self.choosing.try_lock() else {
             return;
         };
-        let current = self.members();
+        let k = self.len.load(Ordering::Acquire).min(self.slots.len());
+        let busy: usize = self.slots[..k]
+            .iter()
+            .map(|i| in_flight(i.load(Ordering::Relaxed)))
+            .sum();
         let size = self.size.load(Ordering::Relaxed);
-        let busy = current.iter().map(|&i| in_flight(i)).sum::<usize>();
         let stale = self.stale.swap(false, Ordering::Relaxed);
-        let ranked: Vec<(u64, usize)> = candidates()
-            .map(|(i, addr)| (self.keys.hash_one(addr), i))
-            .collect();
-        let next = next_size(&self.config, current.len().max(size), busy, ranked.len());
+        let available = self.available.load(Ordering::Relaxed);
+        let next = next_size(&self.config, k.max(size), busy, available);
+        // Most lookings change nothing: no scan of the pool then.
         if next == size && !stale {
             return;
         }
+        let ranked: Vec<(u64, usize)> = candidates()
+            .map(|(i, addr)| (self.keys.hash_one(addr), i))
+            .collect();
+        self.available.store(ranked.len(), Ordering::Relaxed);
+        let next = next.min(ranked.len().max(self.config.min));
         self.size.store(next, Ordering::Relaxed);
         let chosen = select(ranked, next);
         for (slot, i) in self.slots.iter().zip(&chosen) {
