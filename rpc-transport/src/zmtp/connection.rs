@@ -284,8 +284,8 @@ impl Connection {
         md
     }
 
-    /// Whether frames travel in CURVE boxes (the direct write path, which writes
-    /// frames as they are, is then not used).
+    /// Whether frames travel in CURVE boxes (sealed here, or by the holder of the
+    /// sealer once [`hand_out_sealer`](Self::hand_out_sealer) gave it away).
     pub fn is_encrypted(&self) -> bool {
         matches!(
             self.curve,
@@ -682,13 +682,13 @@ impl Connection {
 
     /// Queues a command: in clear, or in a CURVE box once the handshake is done.
     fn queue_command(&mut self, cmd: Command) -> Result<(), ZmtpError> {
-        match &mut self.curve {
-            Sec::Session(session) if !session.handed_out() => {
+        match sealing(&mut self.curve) {
+            Some(session) => {
                 let sealed = session.seal(curve::FLAG_COMMAND, &[&cmd.body()])?;
                 self.tx.push_frame(0, &sealed.freeze());
             }
             // In clear, or for the sealer's holder to seal.
-            _ => cmd.encode(&mut self.tx),
+            None => cmd.encode(&mut self.tx),
         }
         Ok(())
     }
@@ -751,11 +751,9 @@ impl Connection {
         if self.phase != Phase::Active {
             return Err(ZmtpError::NotActive);
         }
-        match &mut self.curve {
-            Sec::Session(session) if !session.handed_out() => {
-                session.seal_behind(&mut self.tx, envelope, frames, joined)
-            }
-            _ => {
+        match sealing(&mut self.curve) {
+            Some(session) => session.seal_behind(&mut self.tx, envelope, frames, joined),
+            None => {
                 self.tx.push_behind(envelope, frames, joined);
                 Ok(())
             }
@@ -824,6 +822,15 @@ fn plain_hello(body: &[u8]) -> Result<(String, Vec<u8>), ZmtpError> {
     }
     let user = String::from_utf8(user.to_vec()).map_err(|_| bad())?;
     Ok((user, rest.to_vec()))
+}
+
+/// The session, while the connection seals its own frames (not before the handshake,
+/// not once the sealer was handed out).
+fn sealing(curve: &mut Sec) -> Option<&mut Session> {
+    match curve {
+        Sec::Session(session) if !session.handed_out() => Some(session),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
