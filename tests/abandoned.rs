@@ -353,8 +353,10 @@ async fn the_client_says_when_it_sent_a_request_when_asked_to() {
             .await
             .expect("the request arrives")
             .unwrap();
-        // [routing id][request id][empty][header][args]
-        let header = rpc_core::envelope::RequestHeader::from_bytes(&msg.frames()[3]).unwrap();
+        // [routing id][empty][header][args]: a typed call's envelope is the delimiter.
+        assert_eq!(msg.len(), 4, "{msg:?}");
+        assert!(msg.frames()[1].is_empty());
+        let header = rpc_core::envelope::RequestHeader::from_bytes(&msg.frames()[2]).unwrap();
         match header.sent_ms {
             Some(ms) => {
                 assert!(on, "sent_ms without send_time");

@@ -45,10 +45,14 @@ async fn an_unknown_status_reads_as_internal() {
         .unwrap();
     let calc = CalcClient::new(client);
     let call = tokio::spawn(async move { calc.add(1, 2).await });
-    // [routing id][request id][empty][header][arguments]
+    // [routing id][empty][header][arguments]; the reply is matched by the header's id.
     let req = py.recv(10_000).await.expect("the request arrived");
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&req[1]);
+    assert_eq!(req.len(), 4, "{req:?}");
+    assert!(req[1].is_empty());
+    let id = *rpc_core::RequestHeader::from_bytes(&req[2])
+        .unwrap()
+        .id
+        .as_bytes();
     let header = rmp_serde::to_vec_named(&ReplyHeader {
         v: 1,
         id,
@@ -56,7 +60,7 @@ async fn an_unknown_status_reads_as_internal() {
         message: "from the future",
     })
     .unwrap();
-    py.send(&[&req[0], &req[1], b"", &header, b"\xc0"]).await;
+    py.send(&[&req[0], b"", &header, b"\xc0"]).await;
     let e = call.await.unwrap().unwrap_err();
     assert!(
         matches!(&e, RpcError::Internal(m) if m == "unknown status 42: from the future"),

@@ -189,6 +189,17 @@ impl ReplyHeader {
         put_str(out, &self.message);
     }
 
+    /// The request id of a reply header, read without the rest of it: a client
+    /// matches replies to calls by it. `None` when the frame is not a map with an `id`
+    /// of 16 bytes.
+    pub fn peek_id(b: &[u8]) -> Option<RequestId> {
+        let peek = Reader(b).peek_map_len().and_then(|n| Reader(b).head(n));
+        match peek {
+            Some((_, id)) => Some(id),
+            None => RequestHeader::peek_id(b),
+        }
+    }
+
     /// Reads a header from a frame. A status code this version does not know is
     /// read as INTERNAL, its message saying which code came (PROTOCOL.md §5).
     pub fn from_bytes(b: &[u8]) -> Result<ReplyHeader, RpcError> {
@@ -634,6 +645,56 @@ mod tests {
         huge[meta_at] = 0xdf;
         huge.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
         assert!(RequestHeader::from_bytes(&huge).is_err());
+    }
+
+    #[test]
+    fn a_reply_header_gives_its_id_in_any_layout() {
+        let id = RequestId::new();
+        let ours = ReplyHeader {
+            v: 1,
+            id,
+            status: Status::AppError,
+            message: "no".into(),
+        }
+        .to_bytes();
+        assert_eq!(ReplyHeader::peek_id(&ours), Some(id));
+        // Only the head is read: a reply cut after the id is still matched to its
+        // call, whose own reading of it then fails and says so.
+        assert_eq!(ReplyHeader::peek_id(&ours[..25]), Some(id));
+        assert_eq!(ReplyHeader::peek_id(&ours[..24]), None);
+        #[derive(serde::Serialize)]
+        struct Reordered {
+            status: u8,
+            message: &'static str,
+            #[serde(with = "serde_bytes_16")]
+            id: [u8; 16],
+            v: u8,
+        }
+        mod serde_bytes_16 {
+            pub fn serialize<S: serde::Serializer>(b: &[u8; 16], s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(b)
+            }
+        }
+        let other = codec::encode(&Reordered {
+            status: 0,
+            message: "",
+            id: *id.as_bytes(),
+            v: 1,
+        })
+        .unwrap();
+        assert!(Reader(&other).reply().is_none(), "not the fast path");
+        assert_eq!(ReplyHeader::peek_id(&other), Some(id));
+        // No id, an id of another size, not a map: nothing to match.
+        let no_id = codec::encode(&std::collections::BTreeMap::from([("v", 1u8)])).unwrap();
+        assert_eq!(ReplyHeader::peek_id(&no_id), None);
+        let mut short = ours.clone();
+        short[8] = 15;
+        assert_eq!(ReplyHeader::peek_id(&short[..24]), None);
+        assert_eq!(
+            ReplyHeader::peek_id(&codec::encode(&(1u8, 2u8)).unwrap()),
+            None
+        );
+        assert_eq!(ReplyHeader::peek_id(&[]), None);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use rpc_core::{
     codec, MethodInfo, Payload, Reply, ReplyHeader, RequestHeader, RequestId, RpcError, Status,
     PROTOCOL_VERSION,
@@ -102,8 +104,10 @@ impl Client {
                     None
                 },
             };
-            // Room for the envelope the attempt loop puts in front.
-            let mut head = Vec::with_capacity(3 + args.parts().len());
+            // The envelope is the delimiter alone: the header carries the id, by which
+            // the reply is matched.
+            let mut head = Vec::with_capacity(2 + args.parts().len());
+            head.push(Bytes::new());
             head.push(to.with_acks(|acks| header.to_frame_acking(acks)));
             Outgoing::with_payload(head, args.clone())
         };

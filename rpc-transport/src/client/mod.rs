@@ -586,13 +586,21 @@ impl Inner {
         lock(&self.pending)
     }
 
-    /// A reply arrived on endpoint `idx`: `[id][empty][frames...]`.
+    /// A reply arrived on endpoint `idx`: `[empty][reply header][body]` (a typed call,
+    /// matched by the header's id) or `[id][empty][frames...]` (a raw request).
     fn on_reply(&self, idx: usize, mut msg: Message, answers: &mut Answers<'_>) {
         let ep = &self.members.at(idx);
         bump(&ep.counters.replies);
-        let id = match (msg.pop_front(), msg.pop_front()) {
-            (Some(id), Some(delim)) if delim.is_empty() => RequestId::from_slice(&id),
-            _ => None,
+        let id = match msg.pop_front() {
+            Some(delim) if delim.is_empty() => msg
+                .frames()
+                .first()
+                .and_then(|h| rpc_core::ReplyHeader::peek_id(h)),
+            Some(id) => match msg.pop_front() {
+                Some(delim) if delim.is_empty() => RequestId::from_slice(&id),
+                _ => None,
+            },
+            None => None,
         };
         let Some(id) = id else {
             tracing::debug!(endpoint = %ep.addr, "dropping a reply without request id");
@@ -1218,7 +1226,10 @@ impl Client {
                 timeout,
                 self.inner.config.hedge_ms(),
                 false,
-                |_, _, _| Outgoing::from(msg.clone()),
+                |_, _, _| {
+                    let id = rpc_core::arena::copy(id.as_bytes());
+                    Outgoing::from(msg.clone()).behind([id, Bytes::new()])
+                },
                 Verdict::Done,
             ),
             span,
@@ -1227,9 +1238,11 @@ impl Client {
     }
 
     /// The attempt loop shared by raw requests and typed calls. `build` makes the
-    /// frames of attempt `n` to an endpoint given the time remaining; `classify` judges
-    /// a reply. With `acks` (typed calls, whose headers carry acknowledgements), the
-    /// server whose reply ends the call is told so with a later request. The call
+    /// frames of attempt `n` to an endpoint given the time remaining, envelope
+    /// included (`[id][empty]` for a raw request, `[empty]` for a typed call, whose
+    /// header carries the id: [`Inner::on_reply`]); `classify` judges a reply. A
+    /// `typed` call's headers carry acknowledgements: the server whose reply ends the
+    /// call is told so with a later request. The call
     /// starts now (not at its first poll): what only sets it up is not kept in its
     /// future, which stays small.
     #[allow(clippy::too_many_arguments)]
@@ -1239,7 +1252,7 @@ impl Client {
         policy: RetryPolicy,
         timeout: Duration,
         hedge_ms: u32,
-        acks: bool,
+        typed: bool,
         build: impl FnMut(u32, Duration, &Member) -> Outgoing + 'a,
         classify: impl FnMut(Message) -> Verdict<T> + 'a,
     ) -> impl std::future::Future<Output = Result<T, RpcError>> + 'a {
@@ -1261,7 +1274,7 @@ impl Client {
             seed,
         )
         .hedging(hedge_ms);
-        self.attempts(id, retry, now, acks, build, classify)
+        self.attempts(id, retry, now, typed, build, classify)
     }
 
     /// The thin async shell around [`Retry`]: picks endpoints, registers and sends
@@ -1271,7 +1284,7 @@ impl Client {
         id: RequestId,
         mut retry: Retry,
         mut now: Instant,
-        acks: bool,
+        typed: bool,
         mut build: impl FnMut(u32, Duration, &Member) -> Outgoing,
         mut classify: impl FnMut(Message) -> Verdict<T>,
     ) -> Result<T, RpcError> {
@@ -1316,8 +1329,7 @@ impl Client {
             let ep = &inner.members.at(idx);
             let deadline = Instant::from_std(retry.deadline());
             let remaining = deadline.saturating_duration_since(sent_at);
-            let msg = build(retry.attempts() + 1, remaining, ep)
-                .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
+            let msg = build(retry.attempts() + 1, remaining, ep);
             let (size, max) = (msg.byte_len(), cfg.socket.max_message_size);
             if size > max {
                 // The server would refuse it (the same limit is the default there).
@@ -1392,7 +1404,7 @@ impl Client {
                     // The call ends here unless the server did not run it: then the
                     // server that answered may let go of its reply.
                     let verdict = classify(msg);
-                    if acks && !matches!(verdict, Verdict::NotRun(_)) {
+                    if typed && !matches!(verdict, Verdict::NotRun(_)) {
                         inner.members.at(from).received(id);
                         // The call is over: the loser of a hedge may let go too.
                         if let Some(h) = retry.take_hedge() {
@@ -1516,8 +1528,7 @@ impl Client {
         }
         let ep = inner.members.at(to);
         let remaining = Instant::from_std(retry.deadline()).saturating_duration_since(now);
-        let msg = build(retry.attempts() + 1, remaining, ep)
-            .behind([rpc_core::arena::copy(id.as_bytes()), Bytes::new()]);
+        let msg = build(retry.attempts() + 1, remaining, ep);
         // Registered before sending, as every attempt.
         let registered = ep.generation();
         inner.pending().get_mut(&id)?.hedge = Some((to, registered));
