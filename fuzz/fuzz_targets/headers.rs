@@ -1,5 +1,6 @@
 //! Any bytes as a request or reply header: a header or an error, never a panic. What
-//! the fast reader accepts, serde must read the same way.
+//! the fast reader accepts, serde must read the same way. A reply header that reads
+//! gives its id to the peek a client matches replies by.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
         let again = RequestHeader::from_bytes(&h.to_bytes()).expect("re-encoded header reads");
         assert_eq!(again, h);
     }
+    let peeked = ReplyHeader::peek_id(data);
     if let Ok(h) = ReplyHeader::from_bytes(data) {
+        assert_eq!(peeked, Some(h.id), "a header that reads is matched by its id");
         let again = ReplyHeader::from_bytes(&h.to_bytes()).expect("re-encoded header reads");
         assert_eq!(again, h);
     }

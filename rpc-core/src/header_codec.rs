@@ -189,14 +189,15 @@ impl ReplyHeader {
         put_str(out, &self.message);
     }
 
-    /// The request id of a reply header, read without the rest of it: a client
-    /// matches replies to calls by it. `None` when the frame is not a map with an `id`
-    /// of 16 bytes.
+    /// The request id of a reply header, read without the rest of it when laid out as
+    /// this crate writes it (else the header is read whole): a client matches replies
+    /// to calls by it. `None` when the frame is no reply header. Whatever
+    /// [`from_bytes`](Self::from_bytes) reads, this gives the same id.
     pub fn peek_id(b: &[u8]) -> Option<RequestId> {
         let peek = Reader(b).peek_map_len().and_then(|n| Reader(b).head(n));
         match peek {
             Some((_, id)) => Some(id),
-            None => RequestHeader::peek_id(b),
+            None => ReplyHeader::from_bytes(b).ok().map(|h| h.id),
         }
     }
 
