@@ -1,0 +1,143 @@
+//! Which endpoint an attempt goes to: power of two choices (from the aperture's
+//! window when there is one), round-robin or least outstanding, among the members
+//! able to take calls.
+
+use std::sync::atomic::Ordering;
+
+use super::{aperture, balance, now_std, Balance, Inner};
+use crate::socket::SplitMix64;
+
+impl Inner {
+    /// A healthy endpoint, preferring one other than `avoid`.
+    pub(super) fn pick(&self, avoid: Option<usize>) -> Option<usize> {
+        // Read only when an endpoint with strikes is looked at.
+        let mut now = None;
+        let n = self.members.len();
+        if self.config.balance == Balance::PowerOfTwoChoices {
+            if let Some(w) = &self.window {
+                self.tend(w, &mut now);
+            }
+            if let Some(i) = self.pick_two(avoid, &mut now) {
+                return Some(i);
+            }
+            // Draws missed (few members can take calls): look at all.
+        }
+        let mut start = self.rr.fetch_add(1, Ordering::Relaxed);
+        if self.config.balance == Balance::RoundRobin {
+            // The next in turn; one that cannot take the call (removed, down,
+            // avoided) passes its turn on to the next number drawn, not to the
+            // member after it, which would get a double share.
+            for _ in 0..n {
+                let i = start % n;
+                let ep = self.members.at(i);
+                if Some(i) != avoid && ep.eligible(|| *now.get_or_insert_with(now_std)) {
+                    return Some(i);
+                }
+                start = self.rr.fetch_add(1, Ordering::Relaxed);
+            }
+            // Drawn numbers may miss some (other callers draw too): look at all.
+        }
+        let mut best: Option<(usize, usize)> = None;
+        let mut fallback = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let ep = &self.members.at(i);
+            if !ep.eligible(|| *now.get_or_insert_with(now_std)) {
+                continue;
+            }
+            if Some(i) == avoid {
+                fallback = Some(i);
+                continue;
+            }
+            match self.config.balance {
+                Balance::RoundRobin => return Some(i),
+                // The scan after missed draws: the least loaded that can take it.
+                Balance::LeastOutstanding | Balance::PowerOfTwoChoices => {
+                    let load = ep.outstanding.load(Ordering::Relaxed);
+                    if best.is_none_or(|(_, l)| load < l) {
+                        best = Some((i, load));
+                    }
+                }
+            }
+        }
+        best.map(|(i, _)| i).or(fallback)
+    }
+
+    /// Power of two choices: the better of two members drawn at random, each able to
+    /// take the call; `None` when a few draws found none.
+    fn pick_two(
+        &self,
+        avoid: Option<usize>,
+        now: &mut Option<std::time::Instant>,
+    ) -> Option<usize> {
+        const DRAWS: usize = 4;
+        let n = self.members.len();
+        let mut ok = |i: usize| {
+            Some(i) != avoid
+                && self
+                    .members
+                    .at(i)
+                    .eligible(|| *now.get_or_insert_with(now_std))
+        };
+        if n == 1 {
+            return ok(0).then_some(0);
+        }
+        for _ in 0..DRAWS {
+            let r = SplitMix64::new(self.rr.fetch_add(1, Ordering::Relaxed) as u64).next_u64();
+            let (a, b) = match self.window.as_ref().and_then(|w| w.draw(r)) {
+                Some(pair) => pair,
+                None => {
+                    let a = (r % n as u64) as usize;
+                    (a, (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n)
+                }
+            };
+            match (ok(a), ok(b)) {
+                (true, true) => {
+                    let t = self.nanos(now.unwrap_or_else(now_std));
+                    let score = |i: usize| {
+                        let m = self.members.at(i);
+                        let load = m.outstanding.load(Ordering::Relaxed);
+                        (i, balance::score(m.latency.cost(t), load))
+                    };
+                    let pick = balance::choose(score(a), score(b));
+                    let Some(delay) = self.config.hedge else {
+                        return Some(pick);
+                    };
+                    // Hedging: a member whose calls take longer than the hedge delay
+                    // on average would have them hedged anyway, and ended late; the
+                    // other takes the call. It is tried again once its estimate has
+                    // decayed below the delay.
+                    let other = if pick == a { b } else { a };
+                    let late =
+                        |i: usize| self.members.at(i).latency.mean(t) > delay.as_nanos() as f64;
+                    return Some(if late(pick) && !late(other) {
+                        other
+                    } else {
+                        pick
+                    });
+                }
+                (true, false) => return Some(a),
+                (false, true) => return Some(b),
+                (false, false) => {}
+            }
+        }
+        None
+    }
+
+    /// Looks at the aperture's window (every few picks, and after a change): its size
+    /// against the load, and its members against those able to take calls.
+    fn tend(&self, w: &aperture::Window, now: &mut Option<std::time::Instant>) {
+        if !w.wants_tending(self.rr.load(Ordering::Relaxed)) {
+            return;
+        }
+        let t = *now.get_or_insert_with(now_std);
+        w.tend(
+            |i| self.members.at(i).outstanding.load(Ordering::Relaxed),
+            || {
+                self.live()
+                    .filter(move |(_, m)| m.eligible(|| t))
+                    .map(|(i, m)| (i, m.addr.as_str()))
+            },
+        );
+    }
+}
