@@ -321,6 +321,23 @@ fn window_and_answered(client: &Client, before: &[u64]) -> (Vec<String>, Vec<Str
     (window.collect(), answered.collect())
 }
 
+/// `callers` callers making `calls` calls of `ms` each, all at once.
+async fn busy(who: &WhoClient, callers: usize, calls: usize, ms: u64) {
+    let callers: Vec<_> = (0..callers)
+        .map(|_| {
+            let who = who.clone();
+            tokio::spawn(async move {
+                for _ in 0..calls {
+                    who.who(ms).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+}
+
 fn replies(client: &Client) -> Vec<u64> {
     client.endpoints().iter().map(|e| e.replies).collect()
 }
@@ -351,19 +368,7 @@ async fn an_aperture_calls_a_window_that_follows_load_and_failures() {
 
     // Twenty-four callers of 10 ms calls: over four calls in flight per member, the
     // window grows to about six.
-    let callers: Vec<_> = (0..24)
-        .map(|_| {
-            let who = who.clone();
-            tokio::spawn(async move {
-                for _ in 0..40 {
-                    who.who(10).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for c in callers {
-        c.await.unwrap();
-    }
+    busy(&who, 24, 40, 10).await;
     let (window, _) = window_and_answered(&client, &before);
     assert!((5..=7).contains(&window.len()), "{window:?}");
 
@@ -387,6 +392,100 @@ async fn an_aperture_calls_a_window_that_follows_load_and_failures() {
     assert!(!after.contains(&ep), "{ep} still in {after:?}");
     assert_eq!(after.iter().filter(|e| window.contains(e)).count(), 2);
     assert_eq!(answered, after);
+}
+
+/// The endpoints the client holds a connection to.
+fn connected(client: &Client) -> Vec<String> {
+    client
+        .endpoints()
+        .into_iter()
+        .filter(|e| e.connections > 0)
+        .map(|e| e.endpoint)
+        .collect()
+}
+
+/// Client connections the servers hold, all together.
+fn server_connections(servers: &[(ServerHandle, String)]) -> u64 {
+    servers.iter().map(|(s, _)| s.stats().connections).sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lazy_aperture_connects_only_its_window() {
+    let mut servers = Vec::new();
+    for n in 0..12 {
+        servers.push(server(n).await);
+    }
+    let linger = Duration::from_secs(2);
+    let client = Client::builder()
+        .endpoints(servers.iter().map(|(_, ep)| ep.clone()))
+        .aperture(zmtp_rpc::Aperture::new().lazy(linger))
+        .connect()
+        .await
+        .unwrap();
+    let who = WhoClient::new(client.clone());
+    // Nothing is connected before the first call chooses a window.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(connected(&client).is_empty(), "{:?}", connected(&client));
+    assert_eq!(server_connections(&servers), 0);
+    let idle = |client: &Client| {
+        client
+            .endpoints()
+            .into_iter()
+            .filter(|e| e.health == zmtp_rpc::HealthState::Idle)
+            .count()
+    };
+    assert_eq!(idle(&client), 12);
+
+    // One caller: the three members of the window, and only they, are connected.
+    let before = replies(&client);
+    for _ in 0..200 {
+        who.who(0).await.unwrap();
+    }
+    let (window, answered) = window_and_answered(&client, &before);
+    assert_eq!(window.len(), 3, "{window:?}");
+    assert_eq!(answered, window);
+    assert_eq!(connected(&client), window);
+    assert_eq!(server_connections(&servers), 3);
+
+    // Load grows the window, and each member taken in is connected.
+    busy(&who, 24, 40, 10).await;
+    let (grown, _) = window_and_answered(&client, &before);
+    assert!((5..=7).contains(&grown.len()), "{grown:?}");
+    let now_connected = connected(&client);
+    assert!(grown.iter().all(|e| now_connected.contains(e)));
+
+    // Quiet again: the window shrinks at once, the members that left it stay
+    // connected for the linger, then close.
+    for _ in 0..400 {
+        who.who(0).await.unwrap();
+    }
+    let (window, _) = window_and_answered(&client, &before);
+    assert_eq!(window.len(), 3, "{window:?}");
+    assert!(connected(&client).len() > 3, "closed before the linger");
+    tokio::time::sleep(linger + Duration::from_millis(10)).await;
+    for _ in 0..200 {
+        who.who(0).await.unwrap();
+    }
+    assert_eq!(connected(&client), window);
+    assert_eq!(idle(&client), 9);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server_connections(&servers), 3);
+
+    // A member of the window stops: another is connected in its place, no call fails.
+    let gone = servers.iter().position(|(_, ep)| *ep == window[0]).unwrap();
+    let (handle, ep) = servers.swap_remove(gone);
+    handle.shutdown().await;
+    let before = replies(&client);
+    for _ in 0..200 {
+        who.who(0).await.unwrap();
+    }
+    let (after, answered) = window_and_answered(&client, &before);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(!after.contains(&ep), "{ep} still in {after:?}");
+    assert_eq!(answered, after);
+    let newcomer = after.iter().find(|e| !window.contains(e)).unwrap();
+    assert!(connected(&client).contains(newcomer));
+    assert_eq!(client.stats().failed, 0);
 }
 
 #[tokio::test]

@@ -143,8 +143,10 @@ async fn measure(
         b = b.heartbeat(None);
     }
     let client = b.connect().await.unwrap();
+    // A lazy aperture connects its window only, at the first calls (the warm-up).
+    let lazy = aperture.is_some_and(|a| a != Aperture::new());
     assert!(
-        client
+        lazy || client
             .wait_healthy(endpoints.len(), Duration::from_secs(30))
             .await,
         "pool not up"
@@ -286,16 +288,22 @@ pub async fn run_all() {
     let three = start(&[(0, 1), (0, 1), (0, 1)], false).await;
     let many = start(&[(0, 100), (0, 100), (0, 100)], false).await;
     let aperture = Some(Aperture::new());
+    let lazy = Some(Aperture::new().lazy(Duration::from_secs(30)));
     for callers in [1, 16] {
         let rows = [
             (Balance::PowerOfTwoChoices, None),
             (Balance::PowerOfTwoChoices, aperture),
+            (Balance::PowerOfTwoChoices, lazy),
             (Balance::RoundRobin, None),
         ];
         for (b, a) in rows {
             let base = measure(&three.endpoints, b, callers, false, None, None).await;
             let big = measure(&many.endpoints, b, callers, false, None, a).await;
-            let with = if a.is_some() { " + aperture" } else { "" };
+            let with = match a {
+                None => "",
+                Some(a) if a == Aperture::new() => " + aperture",
+                Some(_) => " + lazy aperture",
+            };
             for (n, o) in [(3, &base), (300, &big)] {
                 let called = o.shares.iter().filter(|s| **s > 0.0).count();
                 println!(

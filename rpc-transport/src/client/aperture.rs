@@ -11,7 +11,10 @@
 //! Which members: those ranked first by a hash of their address keyed per client
 //! (rendezvous hashing), among those that can take calls. Clients spread over the
 //! pool, and a member that leaves, fails or joins moves one place of a window, not
-//! all of it. How many: from [`Aperture::min`], one more while the window's members
+//! all of it. With [`Aperture::lazy`], only the window's members are connected: a
+//! member is connected when the window takes it in, and closed once it has been out of
+//! the window, without calls in flight, for a while (so that a window that breathes
+//! with the load does not reconnect at every step). How many: from [`Aperture::min`], one more while the window's members
 //! average more than `high` calls in flight, one fewer while they average fewer than
 //! `low` ([`next_size`]); looked at every [`CHECK_EVERY`] picks.
 //!
@@ -23,6 +26,7 @@
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// How often (in picks) the window's size is looked at.
 pub(crate) const CHECK_EVERY: usize = 64;
@@ -30,13 +34,15 @@ pub(crate) const CHECK_EVERY: usize = 64;
 /// Settings of a client's aperture ([`ClientBuilder::aperture`](super::ClientBuilder::aperture)).
 ///
 /// Defaults: at least 3 members, at most 256; grow past 4 calls in flight per member
-/// on average, shrink below 1.
+/// on average, shrink below 1; every member of the pool connected.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Aperture {
     min: usize,
     max: usize,
     low: f64,
     high: f64,
+    /// Connect only to the window; close a member this long out of it.
+    linger: Option<Duration>,
 }
 
 impl Default for Aperture {
@@ -53,6 +59,7 @@ impl Aperture {
             max: 256,
             low: 1.0,
             high: 4.0,
+            linger: None,
         }
     }
 
@@ -77,6 +84,28 @@ impl Aperture {
         self.low = low;
         self.high = high;
         self
+    }
+
+    /// Connects only to the window's members, instead of every member of the pool:
+    /// a member is connected when the window takes it in (calls go to it once its
+    /// handshake completed; until then to the rest of the window), and its
+    /// connection closed once it has been out of the window for `linger` with no
+    /// call in flight (looked at as calls are picked). Each server then holds
+    /// connections from the clients whose window it is in, not from every client.
+    ///
+    /// What it costs: nothing is known of a member's health until it is connected,
+    /// so a member that joins the window may turn out to be down (it is replaced as
+    /// soon as connecting fails), and [`Client::wait_healthy`](super::Client::wait_healthy)
+    /// can count only connected members.
+    pub fn lazy(mut self, linger: Duration) -> Aperture {
+        self.linger = Some(linger);
+        self
+    }
+
+    /// How long a member out of the window stays connected, when only the window is
+    /// connected ([`Aperture::lazy`]).
+    pub(crate) fn linger(&self) -> Option<Duration> {
+        self.linger
     }
 
     /// What is wrong with these settings, if anything.
@@ -196,16 +225,26 @@ impl Window {
             .collect()
     }
 
+    /// The settings it was made with.
+    pub fn config(&self) -> &Aperture {
+        &self.config
+    }
+
     /// Resizes the window by its load (`in_flight(i)`: calls in flight at member `i`)
     /// and, when that or the pool changed, chooses its members again from
     /// `candidates` (the members able to take calls, with their addresses). Does
-    /// nothing while another pick is at it.
-    pub fn tend<'a, C>(&self, in_flight: impl Fn(usize) -> usize, candidates: impl FnOnce() -> C)
+    /// nothing while another pick is at it. Returns whether it chose again (then
+    /// [`members`](Self::members) may differ; empty: the whole pool).
+    pub fn tend<'a, C>(
+        &self,
+        in_flight: impl Fn(usize) -> usize,
+        candidates: impl FnOnce() -> C,
+    ) -> bool
     where
         C: Iterator<Item = (usize, &'a str)>,
     {
         let Ok(_choosing) = self.choosing.try_lock() else {
-            return;
+            return false;
         };
         let k = self.len.load(Ordering::Acquire).min(self.slots.len());
         let busy: usize = self.slots[..k]
@@ -218,7 +257,7 @@ impl Window {
         let next = next_size(&self.config, k.max(size), busy, available);
         // Most lookings change nothing: no scan of the pool then.
         if next == size && !stale {
-            return;
+            return false;
         }
         let ranked: Vec<(u64, usize)> = candidates()
             .map(|(i, addr)| (self.keys.hash_one(addr), i))
@@ -231,6 +270,7 @@ impl Window {
             slot.store(*i, Ordering::Relaxed);
         }
         self.len.store(chosen.len(), Ordering::Release);
+        true
     }
 }
 

@@ -413,7 +413,8 @@ impl ClientBuilder {
             ep.parse::<crate::socket::Endpoint>()
                 .map_err(|e| RpcError::Config(e.to_string()))?;
         }
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             members: members::Members::new(),
             pending: Mutex::new(IdMap::default()),
             wake_line: Arc::default(),

@@ -28,6 +28,10 @@ pub enum HealthState {
     },
     /// The connection was lost; reconnecting with backoff.
     Down,
+    /// Not connected on purpose: outside the window of a lazy aperture
+    /// ([`Aperture::lazy`](super::Aperture::lazy)), connected when the window takes it
+    /// in.
+    Idle,
 }
 
 /// The health policy of one endpoint.

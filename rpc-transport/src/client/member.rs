@@ -88,6 +88,16 @@ pub(crate) struct Member {
     generation: AtomicU64,
     /// Removed from the pool: no new calls (written under the state lock).
     removed: AtomicBool,
+    /// Not connected on purpose: outside a lazy aperture's window
+    /// ([`Aperture::lazy`](super::Aperture::lazy)), until the window takes it in
+    /// (written under the state lock).
+    idle: AtomicBool,
+    /// Connecting because the window took it in, neither connected nor failed yet: it
+    /// keeps its place in the window meanwhile.
+    waking: AtomicBool,
+    /// When it last left a lazy aperture's window ([`Inner::nanos`](super::Inner) + 1;
+    /// 0: in the window, or idle).
+    pub left_window: AtomicU64,
     pub counters: EndpointCounters,
     /// Ids of calls whose reply came from here, to acknowledge with the next requests
     /// (so that the server lets go of those replies). At most [`ACKS_HELD`]; past that
@@ -123,6 +133,9 @@ impl Member {
             ready: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             removed: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+            waking: AtomicBool::new(false),
+            left_window: AtomicU64::new(0),
             counters: EndpointCounters::default(),
             acks: Mutex::new(Vec::new()),
         }
@@ -213,6 +226,78 @@ impl Member {
     /// Whether it was removed from the pool (and not added again).
     pub fn is_removed(&self) -> bool {
         self.removed.load(Ordering::Acquire)
+    }
+
+    /// Whether it is not connected on purpose (outside a lazy aperture's window).
+    pub fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::Acquire)
+    }
+
+    /// Where it stands ([`Health::state`], or idle), under the state lock.
+    pub fn health(&self, st: &State, now: std::time::Instant) -> super::HealthState {
+        if self.is_idle() {
+            super::HealthState::Idle
+        } else {
+            st.health.state(now)
+        }
+    }
+
+    /// Whether a lazy aperture's window may hold it: able to take calls, idle (to be
+    /// connected when taken in), or connecting since it was taken in.
+    pub fn window_candidate(&self, now: impl FnOnce() -> std::time::Instant) -> bool {
+        !self.is_removed()
+            && (self.is_idle() || self.waking.load(Ordering::Acquire) || self.eligible(now))
+    }
+
+    /// Leaves it unconnected until [`Member::wake`] (a member a lazy aperture has not
+    /// taken in), under the state lock.
+    pub fn set_idle(&self, _st: &State) {
+        self.idle.store(true, Ordering::Release);
+    }
+
+    /// The window took it in: connects it, if it was idle. Returns whether it was.
+    pub fn wake(inner: &Arc<Inner>, idx: usize) -> bool {
+        let m = inner.members.at(idx);
+        let mut st = m.lock();
+        if !m.is_idle() || m.is_removed() {
+            return false;
+        }
+        m.idle.store(false, Ordering::Release);
+        m.waking.store(true, Ordering::Release);
+        st.failing = false;
+        Member::recreate_locked(inner, idx, &mut st);
+        true
+    }
+
+    /// It connected, or failed to: no longer waking (under the state lock).
+    pub fn woke(&self, _st: &State) {
+        self.waking.store(false, Ordering::Release);
+    }
+
+    /// Out of the window long enough: closes its connection and leaves it idle until
+    /// the window takes it in again. Returns the generation closed (attempts still on
+    /// it are lost: the caller fails them over), `None` if it was idle or removed.
+    pub fn sleep(&self) -> Option<u64> {
+        let (conn, closed) = {
+            let mut st = self.lock();
+            if self.is_idle() || self.is_removed() {
+                return None;
+            }
+            let closed = st.generation;
+            self.idle.store(true, Ordering::Release);
+            self.waking.store(false, Ordering::Release);
+            // Events of the closed connection are not this member's any more.
+            st.generation += 1;
+            self.generation.store(st.generation, Ordering::Release);
+            st.health.on_disconnected();
+            st.failing = false;
+            self.set_ready(&st);
+            (st.conn.take(), closed)
+        };
+        if let Some(c) = conn {
+            c.reader.abort();
+        }
+        Some(closed)
     }
 
     /// Marks it removed from the pool (`true`) or back in it, under the state lock.

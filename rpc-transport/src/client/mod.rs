@@ -138,6 +138,9 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     /// Resends allowed, all calls together.
     budget: budget::Budget,
+    /// Itself, for what connects members from where only `&self` is at hand (a lazy
+    /// aperture's window taking a member in, at a pick).
+    me: std::sync::Weak<Inner>,
 }
 
 fn now_std() -> std::time::Instant {
@@ -152,6 +155,12 @@ impl Inner {
             w.mark_stale();
         }
         self.changed.send_replace(());
+    }
+
+    /// How long a member out of a lazy aperture's window stays connected (`None`:
+    /// every member is connected).
+    fn linger(&self) -> Option<Duration> {
+        self.window.as_ref().and_then(|w| w.config().linger())
     }
 
     fn pending(&self) -> MutexGuard<'_, IdMap<Pending>> {
@@ -209,6 +218,7 @@ impl Inner {
             }
             if up {
                 st.health.on_connected();
+                ep.woke(&st);
                 ep.latency.reset();
                 tracing::debug!(endpoint = %ep.addr, "connected");
             } else {
@@ -236,6 +246,9 @@ impl Inner {
                 tracing::debug!(endpoint = %ep.addr, reason = %f.why, lost = f.lost, "connection failed");
             }
             st.failing = why.as_ref().is_some_and(|f| !f.lost);
+            if st.failing {
+                ep.woke(&st);
+            }
             st.failure = why.map(|f| f.why);
         }
         self.note_change();
@@ -269,14 +282,24 @@ impl Inner {
         member.send_time = self.config.send_time;
         let (idx, added) = self.members.add(member);
         let m = self.members.at(idx);
+        // A lazy aperture connects a member when its window takes it in.
+        let lazy = self.linger().is_some();
         if added {
-            Member::recreate(self, idx);
+            if lazy {
+                m.set_idle(&m.lock());
+            } else {
+                Member::recreate(self, idx);
+            }
             tracing::info!(endpoint = %m.addr, "endpoint added");
         } else if m.is_removed() {
             let mut st = m.lock();
             m.set_removed(&st, false);
             if st.connections() == 0 {
-                Member::recreate_locked(self, idx, &mut st);
+                if lazy {
+                    m.set_idle(&st);
+                } else {
+                    Member::recreate_locked(self, idx, &mut st);
+                }
             }
             tracing::info!(endpoint = %m.addr, "endpoint added again");
         }
@@ -332,7 +355,8 @@ impl Inner {
             .take(SHOWN)
             .map(|(_, e)| {
                 let st = e.lock();
-                let state = match (&st.failure, st.health.state(now)) {
+                let state = match (&st.failure, e.health(&st, now)) {
+                    (_, HealthState::Idle) => "not connected: outside the aperture".into(),
                     (_, HealthState::Suspect { until }) => format!(
                         "no reply within the attempt timeout; suspect for {} ms more",
                         until.saturating_duration_since(now).as_millis()
@@ -634,7 +658,7 @@ impl Client {
                     // to its end).
                     let (health, connections, strikes) = {
                         let st = e.lock();
-                        (st.health.state(now), st.connections(), st.health.strikes())
+                        (e.health(&st, now), st.connections(), st.health.strikes())
                     };
                     EndpointStats {
                         endpoint: e.addr.clone(),

@@ -3,7 +3,9 @@
 //! able to take calls.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use super::member::Member;
 use super::{aperture, balance, now_std, Balance, Inner};
 use crate::socket::SplitMix64;
 
@@ -125,19 +127,61 @@ impl Inner {
     }
 
     /// Looks at the aperture's window (every few picks, and after a change): its size
-    /// against the load, and its members against those able to take calls.
+    /// against the load, and its members against those able to take calls (or, with a
+    /// lazy aperture, to be connected for them).
     fn tend(&self, w: &aperture::Window, now: &mut Option<std::time::Instant>) {
         if !w.wants_tending(self.rr.load(Ordering::Relaxed)) {
             return;
         }
         let t = *now.get_or_insert_with(now_std);
+        let linger = w.config().linger();
         w.tend(
             |i| self.members.at(i).outstanding.load(Ordering::Relaxed),
             || {
                 self.live()
-                    .filter(move |(_, m)| m.eligible(|| t))
+                    .filter(move |(_, m)| match linger {
+                        Some(_) => m.window_candidate(|| t),
+                        None => m.eligible(|| t),
+                    })
                     .map(|(i, m)| (i, m.addr.as_str()))
             },
         );
+        if let Some(linger) = linger {
+            self.tend_connections(&w.members(), t, linger);
+        }
+    }
+
+    /// A lazy aperture's connections: the window's idle members (every member, while
+    /// the pool is drawn whole: `window` empty) are connected; a member out of the
+    /// window for `linger`, with no call in flight, is closed.
+    fn tend_connections(&self, window: &[usize], t: std::time::Instant, linger: Duration) {
+        let Some(me) = self.me.upgrade() else { return };
+        let at = self.nanos(t).saturating_add(1);
+        let linger = u64::try_from(linger.as_nanos()).unwrap_or(u64::MAX);
+        for (i, m) in self.live() {
+            if window.is_empty() || window.contains(&i) {
+                m.left_window.store(0, Ordering::Relaxed);
+                if m.is_idle() && Member::wake(&me, i) {
+                    tracing::debug!(endpoint = %m.addr, "connecting: in the aperture");
+                }
+                continue;
+            }
+            if m.is_idle() {
+                continue;
+            }
+            let left = m.left_window.load(Ordering::Relaxed);
+            if left == 0 {
+                m.left_window.store(at, Ordering::Relaxed);
+            } else if at.saturating_sub(left) >= linger
+                && m.outstanding.load(Ordering::Relaxed) == 0
+            {
+                if let Some(closed) = m.sleep() {
+                    m.left_window.store(0, Ordering::Relaxed);
+                    tracing::debug!(endpoint = %m.addr, "closed: out of the aperture");
+                    // An attempt that slipped onto it meanwhile fails over.
+                    self.fail_in_flight(i, closed);
+                }
+            }
+        }
     }
 }
