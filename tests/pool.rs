@@ -488,6 +488,35 @@ async fn a_lazy_aperture_connects_only_its_window() {
     assert_eq!(client.stats().failed, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_lazy_aperture_over_a_pool_that_refuses_fails_fast_once_all_were_tried() {
+    // Five endpoints nobody serves: the window (3) is tried, then the rest.
+    let eps: Vec<String> = (0..5).map(|i| format!("inproc://nobody-{i}")).collect();
+    let client = Client::builder()
+        .endpoints(eps.iter().cloned())
+        .aperture(zmtp_rpc::Aperture::new().lazy(Duration::from_secs(60)))
+        .call_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    let who = WhoClient::new(client.clone());
+    let started = tokio::time::Instant::now();
+    let e = who.who(0).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}: {e}",
+        started.elapsed()
+    );
+    assert!(matches!(e, zmtp_rpc::RpcError::Unavailable { .. }), "{e:?}");
+    // Every member was tried: none is left idle.
+    let idle = client
+        .endpoints()
+        .iter()
+        .filter(|e| e.health == zmtp_rpc::HealthState::Idle)
+        .count();
+    assert_eq!(idle, 0, "{:?}", client.endpoints());
+}
+
 #[tokio::test]
 async fn an_aperture_with_bad_settings_or_another_balance_is_refused() {
     let build = || Client::builder().endpoint("tcp://127.0.0.1:1");

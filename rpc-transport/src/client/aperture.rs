@@ -95,8 +95,10 @@ impl Aperture {
     ///
     /// What it costs: nothing is known of a member's health until it is connected,
     /// so a member that joins the window may turn out to be down (it is replaced as
-    /// soon as connecting fails), and [`Client::wait_healthy`](super::Client::wait_healthy)
-    /// can count only connected members.
+    /// soon as connecting fails); a call waits, within its deadline, while members
+    /// not yet tried remain (it fails fast, as without it, once every member was tried
+    /// and refused); and [`Client::wait_healthy`](super::Client::wait_healthy) can count
+    /// only connected members.
     pub fn lazy(mut self, linger: Duration) -> Aperture {
         self.linger = Some(linger);
         self

@@ -290,7 +290,8 @@ impl Member {
             st.generation += 1;
             self.generation.store(st.generation, Ordering::Release);
             st.health.on_disconnected();
-            st.failing = false;
+            // `failing` stays: a member whose connecting failed still counts as
+            // refusing while it is idle (a pool of such fails calls fast).
             self.set_ready(&st);
             (st.conn.take(), closed)
         };
