@@ -527,6 +527,12 @@ async fn an_aperture_with_bad_settings_or_another_balance_is_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("aperture min 1 is below 2"), "{e}");
     let e = build()
+        .aperture(zmtp_rpc::Aperture::new().coordinate(4, 4))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("aperture coordinate 4 of 4"), "{e}");
+    let e = build()
         .aperture(zmtp_rpc::Aperture::new())
         .balance(Balance::RoundRobin)
         .connect()

@@ -11,12 +11,21 @@
 //! Which members: those ranked first by a hash of their address keyed per client
 //! (rendezvous hashing), among those that can take calls. Clients spread over the
 //! pool, and a member that leaves, fails or joins moves one place of a window, not
-//! all of it. With [`Aperture::lazy`], only the window's members are connected: a
-//! member is connected when the window takes it in, and closed once it has been out of
-//! the window, without calls in flight, for a while (so that a window that breathes
-//! with the load does not reconnect at every step). How many: from [`Aperture::min`], one more while the window's members
+//! all of it. How many: from [`Aperture::min`], one more while the window's members
 //! average more than `high` calls in flight, one fewer while they average fewer than
 //! `low` ([`next_size`]); looked at every [`CHECK_EVERY`] picks.
+//!
+//! With [`Aperture::coordinate`] (this client is number `index` of `count` alike), the
+//! ranking is a ring instead of a hash: the pool's members in the order of their
+//! addresses, which every client sees alike, each client's window starting
+//! `index / count` of the way round and at least `1 / count` of it wide ([`ring`]), so
+//! that the windows lie side by side and every member is in about as many as any
+//! other (a hash leaves some members in no window and others in several).
+//!
+//! With [`Aperture::lazy`], only the window's members are connected: a member is
+//! connected when the window takes it in (idle members are candidates too), and closed
+//! once it has been out of the window, without calls in flight, for a while (so that a
+//! window that breathes with the load does not reconnect at every step).
 //!
 //! The window is a row of member indices that picks read without a lock (a pick may
 //! see a window half rewritten: every index in it is a member's, so the draw is still
@@ -43,6 +52,8 @@ pub struct Aperture {
     high: f64,
     /// Connect only to the window; close a member this long out of it.
     linger: Option<Duration>,
+    /// This client's place among its peers: number `.0` of `.1`.
+    coordinate: Option<(usize, usize)>,
 }
 
 impl Default for Aperture {
@@ -60,6 +71,7 @@ impl Aperture {
             low: 1.0,
             high: 4.0,
             linger: None,
+            coordinate: None,
         }
     }
 
@@ -104,6 +116,21 @@ impl Aperture {
         self
     }
 
+    /// This client is number `index` (from 0) of `count` clients of the pool alike
+    /// (a StatefulSet's ordinal and replica count, a worker number and the number of
+    /// workers): the windows are cut side by side from one ring of the pool, the
+    /// members in the order of their addresses, and each at least `1 / count` of it,
+    /// so that every member is in about the same number of windows. Without it each
+    /// client ranks the members by a hash of its own: with 100 clients of windows of
+    /// 3 over 300 members, about a third of the members are in no window and some
+    /// in four or more. A member that fails or leaves moves the windows by one place,
+    /// as with the hash. Clients that disagree on `count`, or on the pool, still work,
+    /// less evenly spread.
+    pub fn coordinate(mut self, index: usize, count: usize) -> Aperture {
+        self.coordinate = Some((index, count));
+        self
+    }
+
     /// How long a member out of the window stays connected, when only the window is
     /// connected ([`Aperture::lazy`]).
     pub(crate) fn linger(&self) -> Option<Duration> {
@@ -129,6 +156,14 @@ impl Aperture {
                 "aperture load band {}..{} is not a band: 0 <= low < high",
                 self.low, self.high
             ));
+        }
+        if let Some((index, count)) = self.coordinate {
+            if index >= count {
+                return Err(format!(
+                    "aperture coordinate {index} of {count}: the index counts from 0 and \
+                     is below the count"
+                ));
+            }
         }
         Ok(())
     }
@@ -162,6 +197,28 @@ pub(crate) fn select(mut candidates: Vec<(u64, usize)>, size: usize) -> Vec<usiz
     candidates.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Ranks of the pool's `members` (index, address, may be in the window) on the ring
+/// of client `index` of `count`: the members in the order of their addresses, ranked
+/// from `index / count` of the way round; those that may not be in the window are
+/// left out after their places were counted (a member that fails moves the windows
+/// after it by one place, not all of them).
+pub(crate) fn ring(
+    members: &[(usize, &str, bool)],
+    index: usize,
+    count: usize,
+) -> Vec<(u64, usize)> {
+    let mut order: Vec<&(usize, &str, bool)> = members.iter().collect();
+    order.sort_unstable_by(|a, b| a.1.cmp(b.1));
+    let n = order.len();
+    let start = index * n / count.max(1);
+    order
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.2)
+        .map(|(p, m)| (((p + n - start) % n.max(1)) as u64, m.0))
+        .collect()
+}
+
 /// One client's window over its pool.
 pub(crate) struct Window {
     config: Aperture,
@@ -175,6 +232,9 @@ pub(crate) struct Window {
     size: AtomicUsize,
     /// Members able to take calls at the last choosing (what the window can grow to).
     available: AtomicUsize,
+    /// Fewest members the window holds for its share of the ring
+    /// ([`Aperture::coordinate`]; 0 without it).
+    share: AtomicUsize,
     /// The pool or a member's health changed since the window was chosen.
     stale: AtomicBool,
     /// Held while choosing.
@@ -191,6 +251,7 @@ impl Window {
             len: AtomicUsize::new(0),
             size: AtomicUsize::new(config.min),
             available: AtomicUsize::new(usize::MAX),
+            share: AtomicUsize::new(0),
             stale: AtomicBool::new(true),
             choosing: Mutex::new(()),
         }
@@ -233,17 +294,13 @@ impl Window {
     }
 
     /// Resizes the window by its load (`in_flight(i)`: calls in flight at member `i`)
-    /// and, when that or the pool changed, chooses its members again from
-    /// `candidates` (the members able to take calls, with their addresses). Does
-    /// nothing while another pick is at it. Returns whether it chose again (then
-    /// [`members`](Self::members) may differ; empty: the whole pool).
-    pub fn tend<'a, C>(
-        &self,
-        in_flight: impl Fn(usize) -> usize,
-        candidates: impl FnOnce() -> C,
-    ) -> bool
+    /// and, when that or the pool changed, chooses its members again from `pool`
+    /// (each member with its address and whether it may be in the window: able to
+    /// take calls). Does nothing while another pick is at it. Returns whether it chose
+    /// again (then [`members`](Self::members) may differ; empty: the whole pool).
+    pub fn tend<'a, C>(&self, in_flight: impl Fn(usize) -> usize, pool: impl FnOnce() -> C) -> bool
     where
-        C: Iterator<Item = (usize, &'a str)>,
+        C: Iterator<Item = (usize, &'a str, bool)>,
     {
         let Ok(_choosing) = self.choosing.try_lock() else {
             return false;
@@ -256,14 +313,26 @@ impl Window {
         let size = self.size.load(Ordering::Relaxed);
         let stale = self.stale.swap(false, Ordering::Relaxed);
         let available = self.available.load(Ordering::Relaxed);
-        let next = next_size(&self.config, k.max(size), busy, available);
+        let share = self.share.load(Ordering::Relaxed);
+        let next = next_size(&self.config, k.max(size), busy, available).max(share);
         // Most lookings change nothing: no scan of the pool then.
         if next == size && !stale {
             return false;
         }
-        let ranked: Vec<(u64, usize)> = candidates()
-            .map(|(i, addr)| (self.keys.hash_one(addr), i))
-            .collect();
+        let members: Vec<(usize, &str, bool)> = pool().collect();
+        let ranked: Vec<(u64, usize)> = match self.config.coordinate {
+            Some((index, count)) => {
+                let share = members.len().div_ceil(count.max(1)).min(self.config.max);
+                self.share.store(share, Ordering::Relaxed);
+                ring(&members, index, count)
+            }
+            None => members
+                .iter()
+                .filter(|m| m.2)
+                .map(|&(i, addr, _)| (self.keys.hash_one(addr), i))
+                .collect(),
+        };
+        let next = next.max(self.share.load(Ordering::Relaxed));
         self.available.store(ranked.len(), Ordering::Relaxed);
         let next = next.min(ranked.len().max(self.config.min));
         self.size.store(next, Ordering::Relaxed);
@@ -306,14 +375,14 @@ mod tests {
     fn a_member_leaving_moves_one_place() {
         let w = Window::new(Aperture::new());
         let addrs: Vec<String> = (0..50).map(|i| format!("tcp://10.0.0.{i}:5555")).collect();
-        let all = || addrs.iter().enumerate().map(|(i, a)| (i, a.as_str()));
+        let all = || addrs.iter().enumerate().map(|(i, a)| (i, a.as_str(), true));
         w.tend(|_| 0, all);
         let before = w.members();
         assert_eq!(before.len(), 3);
         // One of them can no longer take calls: one other member takes its place.
         let gone = before[1];
         w.mark_stale();
-        w.tend(|_| 0, || all().filter(|(i, _)| *i != gone));
+        w.tend(|_| 0, || all().map(|(i, a, _)| (i, a, i != gone)));
         let after = w.members();
         assert_eq!(after.len(), 3);
         assert!(!after.contains(&gone));
@@ -330,7 +399,7 @@ mod tests {
     fn load_grows_the_window_at_a_tending_and_a_small_pool_has_none() {
         let w = Window::new(Aperture::new());
         let addrs: Vec<String> = (0..50).map(|i| format!("tcp://10.0.0.{i}:5555")).collect();
-        let all = || addrs.iter().enumerate().map(|(i, a)| (i, a.as_str()));
+        let all = || addrs.iter().enumerate().map(|(i, a)| (i, a.as_str(), true));
         w.tend(|_| 0, all);
         // Six calls in flight at each member: over the band.
         w.tend(|_| 6, all);
@@ -340,12 +409,69 @@ mod tests {
                 .iter()
                 .take(3)
                 .enumerate()
-                .map(|(i, a)| (i, a.as_str()))
+                .map(|(i, a)| (i, a.as_str(), true))
         };
         w.mark_stale();
         w.tend(|_| 0, few);
         assert!(w.members().is_empty());
         assert_eq!(w.draw(7), None);
+    }
+
+    /// The windows of `count` clients over `addrs`, each chosen once; `down`: members
+    /// that may not be in a window.
+    fn windows(addrs: &[String], count: usize, ring: bool, down: &[usize]) -> Vec<Vec<usize>> {
+        (0..count)
+            .map(|index| {
+                let mut a = Aperture::new();
+                if ring {
+                    a = a.coordinate(index, count);
+                }
+                let w = Window::new(a);
+                let pool = addrs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (i, a.as_str(), !down.contains(&i)));
+                w.tend(|_| 0, || pool);
+                w.members()
+            })
+            .collect()
+    }
+
+    /// How many windows each member is in.
+    fn coverage(n: usize, windows: &[Vec<usize>]) -> Vec<usize> {
+        let mut c = vec![0; n];
+        for w in windows {
+            for &i in w {
+                c[i] += 1;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn coordinated_windows_lie_side_by_side_on_the_ring() {
+        let addrs: Vec<String> = (0..30).map(|i| format!("tcp://10.0.0.{i}:5555")).collect();
+        // Ten clients of a pool of thirty: windows of three, every member in one.
+        let ten = windows(&addrs, 10, true, &[]);
+        assert!(ten.iter().all(|w| w.len() == 3), "{ten:?}");
+        assert_eq!(coverage(30, &ten), vec![1; 30]);
+        // Ten clients ranking by their own hashes leave members out (and double up
+        // others): what the ring is for.
+        let hashed = windows(&addrs, 10, false, &[]);
+        assert!(coverage(30, &hashed).contains(&0), "{hashed:?}");
+        // Four clients: each window a quarter of the ring (8 of 30), every member in
+        // one or two.
+        let four = windows(&addrs, 4, true, &[]);
+        assert!(four.iter().all(|w| w.len() == 8), "{four:?}");
+        assert!(coverage(30, &four).iter().all(|c| (1..=2).contains(c)));
+        // A member of one window fails: that window takes the next member of the
+        // ring, the windows before it stay as they were.
+        let gone = ten[4][1];
+        let after = windows(&addrs, 10, true, &[gone]);
+        assert!(!after[4].contains(&gone));
+        assert_eq!(after[4].len(), 3);
+        assert_eq!(after[4].iter().filter(|i| ten[4].contains(i)).count(), 2);
+        assert_eq!(after[..4], ten[..4]);
     }
 
     #[test]
@@ -357,5 +483,8 @@ mod tests {
         assert!(e.contains("below its min"), "{e}");
         let e = Aperture::new().load(2.0, 1.0).check().unwrap_err();
         assert!(e.contains("not a band"), "{e}");
+        let e = Aperture::new().coordinate(3, 3).check().unwrap_err();
+        assert!(e.contains("coordinate 3 of 3"), "{e}");
+        assert!(Aperture::new().coordinate(2, 3).check().is_ok());
     }
 }

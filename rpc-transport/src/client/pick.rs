@@ -138,12 +138,13 @@ impl Inner {
         w.tend(
             |i| self.members.at(i).outstanding.load(Ordering::Relaxed),
             || {
-                self.live()
-                    .filter(move |(_, m)| match linger {
+                self.live().map(move |(i, m)| {
+                    let ok = match linger {
                         Some(_) => m.window_candidate(|| t),
                         None => m.eligible(|| t),
-                    })
-                    .map(|(i, m)| (i, m.addr.as_str()))
+                    };
+                    (i, m.addr.as_str(), ok)
+                })
             },
         );
         if let Some(linger) = linger {
