@@ -1,11 +1,11 @@
 //! The `zmtp-rpc` binary against a live server: call (results, application errors,
-//! metadata, exit codes), describe, health.
+//! metadata, exit codes), describe, health, bench; keygen, CURVE and PLAIN.
 
 use std::process::Output;
 use std::time::Duration;
 
 use tokio::process::Command;
-use zmtp_rpc::{rpc_service, RequestContext, Server, ServerHandle};
+use zmtp_rpc::{rpc_service, KeyPair, RequestContext, Server, ServerHandle};
 
 #[allow(dead_code)]
 #[path = "../../examples/common/calc.rs"]
@@ -47,10 +47,25 @@ async fn server() -> (ServerHandle, String) {
 
 /// Runs the tool; fails the test if it takes more than 30 s.
 async fn tool(args: &[&str]) -> Output {
+    tool_env(args, &[]).await
+}
+
+/// Runs the tool with `env` added to its environment (and none of the tool's own
+/// variables inherited).
+async fn tool_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_zmtp-rpc"));
+    for var in [
+        "ZMTP_RPC_CURVE_SERVER_KEY",
+        "ZMTP_RPC_CURVE_SECRET_KEY",
+        "ZMTP_RPC_PLAIN_USER",
+        "ZMTP_RPC_PLAIN_PASSWORD",
+    ] {
+        cmd.env_remove(var);
+    }
     tokio::time::timeout(
         Duration::from_secs(30),
-        Command::new(env!("CARGO_BIN_EXE_zmtp-rpc"))
-            .args(args)
+        cmd.args(args)
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .output(),
     )
@@ -152,4 +167,139 @@ async fn bench_prints_rate_and_percentiles() {
     for p in ["p50", "p99", "p100"] {
         assert!(out.contains(p), "{out}");
     }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+/// The tool succeeded and printed `want`.
+fn answered(o: &Output, want: &str) {
+    assert_eq!(
+        (o.status.code(), stdout(o).as_str()),
+        (Some(0), want),
+        "{}",
+        stderr(o)
+    );
+}
+
+/// A calculator server with `security` set on its builder.
+async fn secure_server(
+    security: impl FnOnce(zmtp_rpc::ServerBuilder) -> zmtp_rpc::ServerBuilder,
+) -> (ServerHandle, String) {
+    let b = Server::builder()
+        .bind("tcp://127.0.0.1:0")
+        .add_service(CalcServer::new(MyCalc));
+    let s = security(b).start().await.unwrap();
+    let ep = s.endpoints()[0].to_string();
+    (s, ep)
+}
+
+const ADD: &str = r#"{"a": 2, "b": 3}"#;
+
+#[tokio::test]
+async fn keygen_keys_call_a_curve_server_with_an_allow_list() {
+    let o = tool(&["keygen"]).await;
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    let line = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    let (public, secret) = (line("public: "), line("secret: "));
+    let keys = KeyPair::from_secret_z85(&secret).unwrap();
+    assert_eq!(keys.public().to_string(), public);
+
+    let server_keys = KeyPair::generate();
+    let (_s, ep) =
+        secure_server(|b| b.curve(server_keys.clone()).allow_clients([keys.public()])).await;
+    let server_key = server_keys.public().to_string();
+    let dir = std::env::temp_dir().join(format!("zmtp-rpc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("client.key");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let secret_path = secret_file.to_str().unwrap();
+
+    // The allowed client, its secret key in a file.
+    let curve = ["--curve-server-key", server_key.as_str()];
+    let o = tool(
+        &[
+            &curve[..],
+            &[
+                "--curve-secret-key-file",
+                secret_path,
+                "call",
+                &ep,
+                "calc.add",
+                ADD,
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    answered(&o, "5");
+    // Its secret key, and the server's public key, from the environment.
+    let o = tool_env(
+        &["health", &ep],
+        &[
+            ("ZMTP_RPC_CURVE_SERVER_KEY", &server_key),
+            ("ZMTP_RPC_CURVE_SECRET_KEY", &secret),
+        ],
+    )
+    .await;
+    answered(&o, "SERVING");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // A key pair made for the run is not on the list: refused, saying so.
+    let o = tool(
+        &[
+            &["--timeout", "3000"],
+            &curve[..],
+            &["call", &ep, "calc.add", ADD],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("authentication"), "{}", stderr(&o));
+    // No security against a CURVE server: refused too.
+    let o = tool(&["--timeout", "3000", "call", &ep, "calc.add", ADD]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    // A key that is not one: a usage error, before any connection.
+    let o = tool(&[
+        "--curve-server-key",
+        "not-a-key",
+        "call",
+        &ep,
+        "calc.add",
+        ADD,
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--curve-server-key"), "{}", stderr(&o));
+}
+
+#[tokio::test]
+async fn plain_calls_take_the_password_from_the_environment() {
+    let (_s, ep) = secure_server(|b| b.plain().allow_users([("ops", "s3cret")])).await;
+    let call = ["--plain-user", "ops", "call", ep.as_str(), "calc.add", ADD];
+    let o = tool_env(&call, &[("ZMTP_RPC_PLAIN_PASSWORD", "s3cret")]).await;
+    answered(&o, "5");
+    let o = tool_env(
+        &[&["--timeout", "3000"], &call[..]].concat(),
+        &[("ZMTP_RPC_PLAIN_PASSWORD", "wrong")],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("authentication"), "{}", stderr(&o));
+    // No password: a usage error that names the variable.
+    let o = tool(&call).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("ZMTP_RPC_PLAIN_PASSWORD"),
+        "{}",
+        stderr(&o)
+    );
 }
