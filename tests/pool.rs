@@ -517,6 +517,49 @@ async fn a_lazy_aperture_over_a_pool_that_refuses_fails_fast_once_all_were_tried
     assert_eq!(idle, 0, "{:?}", client.endpoints());
 }
 
+#[tokio::test(start_paused = true)]
+async fn coordinated_lazy_apertures_cover_the_pool_evenly() {
+    let mut servers = Vec::new();
+    for n in 0..12 {
+        servers.push(server(n).await);
+    }
+    let eps: Vec<String> = servers.iter().map(|(_, ep)| ep.clone()).collect();
+    // Four clients alike, each told its place: windows of 12 / 4 = 3, side by side.
+    let mut clients = Vec::new();
+    for index in 0..4 {
+        let aperture = zmtp_rpc::Aperture::new()
+            .coordinate(index, 4)
+            .lazy(Duration::from_secs(60));
+        let client = Client::builder()
+            .endpoints(eps.iter().cloned())
+            .aperture(aperture)
+            .connect()
+            .await
+            .unwrap();
+        let who = WhoClient::new(client.clone());
+        for _ in 0..100 {
+            who.who(0).await.unwrap();
+        }
+        clients.push(client);
+    }
+    let mut windows: Vec<String> = Vec::new();
+    for client in &clients {
+        let (window, _) = window_and_answered(client, &[0; 12]);
+        assert_eq!(window.len(), 3, "{window:?}");
+        assert_eq!(connected(client), window);
+        windows.extend(window);
+    }
+    // Every server in exactly one window, holding exactly one connection.
+    windows.sort();
+    let mut all = eps.clone();
+    all.sort();
+    assert_eq!(windows, all);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (s, ep) in &servers {
+        assert_eq!(s.stats().connections, 1, "{ep}");
+    }
+}
+
 #[tokio::test]
 async fn an_aperture_with_bad_settings_or_another_balance_is_refused() {
     let build = || Client::builder().endpoint("tcp://127.0.0.1:1");
