@@ -441,14 +441,56 @@ impl Sealer {
     ) -> Result<(), ZmtpError> {
         let joined = joined.clamp(1, frames.len().max(1));
         let (head, last) = frames.split_at(frames.len().saturating_sub(joined));
-        let singles = envelope.iter().chain(head).map(std::slice::from_ref);
-        let parts: Vec<&[Bytes]> = singles.chain((!last.is_empty()).then_some(last)).collect();
-        for (i, frame) in parts.iter().enumerate() {
-            let more = if i + 1 < parts.len() { FLAG_MORE } else { 0 };
-            let slices: Vec<&[u8]> = frame.iter().map(|b| &b[..]).collect();
-            let sealed = self.seal(more, &slices)?;
-            tx.push_frame(0, &sealed.freeze());
+        let boxes = envelope.len() + head.len() + usize::from(!last.is_empty());
+        let more = |i: usize| if i + 1 < boxes { FLAG_MORE } else { 0 };
+        for (i, frame) in envelope.iter().chain(head).enumerate() {
+            self.seal_to(tx, more(i), &[&frame[..]])?;
         }
+        // The joined frame's parts, without a vector for the usual few.
+        const FEW: usize = 4;
+        match last.len() {
+            0 => Ok(()),
+            n if n <= FEW => {
+                let mut parts: [&[u8]; FEW] = [&[]; FEW];
+                for (p, b) in parts.iter_mut().zip(last) {
+                    *p = &b[..];
+                }
+                self.seal_to(tx, 0, &parts[..n])
+            }
+            _ => {
+                let parts: Vec<&[u8]> = last.iter().map(|b| &b[..]).collect();
+                self.seal_to(tx, 0, &parts)
+            }
+        }
+    }
+
+    /// Seals one frame into `tx`: a small box where it lies in the queue's buffer (no
+    /// buffer of its own), a large one into its own buffer, queued without a copy.
+    fn seal_to(&mut self, tx: &mut TxQueue, flags: u8, parts: &[&[u8]]) -> Result<(), ZmtpError> {
+        let len = MESSAGE_MIN + parts.iter().map(|p| p.len()).sum::<usize>();
+        if len > crate::zmtp::frame::COPY_THRESHOLD {
+            let sealed = self.seal(flags, parts)?;
+            tx.push_frame(0, &sealed.freeze());
+            return Ok(());
+        }
+        let short = self.next_nonce()?;
+        let n = long_nonce(self.prefix, &short);
+        let key = &self.key;
+        tx.push_filled(0, len, |buf, start| {
+            buf.extend_from_slice(MESSAGE);
+            buf.extend_from_slice(&short);
+            buf.extend_from_slice(&[0; TAG]);
+            buf.extend_from_slice(&[flags]);
+            for p in parts {
+                buf.extend_from_slice(p);
+            }
+            let (tag, body) = buf[start + 16..].split_at_mut(TAG);
+            let mut mac = [0u8; TAG];
+            dryoc::classic::crypto_box::crypto_box_detached_afternm_inplace(
+                body, &mut mac, &n, key,
+            );
+            tag.copy_from_slice(&mac);
+        });
         Ok(())
     }
 
@@ -467,9 +509,7 @@ impl Sealer {
         if zmtp_flags & crate::zmtp::frame::FLAG_COMMAND != 0 {
             flags |= FLAG_COMMAND;
         }
-        let sealed = self.seal(flags, parts)?;
-        tx.push_frame(0, &sealed.freeze());
-        Ok(())
+        self.seal_to(tx, flags, parts)
     }
 
     fn next_nonce(&mut self) -> Result<[u8; 8], ZmtpError> {
@@ -924,6 +964,48 @@ mod tests {
                 c.open(back).unwrap(),
                 (FLAG_COMMAND, Bytes::copy_from_slice(frame))
             );
+        }
+    }
+
+    /// A message sealed into a write queue (small boxes where they lie in its buffer,
+    /// large ones in their own, a joined frame of few parts or many) opens frame by
+    /// frame, in order, on the peer's session.
+    #[test]
+    fn a_message_sealed_into_the_queue_opens_frame_by_frame() {
+        let (mut c, mut s, _) = handshake(&KeyPair::generate(), &KeyPair::generate());
+        let mut sealer = c.hand_out_sealer().unwrap();
+        let limit = crate::zmtp::frame::COPY_THRESHOLD - MESSAGE_MIN;
+        let sized = |n: usize| Bytes::from((0..n).map(|i| i as u8).collect::<Vec<u8>>());
+        let envelope = [Bytes::from_static(b"id"), Bytes::new()];
+        let singles = [sized(1), sized(limit), sized(limit + 1), sized(70_000)];
+        for parts in [2, 6] {
+            let joined: Vec<Bytes> = (0..parts).map(|k| sized(10 + k * limit / 3)).collect();
+            let frames: Vec<Bytes> = singles.iter().chain(&joined).cloned().collect();
+            let mut tx = TxQueue::new();
+            sealer
+                .seal_behind(&mut tx, &envelope, &frames, parts)
+                .unwrap();
+            let mut wire = tx.take_all();
+            let mut decoder = crate::zmtp::frame::FrameDecoder::new(u64::MAX);
+            let mut opened = Vec::new();
+            while let Some(frame) = decoder.decode_mut(&mut wire, 0).unwrap() {
+                let crate::zmtp::frame::Frame::Data { more: false, body } = frame else {
+                    panic!("a box travels in a plain message frame");
+                };
+                opened.push(s.open(body).unwrap());
+            }
+            let want: Vec<Bytes> = envelope
+                .iter()
+                .chain(&singles)
+                .cloned()
+                .chain([joined.concat().into()])
+                .collect();
+            assert_eq!(opened.len(), want.len());
+            for (k, ((flags, got), frame)) in opened.iter().zip(&want).enumerate() {
+                let last = k + 1 == want.len();
+                assert_eq!(*flags, if last { 0 } else { FLAG_MORE }, "frame {k}");
+                assert_eq!(got, frame, "frame {k}");
+            }
         }
     }
 

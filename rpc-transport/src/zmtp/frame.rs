@@ -303,6 +303,17 @@ impl TxQueue {
         self.len += len + if len > 255 { 9 } else { 2 };
     }
 
+    /// Queues one frame of `len` bytes that `fill` writes at the end of the queue's
+    /// buffer (it gets the buffer and where the body starts, and must append exactly
+    /// `len` bytes): a body built in place, such as a CURVE box sealed where it lies.
+    pub fn push_filled(&mut self, flags: u8, len: usize, fill: impl FnOnce(&mut BytesMut, usize)) {
+        put_header(&mut self.buf, flags, len);
+        let start = self.buf.len();
+        fill(&mut self.buf, start);
+        debug_assert_eq!(self.buf.len() - start, len, "filled as announced");
+        self.len += len + if len > 255 { 9 } else { 2 };
+    }
+
     /// Queues raw bytes (the greeting).
     pub fn push_raw(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
