@@ -237,6 +237,9 @@ pub(crate) struct Window {
     share: AtomicUsize,
     /// The pool or a member's health changed since the window was chosen.
     stale: AtomicBool,
+    /// Chosen at least once: before, an empty window is no decision (not "the whole
+    /// pool"), which a lazy aperture must not connect.
+    chosen: AtomicBool,
     /// Held while choosing.
     choosing: Mutex<()>,
 }
@@ -253,6 +256,7 @@ impl Window {
             available: AtomicUsize::new(usize::MAX),
             share: AtomicUsize::new(0),
             stale: AtomicBool::new(true),
+            chosen: AtomicBool::new(false),
             choosing: Mutex::new(()),
         }
     }
@@ -286,6 +290,12 @@ impl Window {
         (0..k)
             .map(|j| self.slots[j].load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Whether it was chosen at least once (until then [`members`](Self::members) is
+    /// empty without meaning the whole pool).
+    pub fn is_chosen(&self) -> bool {
+        self.chosen.load(Ordering::Acquire)
     }
 
     /// The settings it was made with.
@@ -341,6 +351,7 @@ impl Window {
             slot.store(*i, Ordering::Relaxed);
         }
         self.len.store(chosen.len(), Ordering::Release);
+        self.chosen.store(true, Ordering::Release);
         true
     }
 }
@@ -376,7 +387,9 @@ mod tests {
         let w = Window::new(Aperture::new());
         let addrs: Vec<String> = (0..50).map(|i| format!("tcp://10.0.0.{i}:5555")).collect();
         let all = || addrs.iter().enumerate().map(|(i, a)| (i, a.as_str(), true));
+        assert!(!w.is_chosen() && w.members().is_empty());
         w.tend(|_| 0, all);
+        assert!(w.is_chosen());
         let before = w.members();
         assert_eq!(before.len(), 3);
         // One of them can no longer take calls: one other member takes its place.

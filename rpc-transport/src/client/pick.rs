@@ -147,7 +147,9 @@ impl Inner {
                 })
             },
         );
-        if let Some(linger) = linger {
+        // Not before a window was chosen: another pick may be choosing the first one
+        // now (an empty window would read as the whole pool, every member connected).
+        if let (Some(linger), true) = (linger, w.is_chosen()) {
             self.tend_connections(&w.members(), t, linger);
         }
     }
