@@ -488,6 +488,42 @@ async fn a_lazy_aperture_connects_only_its_window() {
     assert_eq!(client.stats().failed, 0);
 }
 
+/// Callers starting at once on several threads: while one pick chooses the first
+/// window, the others must not take the empty window for "the whole pool" and connect
+/// every member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lazy_aperture_started_by_many_callers_at_once_connects_its_window() {
+    let mut servers = Vec::new();
+    for n in 0..12 {
+        servers.push(server(n).await);
+    }
+    for _ in 0..5 {
+        let client = Client::builder()
+            .endpoints(servers.iter().map(|(_, ep)| ep.clone()))
+            .aperture(zmtp_rpc::Aperture::new().lazy(Duration::from_secs(60)))
+            .connect()
+            .await
+            .unwrap();
+        let who = WhoClient::new(client.clone());
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(16));
+        let callers: Vec<_> = (0..16)
+            .map(|_| {
+                let (who, start) = (who.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    who.who(0).await.unwrap();
+                })
+            })
+            .collect();
+        for c in callers {
+            c.await.unwrap();
+        }
+        // Sixteen calls in flight grow a window of 3 to 4 at most (over 4 a member).
+        let n = connected(&client).len();
+        assert!((3..=6).contains(&n), "{n} of 12 connected");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_lazy_aperture_over_a_pool_that_refuses_fails_fast_once_all_were_tried() {
     // Five endpoints nobody serves: the window (3) is tried, then the rest.
