@@ -338,6 +338,27 @@ async fn busy(who: &WhoClient, callers: usize, calls: usize, ms: u64) {
     }
 }
 
+/// Shuts down the first member of `window`, makes 200 calls, and returns the window
+/// after them (three members, the stopped one not among them) and who answered.
+async fn stop_a_member(
+    servers: &mut Vec<(ServerHandle, String)>,
+    window: &[String],
+    client: &Client,
+    who: &WhoClient,
+) -> (Vec<String>, Vec<String>) {
+    let gone = servers.iter().position(|(_, ep)| *ep == window[0]).unwrap();
+    let (handle, ep) = servers.swap_remove(gone);
+    handle.shutdown().await;
+    let before = replies(client);
+    for _ in 0..200 {
+        who.who(0).await.unwrap();
+    }
+    let (after, answered) = window_and_answered(client, &before);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(!after.contains(&ep), "{ep} still in {after:?}");
+    (after, answered)
+}
+
 fn replies(client: &Client) -> Vec<u64> {
     client.endpoints().iter().map(|e| e.replies).collect()
 }
@@ -380,16 +401,7 @@ async fn an_aperture_calls_a_window_that_follows_load_and_failures() {
     assert_eq!(window.len(), 3, "{window:?}");
 
     // A member of the window stops: another takes its place, no call fails.
-    let gone = servers.iter().position(|(_, ep)| *ep == window[0]).unwrap();
-    let (handle, ep) = servers.swap_remove(gone);
-    handle.shutdown().await;
-    let before = replies(&client);
-    for _ in 0..200 {
-        who.who(0).await.unwrap();
-    }
-    let (after, answered) = window_and_answered(&client, &before);
-    assert_eq!(after.len(), 3, "{after:?}");
-    assert!(!after.contains(&ep), "{ep} still in {after:?}");
+    let (after, answered) = stop_a_member(&mut servers, &window, &client, &who).await;
     assert_eq!(after.iter().filter(|e| window.contains(e)).count(), 2);
     assert_eq!(answered, after);
 }
@@ -472,16 +484,7 @@ async fn a_lazy_aperture_connects_only_its_window() {
     assert_eq!(server_connections(&servers), 3);
 
     // A member of the window stops: another is connected in its place, no call fails.
-    let gone = servers.iter().position(|(_, ep)| *ep == window[0]).unwrap();
-    let (handle, ep) = servers.swap_remove(gone);
-    handle.shutdown().await;
-    let before = replies(&client);
-    for _ in 0..200 {
-        who.who(0).await.unwrap();
-    }
-    let (after, answered) = window_and_answered(&client, &before);
-    assert_eq!(after.len(), 3, "{after:?}");
-    assert!(!after.contains(&ep), "{ep} still in {after:?}");
+    let (after, answered) = stop_a_member(&mut servers, &window, &client, &who).await;
     assert_eq!(answered, after);
     let newcomer = after.iter().find(|e| !window.contains(e)).unwrap();
     assert!(connected(&client).contains(newcomer));

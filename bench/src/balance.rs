@@ -144,7 +144,7 @@ async fn measure(
     }
     let client = b.connect().await.unwrap();
     // A lazy aperture connects its window only, at the first calls (the warm-up).
-    let lazy = aperture.is_some_and(|a| a != Aperture::new());
+    let lazy = aperture.is_some_and(|a| a.linger().is_some());
     assert!(
         lazy || client
             .wait_healthy(endpoints.len(), Duration::from_secs(30))
@@ -299,10 +299,10 @@ pub async fn run_all() {
         for (b, a) in rows {
             let base = measure(&three.endpoints, b, callers, false, None, None).await;
             let big = measure(&many.endpoints, b, callers, false, None, a).await;
-            let with = match a {
+            let with = match a.map(|a| a.linger()) {
                 None => "",
-                Some(a) if a == Aperture::new() => " + aperture",
-                Some(_) => " + lazy aperture",
+                Some(None) => " + aperture",
+                Some(Some(_)) => " + lazy aperture",
             };
             for (n, o) in [(3, &base), (300, &big)] {
                 let called = o.shares.iter().filter(|s| **s > 0.0).count();

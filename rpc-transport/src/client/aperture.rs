@@ -132,8 +132,8 @@ impl Aperture {
     }
 
     /// How long a member out of the window stays connected, when only the window is
-    /// connected ([`Aperture::lazy`]).
-    pub(crate) fn linger(&self) -> Option<Duration> {
+    /// connected ([`Aperture::lazy`]); `None`: every member is connected.
+    pub fn linger(&self) -> Option<Duration> {
         self.linger
     }
 

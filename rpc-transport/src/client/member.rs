@@ -287,13 +287,10 @@ impl Member {
             self.idle.store(true, Ordering::Release);
             self.waking.store(false, Ordering::Release);
             // Events of the closed connection are not this member's any more.
-            st.generation += 1;
-            self.generation.store(st.generation, Ordering::Release);
-            st.health.on_disconnected();
+            self.next_generation(&mut st);
             // `failing` stays: a member whose connecting failed still counts as
             // refusing while it is idle (a pool of such fails calls fast).
-            self.set_ready(&st);
-            (st.conn.take(), closed)
+            (self.take_conn(&mut st), closed)
         };
         if let Some(c) = conn {
             c.reader.abort();
@@ -344,14 +341,10 @@ impl Member {
             small_answers: None,
             answers: false,
         });
-        st.generation += 1;
-        let generation = st.generation;
-        ep.generation.store(generation, Ordering::Release);
-        if let Some(old) = st.conn.take() {
+        let generation = ep.next_generation(st);
+        if let Some(old) = ep.take_conn(st) {
             old.reader.abort();
         }
-        st.health.on_disconnected();
-        ep.set_ready(st);
         // One socket, `connections` connections: the socket spreads sends over them.
         st.opened = inner.config.connections;
         for _ in 0..inner.config.connections {
@@ -370,15 +363,25 @@ impl Member {
 
     /// Stops the connection for good (until recreated).
     pub fn close(&self) {
-        let conn = {
-            let mut st = self.lock();
-            st.health.on_disconnected();
-            self.set_ready(&st);
-            st.conn.take()
-        };
+        let conn = self.take_conn(&mut self.lock());
         if let Some(c) = conn {
             c.reader.abort();
         }
+    }
+
+    /// Takes the connection out (the caller aborts it, out of the lock): disconnected
+    /// until a new one completes its handshake.
+    fn take_conn(&self, st: &mut State) -> Option<Conn> {
+        st.health.on_disconnected();
+        self.set_ready(st);
+        st.conn.take()
+    }
+
+    /// Starts a new generation: events of the connections before it are ignored.
+    fn next_generation(&self, st: &mut State) -> u64 {
+        st.generation += 1;
+        self.generation.store(st.generation, Ordering::Release);
+        st.generation
     }
 }
 

@@ -276,6 +276,32 @@ fn long_nonce(prefix: &[u8], rest: &[u8]) -> [u8; 24] {
     n
 }
 
+/// Appends to `buf` (whose box starts at `start`) the MESSAGE command carrying one
+/// frame, `flags` and the frame's `parts`, sealed in place under `key` with the short
+/// nonce `short` after `prefix`.
+fn write_box(
+    buf: &mut BytesMut,
+    start: usize,
+    key: &SessionKey,
+    prefix: &[u8; 16],
+    short: [u8; 8],
+    flags: u8,
+    parts: &[&[u8]],
+) {
+    buf.extend_from_slice(MESSAGE);
+    buf.extend_from_slice(&short);
+    buf.extend_from_slice(&[0; TAG]);
+    buf.extend_from_slice(&[flags]);
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
+    let n = long_nonce(prefix, &short);
+    let (tag, body) = buf[start + 16..].split_at_mut(TAG);
+    let mut mac = [0u8; TAG];
+    dryoc::classic::crypto_box::crypto_box_detached_afternm_inplace(body, &mut mac, &n, key);
+    tag.copy_from_slice(&mac);
+}
+
 /// The MESSAGE boxes of a connection whose handshake completed.
 pub struct Session {
     /// The sending half (its key opens the peer's boxes too).
@@ -411,21 +437,8 @@ impl Sealer {
     pub fn seal(&mut self, flags: u8, parts: &[&[u8]]) -> Result<BytesMut, ZmtpError> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let mut out = BytesMut::with_capacity(MESSAGE_MIN + len);
-        out.extend_from_slice(MESSAGE);
         let short = self.next_nonce()?;
-        out.extend_from_slice(&short);
-        let n = long_nonce(self.prefix, &short);
-        out.extend_from_slice(&[0; TAG]);
-        out.extend_from_slice(&[flags]);
-        for p in parts {
-            out.extend_from_slice(p);
-        }
-        let (tag, body) = out[16..].split_at_mut(TAG);
-        let mut mac = [0u8; TAG];
-        dryoc::classic::crypto_box::crypto_box_detached_afternm_inplace(
-            body, &mut mac, &n, &self.key,
-        );
-        tag.copy_from_slice(&mac);
+        write_box(&mut out, 0, &self.key, self.prefix, short, flags, parts);
         Ok(out)
     }
 
@@ -474,22 +487,9 @@ impl Sealer {
             return Ok(());
         }
         let short = self.next_nonce()?;
-        let n = long_nonce(self.prefix, &short);
-        let key = &self.key;
+        let (key, prefix) = (&self.key, self.prefix);
         tx.push_filled(0, len, |buf, start| {
-            buf.extend_from_slice(MESSAGE);
-            buf.extend_from_slice(&short);
-            buf.extend_from_slice(&[0; TAG]);
-            buf.extend_from_slice(&[flags]);
-            for p in parts {
-                buf.extend_from_slice(p);
-            }
-            let (tag, body) = buf[start + 16..].split_at_mut(TAG);
-            let mut mac = [0u8; TAG];
-            dryoc::classic::crypto_box::crypto_box_detached_afternm_inplace(
-                body, &mut mac, &n, key,
-            );
-            tag.copy_from_slice(&mac);
+            write_box(buf, start, key, prefix, short, flags, parts)
         });
         Ok(())
     }
