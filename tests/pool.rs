@@ -421,13 +421,12 @@ fn server_connections(servers: &[(ServerHandle, String)]) -> u64 {
     servers.iter().map(|(s, _)| s.stats().connections).sum()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_lazy_aperture_connects_only_its_window() {
+/// Twelve servers, and a client of them all with a lazy aperture of `linger`.
+async fn lazy_pool(linger: Duration) -> (Vec<(ServerHandle, String)>, Client, WhoClient) {
     let mut servers = Vec::new();
     for n in 0..12 {
         servers.push(server(n).await);
     }
-    let linger = Duration::from_secs(2);
     let client = Client::builder()
         .endpoints(servers.iter().map(|(_, ep)| ep.clone()))
         .aperture(zmtp_rpc::Aperture::new().lazy(linger))
@@ -435,6 +434,13 @@ async fn a_lazy_aperture_connects_only_its_window() {
         .await
         .unwrap();
     let who = WhoClient::new(client.clone());
+    (servers, client, who)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lazy_aperture_connects_only_its_window() {
+    let linger = Duration::from_secs(2);
+    let (mut servers, client, who) = lazy_pool(linger).await;
     // Nothing is connected before the first call chooses a window.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(connected(&client).is_empty(), "{:?}", connected(&client));
@@ -488,6 +494,43 @@ async fn a_lazy_aperture_connects_only_its_window() {
     assert_eq!(answered, after);
     let newcomer = after.iter().find(|e| !window.contains(e)).unwrap();
     assert!(connected(&client).contains(newcomer));
+    assert_eq!(client.stats().failed, 0);
+}
+
+/// A client that stops calling: its lazy aperture's window shrinks to its minimum and
+/// the members that left it are closed after the linger, with no call to tend them.
+#[tokio::test(start_paused = true)]
+async fn a_lazy_aperture_of_a_quiet_client_closes_what_it_lingers_on() {
+    let linger = Duration::from_secs(2);
+    let (servers, client, who) = lazy_pool(linger).await;
+    busy(&who, 24, 40, 10).await;
+    let grown = connected(&client);
+    assert!(grown.len() >= 5, "{grown:?}");
+
+    // No call from here on. Nothing closes before a member has been out of the
+    // window for the linger...
+    tokio::time::sleep(linger).await;
+    assert_eq!(connected(&client), grown, "closed before the linger");
+    // ...and what left it is closed within a few lingers more.
+    tokio::time::sleep(2 * linger).await;
+    let left = connected(&client);
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left.iter().all(|e| grown.contains(e)),
+        "{left:?} of {grown:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server_connections(&servers), 3);
+
+    // Calls come again: they go to the three still connected, nothing new connects.
+    let before = replies(&client);
+    for _ in 0..100 {
+        who.who(0).await.unwrap();
+    }
+    let (window, answered) = window_and_answered(&client, &before);
+    assert_eq!(window, left);
+    assert_eq!(answered, left);
+    assert_eq!(connected(&client), left);
     assert_eq!(client.stats().failed, 0);
 }
 

@@ -102,7 +102,9 @@ impl Aperture {
     /// a member is connected when the window takes it in (calls go to it once its
     /// handshake completed; until then to the rest of the window), and its
     /// connection closed once it has been out of the window for `linger` with no
-    /// call in flight (looked at as calls are picked). Each server then holds
+    /// call in flight (looked at as calls are picked, and every half linger by the
+    /// client's own task: a client that stopped calling shrinks its window to the
+    /// minimum and closes the rest within about two lingers). Each server then holds
     /// connections from the clients whose window it is in, not from every client.
     ///
     /// What it costs: nothing is known of a member's health until it is connected,
@@ -135,6 +137,11 @@ impl Aperture {
     /// connected ([`Aperture::lazy`]); `None`: every member is connected.
     pub fn linger(&self) -> Option<Duration> {
         self.linger
+    }
+
+    /// The most members the window holds ([`Aperture::max`]).
+    pub(crate) fn max_size(&self) -> usize {
+        self.max
     }
 
     /// What is wrong with these settings, if anything.

@@ -420,6 +420,7 @@ impl ClientBuilder {
             wake_line: Arc::default(),
             watchdog: Arc::new(watchdog::Watchdog::new()),
             rr: AtomicUsize::new(0),
+            quiet_tick: AtomicUsize::new(usize::MAX),
             window: self.config.aperture.map(aperture::Window::new),
             epoch: now_std(),
             changed: watch::channel(()).0,

@@ -128,6 +128,9 @@ pub(crate) struct Inner {
     wake_line: Arc<WakeLine>,
     watchdog: Arc<watchdog::Watchdog>,
     rr: AtomicUsize,
+    /// `rr` when the watchdog last looked at a quiet client's lazy aperture
+    /// ([`Inner::tend_quiet`]).
+    quiet_tick: AtomicUsize,
     /// The members calls are drawn from, with an aperture.
     window: Option<aperture::Window>,
     /// When the client started: the origin of latency estimates' clock.

@@ -5,9 +5,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::member::Member;
 use super::{aperture, balance, now_std, Balance, Inner};
 use crate::socket::SplitMix64;
+
+/// The shortest time between two looks at a quiet client's lazy aperture.
+const QUIET_LOOK_MIN: Duration = Duration::from_millis(10);
 
 impl Inner {
     /// A healthy endpoint, preferring one other than `avoid`.
@@ -134,6 +139,17 @@ impl Inner {
             return;
         }
         let t = *now.get_or_insert_with(now_std);
+        self.choose_window(w, t);
+        // Not before a window was chosen: another pick may be choosing the first one
+        // now (an empty window would read as the whole pool, every member connected).
+        if let (Some(linger), true) = (w.config().linger(), w.is_chosen()) {
+            self.tend_connections(&w.members(), t, linger);
+        }
+    }
+
+    /// Sizes the window to its load and chooses its members again when that or the
+    /// pool changed ([`aperture::Window::tend`]); returns whether it chose again.
+    fn choose_window(&self, w: &aperture::Window, t: std::time::Instant) -> bool {
         let linger = w.config().linger();
         w.tend(
             |i| self.members.at(i).outstanding.load(Ordering::Relaxed),
@@ -146,12 +162,41 @@ impl Inner {
                     (i, m.addr.as_str(), ok)
                 })
             },
-        );
-        // Not before a window was chosen: another pick may be choosing the first one
-        // now (an empty window would read as the whole pool, every member connected).
-        if let (Some(linger), true) = (linger, w.is_chosen()) {
-            self.tend_connections(&w.members(), t, linger);
+        )
+    }
+
+    /// A lazy aperture's tending while no call picks (the watchdog task calls it
+    /// every half linger). Picks tend the window themselves, but a client that went
+    /// quiet would keep its window as the last load left it, and every connection
+    /// lingering out of it, open for good. When no pick came since the last look, the
+    /// window is sized to no load and the connections out of it close once they have
+    /// lingered. Returns when to look next: `None` when nothing is left to close (the
+    /// next call wakes the task) or there is no lazy aperture.
+    pub(super) fn tend_quiet(&self, now: Instant) -> Option<Instant> {
+        let w = self.window.as_ref()?;
+        let linger = w.config().linger()?;
+        let next = now + (linger / 2).max(QUIET_LOOK_MIN);
+        let tick = self.rr.load(Ordering::Relaxed);
+        if self.quiet_tick.swap(tick, Ordering::Relaxed) != tick {
+            // Calls are being picked, and tend as they go.
+            return Some(next);
         }
+        if !w.is_chosen() {
+            return None;
+        }
+        let t = now.into_std();
+        // Each choosing shrinks an idle window by one member: down to its minimum.
+        for _ in 0..w.config().max_size() {
+            if !self.choose_window(w, t) {
+                break;
+            }
+        }
+        let window = w.members();
+        self.tend_connections(&window, t, linger);
+        let lingering = self
+            .live()
+            .any(|(i, m)| !window.is_empty() && !window.contains(&i) && !m.is_idle());
+        lingering.then_some(next)
     }
 
     /// A lazy aperture's connections: the window's idle members (every member, while

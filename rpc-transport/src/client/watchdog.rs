@@ -1,5 +1,5 @@
-//! The client's watchdog task: it ends attempts past their deadline, and keeps the
-//! wake line of callers moving.
+//! The client's watchdog task: it ends attempts past their deadline, keeps the wake
+//! line of callers moving, and closes what a quiet client's lazy aperture lingers on.
 //!
 //! Attempt deadlines: one task per client watches them all, instead of a tokio timer
 //! registered and removed per attempt (whose registration and removal in the timer
@@ -14,6 +14,10 @@
 //!
 //! The wake line (`socket/wake_line.rs`): while callers wait in line, it looks every
 //! [`LINE_CHECK`] that the line moves.
+//!
+//! A lazy aperture ([`crate::Aperture::lazy`]): every half linger while calls go on,
+//! and until what lingers out of the window is closed once they stopped, it tends the
+//! window as picks would (`Inner::tend_quiet`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -91,7 +95,10 @@ pub(crate) async fn run(inner: Weak<Inner>, watchdog: Arc<Watchdog>, timer: Time
         let now = Instant::now();
         let earliest = {
             let Some(inner) = inner.upgrade() else { return };
-            let earliest = inner.expire(now);
+            let earliest = match (inner.expire(now), inner.tend_quiet(now)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             // While callers wait in line, look again soon.
             match inner.wake_line.unstick() {
                 true => {
