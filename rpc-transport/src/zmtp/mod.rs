@@ -13,10 +13,12 @@
 //! - [`socket_type`]: socket types and the valid-pair table.
 //! - [`heartbeat`]: PING/PONG timers and the peer's TTL.
 //! - [`connection`]: the per-connection state machine that ties them together
-//!   (handshake, then message traffic).
+//!   (handshake, then message traffic); `connection/security.rs`: its PLAIN and CURVE
+//!   handshakes and the server's decision on a client.
+//! - [`mechanism`]: NULL, PLAIN or CURVE, with each side's keys or credentials.
 //! - [`curve`]: the CURVE mechanism's handshake commands and MESSAGE boxes (keys,
 //!   HELLO/WELCOME/INITIATE/READY, nonces), tested against libzmq; [`z85`]: the text
-//!   form of its keys. Not yet driven by [`connection`]: sockets speak NULL.
+//!   form of its keys.
 //!
 //! Facts about libzmq's behaviour that this module matches are noted where they apply.
 
