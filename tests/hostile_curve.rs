@@ -2,7 +2,7 @@
 //! box that does not open, a replayed or reordered MESSAGE, a HELLO of the wrong
 //! size, a MESSAGE before the handshake ends, a handshake left half-way), and a good
 //! client is served beside them. The byte-level cases are unit-tested in
-//! `zmtp/curve.rs`; these drive the whole server.
+//! `zmtp/curve/`; these drive the whole server.
 
 #[allow(dead_code)]
 #[path = "../examples/common/calc.rs"]
