@@ -233,10 +233,13 @@ impl Member {
         self.idle.load(Ordering::Acquire)
     }
 
-    /// Where it stands ([`Health::state`], or idle), under the state lock.
+    /// Where it stands ([`Health::state`]; idle; or connecting since a lazy aperture's
+    /// window took it in, whatever its earlier life was), under the state lock.
     pub fn health(&self, st: &State, now: std::time::Instant) -> super::HealthState {
         if self.is_idle() {
             super::HealthState::Idle
+        } else if self.waking.load(Ordering::Acquire) {
+            super::HealthState::Connecting
         } else {
             st.health.state(now)
         }
@@ -410,5 +413,32 @@ async fn watch_link(inner: Arc<Inner>, idx: usize, generation: u64, sock: Dealer
                 inner.on_failure(idx, generation, why);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::HealthState;
+
+    #[test]
+    fn a_member_woken_after_an_earlier_life_reports_connecting_not_down() {
+        let m = Member::new("tcp://127.0.0.1:1".into());
+        let now = std::time::Instant::now();
+        let mut st = m.lock();
+        st.health.on_connected();
+        st.health.on_disconnected();
+        assert_eq!(m.health(&st, now), HealthState::Down);
+        // Closed out of the window, then taken in again (what `sleep` and `wake` set).
+        m.set_idle(&st);
+        assert_eq!(m.health(&st, now), HealthState::Idle);
+        m.idle.store(false, Ordering::Release);
+        m.waking.store(true, Ordering::Release);
+        assert_eq!(m.health(&st, now), HealthState::Connecting);
+        // Its connecting failed: down again, as any member that lost its connection.
+        m.woke(&st);
+        assert_eq!(m.health(&st, now), HealthState::Down);
+        st.health.on_connected();
+        assert_eq!(m.health(&st, now), HealthState::Healthy);
     }
 }
