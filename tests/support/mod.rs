@@ -10,6 +10,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+pub mod calc;
+
 /// The Python interpreter with pyzmq: `ZMTP_RPC_PYTHON`, else the project's `.venv`.
 /// Tests fail (never skip) when it is missing: `scripts/test.sh` creates it.
 pub fn python() -> PathBuf {
