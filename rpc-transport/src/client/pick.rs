@@ -191,19 +191,19 @@ impl Inner {
                 break;
             }
         }
-        let window = w.members();
-        self.tend_connections(&window, t, linger);
-        let lingering = self
-            .live()
-            .any(|(i, m)| !window.is_empty() && !window.contains(&i) && !m.is_idle());
+        let lingering = self.tend_connections(&w.members(), t, linger);
         lingering.then_some(next)
     }
 
     /// A lazy aperture's connections: the window's idle members (every member, while
     /// the pool is drawn whole: `window` empty) are connected; a member out of the
-    /// window for `linger`, with no call in flight, is closed.
-    fn tend_connections(&self, window: &[usize], t: std::time::Instant, linger: Duration) {
-        let Some(me) = self.me.upgrade() else { return };
+    /// window for `linger`, with no call in flight, is closed. Returns whether a member
+    /// out of the window is still connected (it lingers, or has calls in flight).
+    fn tend_connections(&self, window: &[usize], t: std::time::Instant, linger: Duration) -> bool {
+        let Some(me) = self.me.upgrade() else {
+            return false;
+        };
+        let mut lingering = false;
         let at = self.nanos(t).saturating_add(1);
         let linger = u64::try_from(linger.as_nanos()).unwrap_or(u64::MAX);
         for (i, m) in self.live() {
@@ -228,8 +228,11 @@ impl Inner {
                     tracing::debug!(endpoint = %m.addr, "closed: out of the aperture");
                     // An attempt that slipped onto it meanwhile fails over.
                     self.fail_in_flight(i, closed);
+                    continue;
                 }
             }
+            lingering = true;
         }
+        lingering
     }
 }
