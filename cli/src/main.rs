@@ -43,12 +43,14 @@ struct Cli {
     /// Deadline of the call, in milliseconds.
     #[arg(long, default_value_t = 5000, global = true)]
     timeout: u64,
-    /// The server's CURVE public key (Z85): calls go over CURVE.
+    /// The server's CURVE public key (Z85): calls go over CURVE. Z85 has `-` among its
+    /// digits: a key may begin with one, and is still this option's value.
     #[arg(
         long,
         global = true,
         env = "ZMTP_RPC_CURVE_SERVER_KEY",
-        value_name = "Z85"
+        value_name = "Z85",
+        allow_hyphen_values = true
     )]
     curve_server_key: Option<String>,
     /// A file holding this client's CURVE secret key (Z85), else

@@ -197,6 +197,28 @@ async fn secure_server(
 
 const ADD: &str = r#"{"a": 2, "b": 3}"#;
 
+/// Z85 counts `-` among its digits: one key in 85 begins with it, and must still be
+/// read as `--curve-server-key`'s value, not as an unknown option.
+#[tokio::test]
+async fn a_server_key_that_begins_with_a_dash_is_the_options_value() {
+    let server_keys = (0..100_000)
+        .map(|_| KeyPair::generate())
+        .find(|k| k.public().to_string().starts_with('-'))
+        .expect("a key beginning with '-' within 100,000 tries");
+    let server_key = server_keys.public().to_string();
+    let (_s, ep) = secure_server(|b| b.curve(server_keys)).await;
+    let o = tool(&[
+        "--curve-server-key",
+        &server_key,
+        "call",
+        &ep,
+        "calc.add",
+        ADD,
+    ])
+    .await;
+    answered(&o, "5");
+}
+
 #[tokio::test]
 async fn keygen_keys_call_a_curve_server_with_an_allow_list() {
     let o = tool(&["keygen"]).await;
